@@ -1,0 +1,5 @@
+"""Spike data containers, windowing and splits (no Lightning here)."""
+from dgrn.data.spikedata import SpikeData, atomic_write
+from dgrn.data.windows import WindowDataset, block_split
+
+__all__ = ["SpikeData", "WindowDataset", "block_split", "atomic_write"]

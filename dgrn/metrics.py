@@ -1,0 +1,85 @@
+"""Evaluation metrics: held-out NLL per neuron-bin, bits per spike (NLB definition), edge AUROC."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc
+
+__all__ = ["bernoulli_nll", "bits_per_spike", "edge_auroc", "SpikePredictionMetrics"]
+
+
+def bernoulli_nll(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean negative log-likelihood in nats per neuron-bin of 0/1 ``target`` under ``sigmoid(logits)``."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="mean")
+
+
+def _null_loglik(spike_count: Tensor, n_bins: Tensor) -> Tensor:
+    """Bernoulli log-likelihood of every neuron at its own mean rate over the scored bins (the NLB null)."""
+    p = (spike_count / n_bins).clamp(1e-12, 1 - 1e-12)
+    return (spike_count * p.log() + (n_bins - spike_count) * (-p).log1p()).sum()
+
+
+def bits_per_spike(logits: Tensor, target: Tensor) -> Tensor:
+    r"""Neural Latents Benchmark bits per spike, Bernoulli version.
+
+    .. math:: \mathrm{bps} = \frac{\log L(\text{model}) - \log L(\bar p)}{n_{\text{spikes}} \ln 2}
+
+    where :math:`\bar p_i` is neuron ``i``'s mean firing probability over the *scored* data (the NLB null).
+    ``logits`` and ``target`` are ``(..., N)``. Positive means better than the per-neuron rate.
+    """
+    target = target.reshape(-1, target.shape[-1]).double()
+    model_ll = -F.binary_cross_entropy_with_logits(logits.reshape(target.shape).double(), target, reduction="sum")
+    n_spikes = target.sum()
+    if n_spikes == 0:
+        raise ValueError("bits per spike is undefined: the scored data contain no spikes")
+    null_ll = _null_loglik(target.sum(0), torch.tensor(float(target.shape[0]), dtype=torch.float64))
+    return (model_ll - null_ll) / (n_spikes * math.log(2))
+
+
+def edge_auroc(coupling: Tensor, true_coupling: Tensor) -> Tensor:
+    """AUROC of ``|coupling|`` as a score for the presence of a true edge (``true_coupling != 0``).
+
+    Both are ``(N, N)`` over the same neurons; the diagonal (self-coupling) is excluded.
+    """
+    if coupling.shape != true_coupling.shape or coupling.dim() != 2:
+        raise ValueError(f"coupling {tuple(coupling.shape)} and truth {tuple(true_coupling.shape)} must be the same (N, N)")
+    off = ~torch.eye(coupling.shape[0], dtype=torch.bool, device=coupling.device)
+    labels = (true_coupling.to(coupling.device)[off] != 0).long()
+    if labels.min() == labels.max():
+        raise ValueError("edge AUROC is undefined: the true graph has no edges, or is complete, among these neurons")
+    return binary_auroc(coupling.detach()[off].abs().float(), labels)
+
+
+class SpikePredictionMetrics(Metric):
+    """Accumulates NLL per neuron-bin (nats) and NLB bits per spike over batches of ``(logits, target)``.
+
+    The null rate for bits per spike is each neuron's mean over *all* scored bins of the epoch, so the value does
+    not depend on how the data were batched. Synchronizes across DDP processes (sums of sufficient statistics).
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_neurons: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("loglik", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("spike_count", torch.zeros(n_neurons, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n_bins", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        target = target.reshape(-1, target.shape[-1]).double()
+        self.loglik += -F.binary_cross_entropy_with_logits(logits.reshape(target.shape).double(), target, reduction="sum")
+        self.spike_count += target.sum(0)
+        self.n_bins += target.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        n_spikes = self.spike_count.sum()
+        nll = -self.loglik / (self.n_bins * self.spike_count.numel())
+        if n_spikes == 0:
+            bps = torch.tensor(float("nan"), dtype=torch.float64)
+        else:
+            bps = (self.loglik - _null_loglik(self.spike_count, self.n_bins)) / (n_spikes * math.log(2))
+        return {"nll": nll.float(), "bits_per_spike": bps.float()}

@@ -1,0 +1,84 @@
+"""LightningModule for next-bin spike prediction with any registered network (GLM, independent null, ...)."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from dgrn.metrics import SpikePredictionMetrics, bernoulli_nll, edge_auroc
+from dgrn.nn import build_network
+
+__all__ = ["NextBinModule"]
+
+
+class NextBinModule(L.LightningModule):
+    r"""Trains a next-bin network by the Bernoulli NLL of every bin after the window's context.
+
+    Loss: mean NLL per neuron-bin :math:`+\ \lambda_1 \sum_{ij} |W_{ij}| / N` (the per-neuron lasso, when the network
+    has couplings). Logs ``{train,val,test}/nll`` (nats per neuron-bin), ``{val,test}/bits_per_spike`` (NLB) and,
+    when the data module knows the true couplings, ``{val,test}/edge_auroc`` of :math:`|W|`.
+
+    Args:
+        n_neurons: number of observed neurons.
+        net: ``{"name": <dgrn.nn.NETWORKS key>, **kwargs}`` (plain dict, so checkpoints stay weights-only).
+        lr, weight_decay: Adam settings. l1: :math:`\lambda_1`.
+    """
+
+    def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0) -> None:
+        super().__init__()
+        net = dict(net)
+        self.save_hyperparameters()
+        self.net = build_network(net.pop("name"), n_neurons=n_neurons, **net)
+        self.val_metrics = SpikePredictionMetrics(n_neurons)
+        self.test_metrics = SpikePredictionMetrics(n_neurons)
+
+    @property
+    def context(self) -> int:
+        return self.net.context
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, L - context, N)`` of the bins after the context of windows ``x`` ``(B, L, N)``."""
+        return self.net(x)
+
+    def _step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self(x), x[:, self.context:]
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        logits, target = self._step(x)
+        nll = bernoulli_nll(logits, target)
+        loss = nll
+        coupling = self.net.coupling_matrix()
+        if self.hparams.l1 and coupling is not None:
+            loss = loss + self.hparams.l1 * coupling.abs().sum() / self.hparams.n_neurons
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
+        self.log("train/nll", nll, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self.val_metrics.update(*self._step(x))
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        self.test_metrics.update(*self._step(x))
+
+    def predict_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        return torch.sigmoid(self(x))
+
+    def _log_epoch(self, split: str, metrics: SpikePredictionMetrics) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        self.log(f"{split}/nll", values["nll"], prog_bar=True, sync_dist=False)
+        self.log(f"{split}/bits_per_spike", values["bits_per_spike"], prog_bar=True)
+        truth = getattr(self.trainer.datamodule, "observed_couplings", None) if self._trainer else None
+        coupling = self.net.coupling_matrix()
+        if truth is not None and coupling is not None:
+            self.log(f"{split}/edge_auroc", edge_auroc(coupling, truth))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

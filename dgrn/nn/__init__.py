@@ -1,0 +1,18 @@
+"""Neural-network layers and models (plain ``torch.nn`` modules, no Lightning)."""
+from __future__ import annotations
+
+from torch import nn
+
+from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli
+
+__all__ = ["BernoulliGLM", "IndependentBernoulli", "NETWORKS", "build_network"]
+
+#: Next-bin network architectures by name (the ``net.name`` of a model config).
+NETWORKS: dict[str, type[nn.Module]] = {"glm": BernoulliGLM, "independent": IndependentBernoulli}
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
+    """Construct a registered network by name; unknown names list the valid ones."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; valid: {sorted(NETWORKS)}")
+    return NETWORKS[name](**kwargs)
