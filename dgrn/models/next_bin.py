@@ -26,9 +26,9 @@ class NextBinModule(L.LightningModule):
 
     def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0) -> None:
         super().__init__()
-        net = dict(net)
         self.save_hyperparameters()
-        self.net = build_network(net.pop("name"), n_neurons=n_neurons, **net)
+        net_kwargs = dict(net)
+        self.net = build_network(net_kwargs.pop("name"), n_neurons=n_neurons, **net_kwargs)
         self.val_metrics = SpikePredictionMetrics(n_neurons)
         self.test_metrics = SpikePredictionMetrics(n_neurons)
 

@@ -1,0 +1,75 @@
+"""Evaluate a trained model on held-out data (Hydra app over ``configs/eval.yaml``).
+
+    python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt   # a Lightning checkpoint
+    python evaluate.py model=glm_kising100                                    # a pretrained zoo model
+
+A checkpoint is scored on the test split of the data it was trained on (or on ``data=...``); a zoo model on the
+test split of fresh trajectories (``sample_seed``) of the network recorded in its ``config.json``. Writes
+``metrics.json`` into the run directory.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from dgrn import runner, zoo
+    from dgrn.models import NextBinModule, SpikeDataModule
+
+    L.seed_everything(cfg.seed, workers=True)
+    pretrained = (cfg.get("model") or {}).get("pretrained")
+    if bool(cfg.get("ckpt_path")) == bool(pretrained):
+        raise ValueError(
+            "give exactly one of ckpt_path=<file.ckpt> or model=<zoo name> "
+            f"(zoo: {zoo.list_models()})"
+        )
+    reference = {}
+    if cfg.get("ckpt_path"):
+        ckpt = runner.load_checkpoint(cfg.ckpt_path)
+        model = NextBinModule(**ckpt["hyper_parameters"])
+        model.load_state_dict(ckpt["state_dict"])
+        data_hp = ckpt.get("datamodule_hyper_parameters")
+        if cfg.get("data") is None and not data_hp:
+            raise ValueError(f"{cfg.ckpt_path} does not record its data; pass data=<config>")
+        source = cfg.ckpt_path
+    else:
+        info = zoo.model_info(pretrained)
+        model = NextBinModule(n_neurons=info["n_neurons"], net={"name": info["architecture"], **info["net"]})
+        model.net.load_state_dict(zoo.load_pretrained(pretrained).state_dict())
+        data_hp = {**info["data"], "dataset": {**info["data"]["dataset"], "sample_seed": int(cfg.sample_seed)}}
+        reference = info.get("metrics", {}).get("fresh_data", {})
+        source = f"zoo:{pretrained}"
+    datamodule = instantiate(cfg.data, _convert_="all") if cfg.get("data") is not None else SpikeDataModule(**data_hp)
+    if datamodule.n_neurons != model.hparams.n_neurons:
+        raise ValueError(f"model expects {model.hparams.n_neurons} neurons, the data have {datamodule.n_neurons}")
+    datamodule.context = model.context
+
+    loggers = runner.instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    try:
+        trainer.test(model, datamodule=datamodule)
+    finally:
+        runner.finish_loggers(loggers)
+    metrics = runner.to_float_dict(trainer.callback_metrics)
+    output_dir = HydraConfig.get().runtime.output_dir
+    if trainer.is_global_zero:
+        path = runner.write_metrics(output_dir, metrics, {"source": source, "reference": reference})
+        for key, value in sorted(metrics.items()):
+            ref = f"   (model card: {reference[key]:.4f})" if key in reference else ""
+            print(f"[dgrn] {key} = {value:.4f}{ref}")
+        print(f"[dgrn] metrics: {path}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

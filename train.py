@@ -1,0 +1,67 @@
+"""Train a dgrn model: ``python train.py [experiment=NAME] [group=option] [key=value ...]``.
+
+Hydra app over ``configs/train.yaml``: instantiates the data module, model, callbacks, loggers and trainer, fits,
+tests the best checkpoint, writes ``metrics.json`` into the run directory and returns ``optimized_metric`` to
+Hydra sweepers. ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a killed run.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from dgrn import runner
+
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    pretrained = model_cfg.pop("pretrained", None)
+    model = instantiate(model_cfg, n_neurons=datamodule.n_neurons, _convert_="all")
+    if pretrained:
+        runner.init_from_pretrained(model, pretrained)
+    datamodule.context = model.context  # each bin after the model's history is scored exactly once
+
+    callbacks = runner.instantiate_group(cfg.get("callbacks"))
+    loggers = runner.instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(runner.plain(cfg))
+
+    try:
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        metrics = runner.to_float_dict(trainer.callback_metrics)
+        ckpt_cb = trainer.checkpoint_callback
+        best_ckpt = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+        if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+            metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+        if cfg.test:
+            trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, weights_only=True)
+            metrics.update(runner.to_float_dict(trainer.callback_metrics))
+    finally:
+        runner.finish_loggers(loggers)
+
+    output_dir = HydraConfig.get().runtime.output_dir
+    if trainer.is_global_zero:
+        path = runner.write_metrics(output_dir, metrics, {
+            "best_checkpoint": best_ckpt, "last_checkpoint": f"{output_dir}/checkpoints/last.ckpt" if ckpt_cb else "",
+            "overrides": list(HydraConfig.get().overrides.task),
+        })
+        print(f"[dgrn] metrics: {path}\n[dgrn] best checkpoint: {best_ckpt or 'none'}\n[dgrn] run directory: {output_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    return metrics.get(f"best/{key}", metrics.get(key)) if key else None
+
+
+if __name__ == "__main__":
+    main()
