@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported only when a model is built, so `dgrn zoo list` stays instant
+    from torch import nn
 
 __all__ = ["checkpoint_dir", "list_models", "model_info", "load_pretrained", "create_model", "save_pretrained"]
 
@@ -69,7 +71,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         if pretrained:
             return load_pretrained(name)
         info = model_info(name)
-        return build_network(info["architecture"], **{**info["net"], **kwargs})
+        return build_network(info["architecture"], **{"n_neurons": info["n_neurons"], **info["net"], **kwargs})
     raise ValueError(f"unknown model {name!r}; architectures: {sorted(NETWORKS)}, pretrained: {list_models()}")
 
 
@@ -95,16 +97,18 @@ def load_pretrained(name: str, map_location: str = "cpu") -> nn.Module:
         state = load_file(weights, device=map_location)
     except SafetensorError as err:
         raise ValueError(f"{weights} is not a valid safetensors file: {err}") from err
-    net = build_network(info["architecture"], **info["net"])
+    net = build_network(info["architecture"], n_neurons=info["n_neurons"], **info["net"])
     net.load_state_dict(state, strict=True)
     return net.eval()
 
 
 def save_pretrained(
-    net: nn.Module, folder: str | Path, *, architecture: str, net_kwargs: dict, card: str, **info
+    net: nn.Module, folder: str | Path, *, architecture: str, net_kwargs: dict, card: str | Callable[[dict], str],
+    **info,
 ) -> Path:
     """Publish ``net`` into ``folder``: weights (safetensors), ``config.json`` with their sha256, and the model
-    card. Each file is written to a temporary name and renamed, weights first."""
+    card (a string, or a function of the final config). Each file is written to a temporary name and renamed,
+    weights first."""
     from safetensors.torch import save_file
 
     from dgrn.data import atomic_write
@@ -114,5 +118,6 @@ def save_pretrained(
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
     config = {"architecture": architecture, "net": net_kwargs, **info, "sha256": sha256(folder / WEIGHTS)}
     atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    atomic_write(folder / CARD, lambda tmp: Path(tmp).write_text(card))
+    text = card(config) if callable(card) else card
+    atomic_write(folder / CARD, lambda tmp: Path(tmp).write_text(text))
     return folder

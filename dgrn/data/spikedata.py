@@ -60,6 +60,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; publish with the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,116 @@
+"""Turn a Lightning checkpoint into a zoo model: safetensors weights, ``config.json`` and a model card."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["score", "publish_checkpoint"]
+
+
+def score(model, datamodule, **trainer_kwargs) -> dict[str, float]:
+    """Test-split metrics of a :class:`~dgrn.models.NextBinModule` on a data module (quiet Lightning test loop)."""
+    import lightning as L
+
+    datamodule.context = model.context
+    kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+              "enable_model_summary": False, **trainer_kwargs}
+    trainer = L.Trainer(**kwargs)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+CARD = """# {name}
+
+{summary}
+
+| | |
+|---|---|
+| architecture | `{architecture}` ({arch_doc}) |
+| arguments | `{net}` |
+| neurons | {n_neurons} |
+| parameters | {n_params:,} |
+| weights | `model.safetensors`, sha256 `{sha256}` |
+
+## Data
+`{data}`
+
+## How it was made
+```bash
+{command}
+```
+
+## Metrics
+Test split of the training run (contiguous held-out time blocks; bits per spike against each neuron's mean rate,
+Neural Latents Benchmark definition; edge AUROC of |W| against the true couplings):
+
+{train_table}
+
+Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`), reproduced by
+`python evaluate.py model={name}`:
+
+{fresh_table}
+
+## Use
+```python
+from dgrn.zoo import load_pretrained
+net = load_pretrained("{name}")          # eval mode, sha256 checked
+```
+```bash
+dgrn predict --model {name} --spikes recording.npz    # next-bin spike probabilities
+```
+The recording must have the same {n_neurons} neurons in the same order as the training data; the model knows one
+network, not neural activity in general.
+"""
+
+
+def _table(metrics: dict[str, float]) -> str:
+    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+    return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(not recorded)"
+
+
+def publish_checkpoint(
+    ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "", sample_seed: int = 2024,
+    out_dir: str | Path | None = None,
+) -> Path:
+    """Publish a checkpoint (or the best one of a ``train.py`` run directory) as zoo model ``name``, in
+    ``checkpoints/`` unless ``out_dir``. The card records the run's test metrics and the test metrics on fresh
+    trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces."""
+    from dgrn import zoo
+    from dgrn.models import NextBinModule, SpikeDataModule
+    from dgrn.nn import NETWORKS
+    from dgrn.runner import load_checkpoint
+
+    if Path(ckpt_path).is_dir():  # a run directory: take the best checkpoint it recorded
+        run_file = Path(ckpt_path) / "metrics.json"
+        if not run_file.is_file():
+            raise FileNotFoundError(f"{ckpt_path} is a directory without metrics.json; pass a .ckpt file")
+        ckpt_path = json.loads(run_file.read_text()).get("best_checkpoint") or Path(ckpt_path) / "checkpoints/last.ckpt"
+    ckpt = load_checkpoint(ckpt_path)
+    hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters")
+    if not data_hp or "dataset" not in data_hp:
+        raise ValueError(f"{ckpt_path} does not record the data config it was trained on; cannot write a model card")
+    model = NextBinModule(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    run_metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
+    train_metrics = {}
+    if run_metrics_file.is_file():
+        train_metrics = {k: v for k, v in json.loads(run_metrics_file.read_text())["metrics"].items()
+                         if k.startswith("test/")}
+    fresh = SpikeDataModule(**{**data_hp, "dataset": {**data_hp["dataset"], "sample_seed": sample_seed}})
+    fresh_metrics = score(model, fresh)
+
+    net_kwargs = {k: v for k, v in hp["net"].items() if k != "name"}
+    architecture = hp["net"]["name"]
+    folder = Path(out_dir) if out_dir else zoo.checkpoint_dir() / name
+    card = dict(
+        name=name, summary=summary or f"{architecture} next-bin model", architecture=architecture,
+        arch_doc=f"dgrn.nn.{NETWORKS[architecture].__name__}", net=json.dumps(net_kwargs), n_neurons=hp["n_neurons"],
+        n_params=sum(p.numel() for p in model.net.parameters()), data=json.dumps(data_hp), command=command,
+        train_table=_table(train_metrics), fresh_table=_table(fresh_metrics), sample_seed=sample_seed,
+    )
+    return zoo.save_pretrained(
+        model.net, folder, architecture=architecture, net_kwargs=net_kwargs,
+        card=lambda config: CARD.format(**card, sha256=config["sha256"]), summary=card["summary"],
+        n_neurons=hp["n_neurons"], data=data_hp, command=command,
+        metrics={"train_run_test": train_metrics, "fresh_data": fresh_metrics, "fresh_sample_seed": sample_seed},
+    )
