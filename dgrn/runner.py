@@ -59,9 +59,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} is not a weights-only checkpoint (it would need to run code to unpickle); refusing to load it"
-        ) from err
+        if "global" in str(err).lower():  # the weights-only unpickler met a class it would have to import
+            raise ValueError(
+                f"{path} is not a weights-only checkpoint (it would need to run code to unpickle); refusing to load it"
+            ) from err
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or not a torch file: {err})") from err
     except Exception as err:  # truncated or foreign file
         raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

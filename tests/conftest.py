@@ -44,11 +44,11 @@ def compose(config_name: str, overrides: list[str], output_dir: Path):
 
 @pytest.fixture
 def run_train(tmp_path):
-    """``run_train(overrides, name) -> metrics``: train.py's ``train`` in-process (TINY data unless overridden)."""
+    """``run_train(overrides, name, base=TINY) -> (metrics, run_dir)``: train.py's ``train`` in-process."""
     import train
 
-    def _run(overrides: list[str] = (), name: str = "run"):
-        cfg = compose("train", [*TINY, *overrides], tmp_path / name)
+    def _run(overrides: list[str] = (), name: str = "run", base: list[str] = TINY):
+        cfg = compose("train", [*base, *overrides], tmp_path / name)
         return train.train(cfg), tmp_path / name
 
     return _run

@@ -1,0 +1,125 @@
+"""train.py / evaluate.py through Hydra: runs, reproducibility, resume, loggers, sweeps, DDP, bad input."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, compose, run_script
+
+
+def test_train_script_runs_through_hydra(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_script(["train.py", *TINY, f"hydra.run.dir={run_dir}", "logger=csv"])
+    assert f"[dgrn] metrics: {run_dir}" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for key in ("val/nll", "test/nll", "test/bits_per_spike", "test/edge_auroc"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["test/bits_per_spike"] > 0  # beats the per-neuron rate after 3 epochs
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_seed_gives_identical_metrics(run_train):
+    a, _ = run_train(["callbacks=none"], "a")
+    b, _ = run_train(["callbacks=none"], "b")
+    assert a == b
+    c, _ = run_train(["callbacks=none", "seed=7"], "c")
+    assert c["val/nll"] != a["val/nll"]
+
+
+def test_resume_matches_an_uninterrupted_run(run_train):
+    full, _ = run_train(["trainer.max_epochs=4", "test=false"], "full")
+    _, killed = run_train(["trainer.max_epochs=2", "test=false"], "killed")
+    resumed, _ = run_train(["trainer.max_epochs=4", "test=false", f"ckpt_path={killed}/checkpoints/last.ckpt"], "resumed")
+    for key in ("val/nll", "val/bits_per_spike", "val/edge_auroc", "train/nll"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
+
+
+def test_evaluate_from_checkpoint_reproduces_test_metrics(run_train, tmp_path):
+    import evaluate
+
+    trained, run_dir = run_train(["trainer.max_epochs=2"], "train")
+    best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    cfg = compose("eval", [f"ckpt_path={best}"], tmp_path / "eval")
+    metrics = evaluate.evaluate(cfg)
+    for key in ("test/nll", "test/bits_per_spike", "test/edge_auroc"):
+        assert metrics[key] == pytest.approx(trained[key], rel=1e-5), key
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_evaluate_refuses_bad_checkpoints(tmp_path):
+    import evaluate
+
+    import argparse
+
+    evil = tmp_path / "evil.ckpt"  # any object whose unpickling would import and run code
+    torch.save({"state_dict": {}, "x": argparse.Namespace(a=1)}, evil)
+    with pytest.raises(ValueError, match="not a weights-only checkpoint"):
+        evaluate.evaluate(compose("eval", [f"ckpt_path={evil}"], tmp_path / "e1"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        evaluate.evaluate(compose("eval", [f"ckpt_path={corrupt}"], tmp_path / "e2"))
+    with pytest.raises(FileNotFoundError):
+        evaluate.evaluate(compose("eval", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path / "e3"))
+    with pytest.raises(ValueError, match="exactly one of"):
+        evaluate.evaluate(compose("eval", [], tmp_path / "e4"))
+
+
+def test_wandb_logger_runs_offline(run_train, tmp_path):
+    metrics, run_dir = run_train(["logger=wandb", "trainer.max_epochs=1"], "wandb")
+    assert math.isfinite(metrics["test/nll"])
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    import wandb
+
+    assert wandb.run is None  # the job finished its run
+
+
+def test_bad_config_names_list_valid_options(tmp_path):
+    proc = run_script(["train.py", "experiment=nope", f"hydra.run.dir={tmp_path}/x"], check=False)
+    assert proc.returncode != 0 and "glm_kising" in proc.stderr
+    proc = run_script(["train.py", *TINY, "data.dataset.name=nope", f"hydra.run.dir={tmp_path}/y"], check=False)
+    assert proc.returncode != 0 and "unknown dataset 'nope'" in proc.stderr and "kinetic_ising" in proc.stderr
+
+
+def test_window_shorter_than_context_is_refused(run_train):
+    with pytest.raises(ValueError, match="must exceed the model context"):
+        run_train(["data.window=3", "model.net.history=3"], "short")
+
+
+def test_data_file_config_trains_on_a_users_recording(run_train, tmp_path):
+    from dgrn.sim import kinetic_ising
+
+    path = kinetic_ising(20, 3000, n_communities=2, seed=1).save(tmp_path / "rec.npz")
+    metrics, _ = run_train(["data=file", f"data.dataset.path={path}", "data.n_blocks=10", "data.window=32",
+                            "trainer.max_epochs=2", "logger=none"], "file", base=[])
+    assert math.isfinite(metrics["test/nll"])
+
+
+def test_grid_multirun_reports_the_best(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script(["train.py", "-m", *TINY, "test=false", "model.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"])
+    best = json.loads((sweep / "best.json").read_text())
+    values = [json.loads((sweep / str(i) / "metrics.json").read_text())["metrics"]["best/val/nll"] for i in (0, 1)]
+    assert best["n_jobs"] == 2 and best["best_value"] == pytest.approx(min(values))
+    assert "[dgrn] best val/nll" in proc.stdout
+
+
+def test_optuna_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    proc = run_script(["train.py", "-m", "hparams_search=glm_optuna", *TINY, "test=false", "hydra.sweeper.n_trials=3",
+                       f"hydra.sweep.dir={sweep}", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"])
+    assert (sweep / "optimization_results.yaml").is_file()
+    assert json.loads((sweep / "best.json").read_text())["n_jobs"] == 3
+    assert "[dgrn] best val/nll" in proc.stdout
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    proc = run_script(["train.py", *TINY, "trainer=ddp_cpu", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert math.isfinite(metrics["test/nll"])
