@@ -19,6 +19,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from dgrn import runner, zoo
+    from dgrn.datasets import fresh_trajectories
     from dgrn.models import NextBinModule, SpikeDataModule
 
     L.seed_everything(cfg.seed, workers=True)
@@ -41,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         info = zoo.model_info(pretrained)
         model = NextBinModule(n_neurons=info["n_neurons"], net={"name": info["architecture"], **info["net"]})
         model.net.load_state_dict(zoo.load_pretrained(pretrained).state_dict())
-        data_hp = {**info["data"], "dataset": {**info["data"]["dataset"], "sample_seed": int(cfg.sample_seed)}}
+        data_hp = {**info["data"], "dataset": fresh_trajectories(info["data"]["dataset"], cfg.sample_seed)}
         reference = info.get("metrics", {}).get("fresh_data", {})
         source = f"zoo:{pretrained}"
     datamodule = instantiate(cfg.data, _convert_="all") if cfg.get("data") is not None else SpikeDataModule(**data_hp)

@@ -5,7 +5,7 @@ from typing import Callable
 
 from dgrn.data import SpikeData
 
-__all__ = ["DATASETS", "build_dataset"]
+__all__ = ["DATASETS", "SIMULATORS", "build_dataset", "fresh_trajectories"]
 
 
 def _kinetic_ising(**kwargs) -> SpikeData:
@@ -20,6 +20,17 @@ def _file(path: str) -> SpikeData:
 
 #: Data sources by name (the ``data.dataset.name`` of a config).
 DATASETS: dict[str, Callable[..., SpikeData]] = {"kinetic_ising": _kinetic_ising, "file": _file}
+
+
+#: Sources that draw trajectories from a seeded network: ``sample_seed`` gives fresh data of the same network.
+SIMULATORS = frozenset({"kinetic_ising"})
+
+
+def fresh_trajectories(dataset: dict, sample_seed: int) -> dict:
+    """The dataset config with new trajectories of the same network (unchanged for recorded data)."""
+    if dataset.get("name") not in SIMULATORS:
+        return dict(dataset)
+    return {**dataset, "sample_seed": int(sample_seed)}
 
 
 def build_dataset(name: str, **kwargs) -> SpikeData:

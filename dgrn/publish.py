@@ -45,8 +45,8 @@ Neural Latents Benchmark definition; edge AUROC of |W| against the true coupling
 
 {train_table}
 
-Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`), reproduced by
-`python evaluate.py model={name}`:
+Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`; simulated data only),
+reproduced by `python evaluate.py model={name}`:
 
 {fresh_table}
 
@@ -68,6 +68,21 @@ def _table(metrics: dict[str, float]) -> str:
     return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(not recorded)"
 
 
+def _write_model_config(name: str, architecture: str) -> None:
+    """Add ``configs/model/NAME.yaml`` so that ``evaluate.py model=NAME`` and ``train.py model=NAME`` find it."""
+    from dgrn.data import atomic_write
+    from dgrn.zoo import checkpoint_dir
+
+    configs = checkpoint_dir().parent / "configs" / "model"
+    if not (configs / f"{architecture}.yaml").is_file():
+        return  # not a source checkout: the zoo folder alone serves load_pretrained and `dgrn predict`
+    text = (f"# The pretrained zoo model checkpoints/{name}: its architecture, initialised from its weights.\n"
+            f"#   python evaluate.py model={name}     (its metrics on fresh data from its network)\n"
+            f"#   python train.py model={name}        (fine-tune it)\n"
+            f"defaults:\n  - {architecture}\n  - _self_\npretrained: {name}\n")
+    atomic_write(configs / f"{name}.yaml", lambda tmp: Path(tmp).write_text(text))
+
+
 def publish_checkpoint(
     ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "", sample_seed: int = 2024,
     out_dir: str | Path | None = None,
@@ -76,6 +91,7 @@ def publish_checkpoint(
     ``checkpoints/`` unless ``out_dir``. The card records the run's test metrics and the test metrics on fresh
     trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces."""
     from dgrn import zoo
+    from dgrn.datasets import SIMULATORS, fresh_trajectories
     from dgrn.models import NextBinModule, SpikeDataModule
     from dgrn.nn import NETWORKS
     from dgrn.runner import load_checkpoint
@@ -96,8 +112,10 @@ def publish_checkpoint(
     if run_metrics_file.is_file():
         train_metrics = {k: v for k, v in json.loads(run_metrics_file.read_text())["metrics"].items()
                          if k.startswith("test/")}
-    fresh = SpikeDataModule(**{**data_hp, "dataset": {**data_hp["dataset"], "sample_seed": sample_seed}})
-    fresh_metrics = score(model, fresh)
+    fresh_metrics = {}
+    if data_hp["dataset"]["name"] in SIMULATORS:
+        fresh = SpikeDataModule(**{**data_hp, "dataset": fresh_trajectories(data_hp["dataset"], sample_seed)})
+        fresh_metrics = score(model, fresh)
 
     net_kwargs = {k: v for k, v in hp["net"].items() if k != "name"}
     architecture = hp["net"]["name"]
@@ -108,6 +126,8 @@ def publish_checkpoint(
         n_params=sum(p.numel() for p in model.net.parameters()), data=json.dumps(data_hp), command=command,
         train_table=_table(train_metrics), fresh_table=_table(fresh_metrics), sample_seed=sample_seed,
     )
+    if out_dir is None:
+        _write_model_config(name, architecture)
     return zoo.save_pretrained(
         model.net, folder, architecture=architecture, net_kwargs=net_kwargs,
         card=lambda config: CARD.format(**card, sha256=config["sha256"]), summary=card["summary"],
