@@ -129,3 +129,11 @@ def test_cli_predict_errors(tmp_path):
     proc = run_script(["-m", "dgrn.cli", "predict", "--model", NAME, "--spikes", str(tmp_path / "none.npz")], check=False)
     assert proc.returncode == 2 and "no spike file" in proc.stderr
     assert not (tmp_path / "small.pred.npz").exists()
+
+
+def test_train_from_a_zoo_model_starts_from_its_weights(run_train):
+    tuned, _ = run_train(["model=glm_kising100", "trainer.max_epochs=1", "model.lr=1e-4"], "tuned")
+    fresh, _ = run_train(["model=glm", "trainer.max_epochs=1", "model.lr=1e-4"], "fresh")
+    assert tuned["test/bits_per_spike"] > 0.3 > fresh["test/bits_per_spike"]
+    with pytest.raises(ValueError, match="does not fit"):
+        run_train(["model=glm_kising100", "data.dataset.n=20"], "wrong")
