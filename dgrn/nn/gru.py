@@ -1,0 +1,52 @@
+"""Recurrent baseline: a GRU over past bins with a factorized Bernoulli read-out."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from dgrn.nn.glm import _check_window
+
+__all__ = ["GRUBernoulli"]
+
+
+class GRUBernoulli(nn.Module):
+    r"""GRU next-bin model with conditionally independent neurons.
+
+    .. math::
+        h_t = \mathrm{GRU}(x_{t-1}, h_{t-1}), \qquad
+        P(x_i(t) = 1 \mid x_{<t}) = \sigma\big(b_i + [U h_t]_i\big),
+
+    neurons independent given the past (the factorized baseline the tensor-network decoders are measured against).
+    The state starts at zero at the start of every window; the first ``context`` bins warm it up and are not scored.
+
+    Args:
+        n_neurons: ``N``. hidden_size: GRU width. num_layers: stacked GRU layers. context: warm-up bins (>= 1).
+
+    Shapes:
+        input ``(B, L, N)``; output logits ``(B, L - context, N)`` for bins ``context .. L-1``.
+    """
+
+    def __init__(self, n_neurons: int, hidden_size: int = 64, num_layers: int = 1, context: int = 16) -> None:
+        super().__init__()
+        if n_neurons < 1 or hidden_size < 1 or num_layers < 1 or context < 1:
+            raise ValueError("need n_neurons, hidden_size, num_layers and context all >= 1; got "
+                             f"{n_neurons}, {hidden_size}, {num_layers}, {context}")
+        self.n_neurons, self.context = int(n_neurons), int(context)
+        self.gru = nn.GRU(n_neurons, hidden_size, num_layers=num_layers, batch_first=True)
+        self.readout = nn.Linear(hidden_size, n_neurons)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.gru.reset_parameters()
+        self.readout.reset_parameters()
+        nn.init.constant_(self.readout.bias, math.log(0.05 / 0.95))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_window(x, self.n_neurons, self.context)
+        states, _ = self.gru(x[:, :-1])  # states[:, t] has seen bins 0..t and predicts bin t + 1
+        return self.readout(states[:, self.context - 1:])
+
+    def coupling_matrix(self) -> None:
+        return None
