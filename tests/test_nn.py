@@ -132,3 +132,24 @@ def test_edge_auroc_extremes():
 def test_independent_model_shape():
     m = IndependentBernoulli(3, context=2)
     assert m(torch.zeros(4, 5, 3)).shape == (4, 3, 3)
+
+
+def test_gru_is_causal_and_matches_a_stepwise_reference():
+    from dgrn.nn import GRUBernoulli
+
+    torch.manual_seed(0)
+    m = GRUBernoulli(5, hidden_size=8, context=3).double()
+    x = (torch.rand(2, 10, 5) < 0.3).double()
+    out = m(x)
+    assert out.shape == (2, 7, 5)
+    cell = torch.nn.GRUCell(5, 8).double()
+    cell.weight_ih.data, cell.weight_hh.data = m.gru.weight_ih_l0.data, m.gru.weight_hh_l0.data
+    cell.bias_ih.data, cell.bias_hh.data = m.gru.bias_ih_l0.data, m.gru.bias_hh_l0.data
+    h = torch.zeros(2, 8, dtype=torch.float64)
+    for t in range(9):  # the prediction of bin t + 1 sees bins 0..t only
+        h = cell(x[:, t], h)
+        if t + 1 >= 3:
+            torch.testing.assert_close(out[:, t + 1 - 3], m.readout(h))
+    future = x.clone()
+    future[:, -1] = 1 - future[:, -1]  # changing the last bin cannot change any prediction
+    torch.testing.assert_close(m(future), out)

@@ -4,11 +4,14 @@ from __future__ import annotations
 from torch import nn
 
 from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli
+from dgrn.nn.gru import GRUBernoulli
 
-__all__ = ["BernoulliGLM", "IndependentBernoulli", "NETWORKS", "build_network"]
+__all__ = ["BernoulliGLM", "GRUBernoulli", "IndependentBernoulli", "NETWORKS", "build_network"]
 
 #: Next-bin network architectures by name (the ``net.name`` of a model config).
-NETWORKS: dict[str, type[nn.Module]] = {"glm": BernoulliGLM, "independent": IndependentBernoulli}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "glm": BernoulliGLM, "independent": IndependentBernoulli, "gru": GRUBernoulli,
+}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
