@@ -21,10 +21,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _convert_="all")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     pretrained = model_cfg.pop("pretrained", None)
-    model = instantiate(model_cfg, n_neurons=datamodule.n_neurons, _convert_="all")
+    # next-bin models are built for the data's neurons; graph models (community encoder) are size-free
+    sized = {"n_neurons": datamodule.n_neurons} if hasattr(datamodule, "n_neurons") else {}
+    model = instantiate(model_cfg, **sized, _convert_="all")
     if pretrained:
         runner.init_from_pretrained(model, pretrained)
-    datamodule.context = model.context  # each bin after the model's history is scored exactly once
+    if hasattr(model, "context"):
+        datamodule.context = model.context  # each bin after the model's history is scored exactly once
 
     callbacks = runner.instantiate_group(cfg.get("callbacks"))
     loggers = runner.instantiate_group(cfg.get("logger"))

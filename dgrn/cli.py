@@ -1,4 +1,4 @@
-"""The ``dgrn`` command: ``dgrn zoo list``, ``dgrn simulate``, ``dgrn predict``.
+"""The ``dgrn`` command: ``dgrn zoo list``, ``dgrn simulate``, ``dgrn predict``, ``dgrn renorm``.
 
 Heavy libraries are imported inside the commands, so ``dgrn --help`` and ``dgrn zoo list`` answer at once.
 """
@@ -24,13 +24,27 @@ def _zoo_list(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from dgrn.sim import kinetic_ising
+    if Path(args.out).suffix not in (".npz", ".nwb"):
+        raise ValueError(f"--out must end in .npz or .nwb, got {args.out!r}")
+    if args.model == "kinetic-ising":
+        from dgrn.sim import kinetic_ising
 
-    data = kinetic_ising(
-        args.n, args.t, n_communities=args.n_communities, seed=args.seed, sample_seed=args.sample_seed, dt=args.dt
-    )
+        data = kinetic_ising(
+            args.n, args.t, n_communities=args.n_communities, seed=args.seed, sample_seed=args.sample_seed, dt=args.dt
+        )
+    elif args.model == "lif":
+        from dgrn.sim.lif import lif_preset
+
+        data = lif_preset(args.preset, args.duration_s, args.dt, seed=args.seed, sample_seed=args.sample_seed)
+    else:
+        from dgrn.sim.connectome import connectome_dynamics
+
+        if not args.connectome:
+            raise ValueError("simulate connectome needs --connectome FILE (.csv, .npz or .graphml)")
+        data = connectome_dynamics(args.connectome, args.t, dynamics=args.dynamics, dt=args.dt, seed=args.seed,
+                                   sample_seed=args.sample_seed, spectral_radius_target=args.spectral_radius)
     if args.observed_fraction < 1.0:
-        data = data.subsample(args.observed_fraction, seed=args.seed)
+        data = data.subsample(args.observed_fraction, seed=args.seed, strategy=args.subsample)
     path = data.save(args.out)
     rate = float(data.spikes.float().mean() / data.dt)
     print(f"wrote {path}: {data.n_bins} bins x {data.n_neurons} observed neurons (of {data.n_network}), "
@@ -80,6 +94,65 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renorm(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from dgrn import plots
+    from dgrn.data import SpikeData, atomic_write
+    from dgrn.renorm import HeatKernel, pool_activity, rg_flow
+    from dgrn.renorm.graphs import load_graph
+
+    graph = load_graph(args.graph)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        tau = float(args.tau)
+    except ValueError:
+        tau = args.tau
+    kernel_options = {"laplacian": args.laplacian, "method": args.method, "seed": args.seed}
+    flow = rg_flow(graph, args.levels, tau=tau, shrink=args.shrink, **kernel_options)
+    n = graph.shape[0]
+    if not flow:
+        curves = HeatKernel(graph, **kernel_options).curves()
+        plots.plot_specific_heat(curves, out / "specific_heat_level0.png", title=f"level 0: {n} nodes")
+    sizes = np.ones(n)
+    plots.plot_metagraph(graph, out / "metagraph_level0.png", title=f"level 0: {n} nodes")
+    arrays: dict[str, np.ndarray] = {}
+    for lv in flow:
+        plots.plot_specific_heat(lv.curves, out / f"specific_heat_level{lv.level - 1}.png", tau_star=lv.tau,
+                                 peaks=lv.peaks, title=f"level {lv.level - 1}: τ* = {lv.tau:.3g}")
+        sizes = np.bincount(lv.membership.numpy(), minlength=lv.n_nodes)
+        plots.plot_metagraph(lv.graph, out / f"metagraph_level{lv.level}.png", node_size=sizes,
+                             title=f"level {lv.level}: {lv.n_nodes} supernodes")
+        coo = lv.graph.tocoo()
+        arrays.update({f"level{lv.level}_{key}": value for key, value in {
+            "membership": lv.membership.numpy(), "assignment": lv.assignment.numpy(), "tau": np.array(lv.tau),
+            "curve_tau": lv.curves["tau"].numpy(), "entropy": lv.curves["entropy"].numpy(),
+            "specific_heat": lv.curves["specific_heat"].numpy(),
+            "edge_index": np.vstack([coo.row, coo.col]), "edge_weight": coo.data}.items()})
+    plots.plot_flow(flow, n, out / "flow.png")
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, n_nodes=np.array(n), **arrays)
+
+    atomic_write(out / "levels.npz", write_npz)
+    summary = {"graph": str(args.graph), "n_nodes": n, "levels": [lv.summary() for lv in flow]}
+    atomic_write(out / "levels.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    if args.spikes:
+        data = SpikeData.load(args.spikes)
+        if data.n_neurons != n:
+            raise ValueError(f"{args.spikes} has {data.n_neurons} neurons; the graph has {n} nodes")
+        for lv in flow:
+            pool_activity(data, lv.membership, args.pool).save(out / f"spikes_level{lv.level}.npz")
+    print(f"{args.graph}: {n} nodes -> " + " -> ".join(f"{lv.n_nodes} (τ*={lv.tau:.3g})" for lv in flow))
+    print(f"wrote {out}/: specific_heat_level*.png, metagraph_level*.png, flow.png, levels.json, levels.npz"
+          + (", spikes_level*.npz" if args.spikes and flow else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgrn", description="Diffusion-guided renormalization of neural systems.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,16 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="pretrained models").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list pretrained models").set_defaults(func=_zoo_list)
 
-    sim = sub.add_parser("simulate", help="simulate a network with ground truth and save it as .npz")
-    sim.add_argument("model", choices=["kinetic-ising"], help="simulator")
-    sim.add_argument("--n", type=int, default=100, help="neurons (default 100)")
-    sim.add_argument("--t", type=int, default=50_000, help="time bins (default 50000)")
+    sim = sub.add_parser("simulate", help="simulate a network with ground truth and save it as .npz or .nwb")
+    sim.add_argument("model", choices=["kinetic-ising", "lif", "connectome"], help="simulator")
+    sim.add_argument("--n", type=int, default=100, help="kinetic-ising: neurons (default 100)")
+    sim.add_argument("--t", type=int, default=50_000, help="kinetic-ising, connectome: time bins (default 50000)")
+    sim.add_argument("--preset", default="small", help="lif: lkd2012, small or tiny (default small)")
+    sim.add_argument("--duration-s", type=float, default=10.0, help="lif: recorded seconds (default 10)")
+    sim.add_argument("--connectome", default=None, help="connectome: .csv (pre,post,weight[,ei]), .npz or .graphml")
+    sim.add_argument("--dynamics", choices=["kinetic_ising", "lif"], default="kinetic_ising", help="connectome: dynamics")
+    sim.add_argument("--spectral-radius", type=float, default=1.0, help="connectome: rescale weights to this radius")
+    sim.add_argument("--subsample", choices=["random", "community", "block"], default="random",
+                     help="which neurons stay observed with --observed-fraction")
     sim.add_argument("--n-communities", type=int, default=4)
     sim.add_argument("--seed", type=int, default=0, help="network seed")
     sim.add_argument("--sample-seed", type=int, default=None, help="trajectory seed (default: --seed)")
     sim.add_argument("--dt", type=float, default=0.01, help="bin width in seconds")
     sim.add_argument("--observed-fraction", type=float, default=1.0, help="keep this fraction of neurons observed")
-    sim.add_argument("--out", required=True, help="output .npz")
+    sim.add_argument("--out", required=True, help="output .npz, or .nwb (needs pynwb: the `nwb` extra)")
     sim.set_defaults(func=_simulate)
 
     pred = sub.add_parser("predict", help="next-bin spike probabilities of a recording under a pretrained model")
@@ -113,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--command", default="", help="the commands that reproduce it, for the card")
     pub.add_argument("--sample-seed", type=int, default=2024, help="seed of the fresh trajectories scored")
     pub.set_defaults(func=_publish)
+
+    ren = sub.add_parser("renorm", help="diffusion (Laplacian) renormalization flow of a graph, with plots")
+    ren.add_argument("graph", help="graph file: scipy sparse .npz, .npz with adjacency / edge_index / true_couplings, "
+                                   ".npy, .mtx (A[i, j] = weight of i -> j)")
+    ren.add_argument("--out", required=True, help="output folder")
+    ren.add_argument("--levels", type=int, default=3, help="maximum number of coarse-grainings (default 3)")
+    ren.add_argument("--tau", default="valley", help="valley | largest | highest | smallest | a diffusion time")
+    ren.add_argument("--shrink", type=float, default=None, help="shrink each level by this factor (entropy target)")
+    ren.add_argument("--laplacian", default="auto", choices=["auto", "combinatorial", "normalized", "directed"])
+    ren.add_argument("--method", default="auto", choices=["auto", "exact", "scalable"])
+    ren.add_argument("--seed", type=int, default=0, help="seed of the scalable path's random probes")
+    ren.add_argument("--spikes", default=None, help="SpikeData .npz over the graph's nodes: pool it along the flow")
+    ren.add_argument("--pool", default="sum", choices=["sum", "or", "majority"], help="pooling of --spikes")
+    ren.set_defaults(func=_renorm)
     return parser
 
 

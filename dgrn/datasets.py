@@ -18,12 +18,50 @@ def _file(path: str) -> SpikeData:
     return SpikeData.load(path)
 
 
+def _clustered_lif(preset: str = "small", duration_s: float = 20.0, dt: float = 0.005, **kwargs) -> SpikeData:
+    from dgrn.sim.lif import lif_preset
+
+    return lif_preset(preset, duration_s, dt, **kwargs)
+
+
+def _connectome(path: str, t: int, **kwargs) -> SpikeData:
+    from dgrn.sim.connectome import connectome_dynamics
+
+    return connectome_dynamics(path, t, **kwargs)
+
+
+def _recording(path: str, dt: float | None = None, **kwargs) -> SpikeData:
+    from dgrn.data.io import load_recording
+
+    return load_recording(path, dt, **kwargs)
+
+
+def _ising1d(**kwargs) -> SpikeData:
+    from dgrn.sim.ising import ising1d
+
+    return ising1d(**kwargs)
+
+
+def _ising2d(**kwargs) -> SpikeData:
+    from dgrn.sim.ising import ising2d
+
+    return ising2d(**kwargs)
+
+
 #: Data sources by name (the ``data.dataset.name`` of a config).
-DATASETS: dict[str, Callable[..., SpikeData]] = {"kinetic_ising": _kinetic_ising, "file": _file}
+DATASETS: dict[str, Callable[..., SpikeData]] = {
+    "kinetic_ising": _kinetic_ising,
+    "file": _file,
+    "clustered_lif": _clustered_lif,
+    "connectome": _connectome,
+    "recording": _recording,
+    "ising1d": _ising1d,
+    "ising2d": _ising2d,
+}
 
 
 #: Sources that draw trajectories from a seeded network: ``sample_seed`` gives fresh data of the same network.
-SIMULATORS = frozenset({"kinetic_ising"})
+SIMULATORS = frozenset({"kinetic_ising", "clustered_lif", "connectome", "ising1d", "ising2d"})
 
 
 def fresh_trajectories(dataset: dict, sample_seed: int) -> dict:

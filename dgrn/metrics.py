@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
-__all__ = ["bernoulli_nll", "bits_per_spike", "edge_auroc", "SpikePredictionMetrics"]
+__all__ = ["bernoulli_nll", "bits_per_spike", "edge_auroc", "edge_auprc", "shared_driver_false_positive_rate",
+           "SpikePredictionMetrics"]
 
 
 def bernoulli_nll(logits: Tensor, target: Tensor) -> Tensor:
@@ -52,6 +53,58 @@ def edge_auroc(coupling: Tensor, true_coupling: Tensor) -> Tensor:
     if labels.min() == labels.max():
         raise ValueError("edge AUROC is undefined: the true graph has no edges, or is complete, among these neurons")
     return binary_auroc(coupling.detach()[off].abs().float(), labels)
+
+
+def edge_auprc(coupling: Tensor, true_coupling: Tensor) -> Tensor:
+    """Area under the precision-recall curve (average precision) of ``|coupling|`` for the true edges; same
+    conventions as :func:`edge_auroc`. Its chance level is the edge density, not 0.5."""
+    if coupling.shape != true_coupling.shape or coupling.dim() != 2:
+        raise ValueError(f"coupling {tuple(coupling.shape)} and truth {tuple(true_coupling.shape)} must be the same (N, N)")
+    off = ~torch.eye(coupling.shape[0], dtype=torch.bool, device=coupling.device)
+    labels = (true_coupling.to(coupling.device)[off] != 0).long()
+    if labels.max() == 0:
+        raise ValueError("edge AUPRC is undefined: the true graph has no edges among these neurons")
+    return binary_average_precision(coupling.detach()[off].abs().float(), labels)
+
+
+def shared_driver_false_positive_rate(coupling: Tensor, true_coupling: Tensor, observed: Tensor) -> dict[str, float]:
+    r"""False positives caused by hidden common input.
+
+    ``coupling`` ``(n, n)`` is estimated among the ``observed`` neurons of a network with true couplings
+    ``true_coupling`` ``(M, M)``. As many ordered pairs as there are true edges among the observed neurons are
+    called edges (the largest ``|coupling|``, off the diagonal), so every estimator is judged at the same number
+    of calls whatever its scale. Among the ordered non-edges ``(i, j)`` (``W[i, j] == 0``) whose two neurons
+    receive input from a common *hidden* neuron ``h`` (``W[i, h] != 0`` and ``W[j, h] != 0``), returns the fraction
+    called edges (``"shared_driver"``), the same fraction over all non-edges (``"all"``) and the number of
+    shared-driver pairs (``"n_pairs"``).
+    """
+    n = observed.numel()
+    if coupling.shape != (n, n):
+        raise ValueError(f"coupling must be ({n}, {n}) for {n} observed neurons, got {tuple(coupling.shape)}")
+    truth = true_coupling.to(coupling.device)
+    observed = observed.to(coupling.device)
+    hidden = torch.ones(truth.shape[0], dtype=torch.bool, device=truth.device)
+    hidden[observed] = False
+    if not hidden.any():
+        raise ValueError("no hidden neurons: every neuron is observed, so no pair shares a hidden driver")
+    edges = truth[observed][:, observed] != 0
+    off = ~torch.eye(n, dtype=torch.bool, device=coupling.device)
+    n_edges = int((edges & off).sum())
+    if n_edges == 0:
+        raise ValueError("the true graph has no edges among the observed neurons")
+    driven = (truth[observed][:, hidden] != 0).float()  # (n, n_hidden): which hidden neurons drive each neuron
+    shares = (driven @ driven.T) > 0
+    score = coupling.detach().abs().float().masked_fill(~off, -1.0)
+    called = torch.zeros(n * n, dtype=torch.bool, device=coupling.device)
+    called[score.flatten().topk(n_edges).indices] = True
+    called = called.view(n, n)
+    non_edges = ~edges & off
+    pairs = non_edges & shares
+    return {
+        "shared_driver": float((called & pairs).sum()) / max(int(pairs.sum()), 1),
+        "all": float((called & non_edges).sum()) / max(int(non_edges.sum()), 1),
+        "n_pairs": int(pairs.sum()),
+    }
 
 
 class SpikePredictionMetrics(Metric):

@@ -102,6 +102,10 @@ def publish_checkpoint(
             raise FileNotFoundError(f"{ckpt_path} is a directory without metrics.json; pass a .ckpt file")
         ckpt_path = json.loads(run_file.read_text()).get("best_checkpoint") or Path(ckpt_path) / "checkpoints/last.ckpt"
     ckpt = load_checkpoint(ckpt_path)
+    if "encoder" in ckpt["hyper_parameters"]:  # a community-encoder run (CommunityModule): its own card
+        from dgrn.models.community import publish_encoder
+
+        return publish_encoder(ckpt_path, name, summary=summary, command=command, out_dir=out_dir)
     hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters")
     if not data_hp or "dataset" not in data_hp:
         raise ValueError(f"{ckpt_path} does not record the data config it was trained on; cannot write a model card")

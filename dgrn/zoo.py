@@ -58,6 +58,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _size_kwargs(info: dict) -> dict:
+    """``n_neurons`` for models built for one network; nothing for size-free ones (the community encoder)."""
+    return {"n_neurons": info["n_neurons"]} if info.get("n_neurons") is not None else {}
+
+
 def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """The one door in: a registered architecture (``dgrn.nn.NETWORKS``, built with ``kwargs``) or a zoo model
     (its recorded architecture; its weights when ``pretrained``)."""
@@ -71,7 +76,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         if pretrained:
             return load_pretrained(name)
         info = model_info(name)
-        return build_network(info["architecture"], **{"n_neurons": info["n_neurons"], **info["net"], **kwargs})
+        return build_network(info["architecture"], **{**_size_kwargs(info), **info["net"], **kwargs})
     raise ValueError(f"unknown model {name!r}; architectures: {sorted(NETWORKS)}, pretrained: {list_models()}")
 
 
@@ -97,7 +102,7 @@ def load_pretrained(name: str, map_location: str = "cpu") -> nn.Module:
         state = load_file(weights, device=map_location)
     except SafetensorError as err:
         raise ValueError(f"{weights} is not a valid safetensors file: {err}") from err
-    net = build_network(info["architecture"], n_neurons=info["n_neurons"], **info["net"])
+    net = build_network(info["architecture"], **_size_kwargs(info), **info["net"])
     net.load_state_dict(state, strict=True)
     return net.eval()
 

@@ -123,3 +123,14 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert math.isfinite(metrics["test/nll"])
+
+
+def test_subsampling_strategy_is_a_data_override(run_train):
+    from dgrn.models import SpikeDataModule
+
+    dm = SpikeDataModule({"name": "kinetic_ising", "n": 40, "t": 500, "n_communities": 4, "seed": 0},
+                         observed_fraction=0.25, subsample_strategy="block")
+    observed = dm.spike_data.observed
+    assert observed.numel() == 10 and torch.equal(observed, observed[0] + torch.arange(10))
+    metrics, _ = run_train(["data.observed_fraction=0.5", "data.subsample_strategy=community"], "community")
+    assert math.isfinite(metrics["test/nll"])

@@ -21,6 +21,8 @@ class SpikeDataModule(L.LightningDataModule):
         dataset: ``{"name": <source>, **kwargs}`` for :func:`dgrn.datasets.build_dataset`, or a ``SpikeData``.
         observed_fraction: fraction of neurons kept observed (the rest become hidden; ground truth is kept).
         subsample_seed: seed of the choice of observed neurons.
+        subsample_strategy: ``"random"``, ``"community"`` (biased towards some communities) or ``"block"``
+            (a contiguous run of neurons); see :meth:`dgrn.data.SpikeData.subsample`.
         window: bins per window. The first ``context`` bins of a window are history only; windows start
             ``window - context`` bins apart, so each bin of a split is scored once.
         context: bins of history the model needs (``train.py`` sets it from the model).
@@ -33,6 +35,7 @@ class SpikeDataModule(L.LightningDataModule):
         dataset: dict | SpikeData,
         observed_fraction: float = 1.0,
         subsample_seed: int = 0,
+        subsample_strategy: str = "random",
         window: int = 64,
         context: int = 1,
         val_fraction: float = 0.15,
@@ -64,7 +67,8 @@ class SpikeDataModule(L.LightningDataModule):
             cfg = dict(self.dataset_cfg)
             data = build_dataset(cfg.pop("name"), **cfg)
         if self.hparams.observed_fraction < 1.0:
-            data = data.subsample(self.hparams.observed_fraction, seed=self.hparams.subsample_seed)
+            data = data.subsample(self.hparams.observed_fraction, seed=self.hparams.subsample_seed,
+                                  strategy=self.hparams.subsample_strategy)
         return data
 
     @property

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dgrn.graph.glm import glm_context, glm_logits
 
 __all__ = ["BernoulliGLM", "IndependentBernoulli"]
 
@@ -95,7 +96,7 @@ class BernoulliGLM(nn.Module):
             )
         self.n_neurons, self.history, self.latent_rank = int(n_neurons), int(history), int(latent_rank)
         self.latent_history = int(latent_history) if latent_rank else 0
-        self.context = max(self.history, self.latent_history)
+        self.context = glm_context(self.history, self.latent_history)
         self._latent_tau0 = float(latent_tau)
         self.bias = nn.Parameter(torch.empty(n_neurons))
         self.weight = nn.Parameter(torch.empty(history, n_neurons, n_neurons))  # weight[k-1] = W^(k)
@@ -117,22 +118,10 @@ class BernoulliGLM(nn.Module):
         """Net coupling ``sum_k W^(k)``, ``(N, N)``: ``[i, j]`` = influence of ``j`` on ``i``."""
         return self.weight.sum(0)
 
-    def _lagged(self, x: Tensor, kernel: Tensor) -> Tensor:
-        """``out[:, t', :] = sum_k x[:, context + t' - k, :] @ kernel[k-1].T`` for every target bin.
-
-        ``kernel`` is ``(K, C, N)``; one ``conv1d`` over time (no loop over lags or neurons)."""
-        lags = kernel.shape[0]
-        xs = x[:, self.context - lags: x.shape[1] - 1].transpose(1, 2)  # (B, N, L - context + lags - 1)
-        weight = kernel.flip(0).permute(1, 2, 0)  # (C, N, K), flipped so position K-1 is lag 1
-        return F.conv1d(xs, weight.to(x.dtype)).transpose(1, 2)
-
     def forward(self, x: Tensor) -> Tensor:
         _check_window(x, self.n_neurons, self.context)
-        eta = self._lagged(x, self.weight) + self.bias.to(x.dtype)
+        latent = {}
         if self.latent_rank:
-            lags = torch.arange(self.latent_history, dtype=x.dtype, device=x.device)
-            kappa = torch.softmax(-lags / self.log_latent_tau.exp().to(x.dtype), 0)  # normalized exp. kernel
-            # a rank-r, separable kernel: kappa_k * V^T, applied at every lag
-            z = self._lagged(x, kappa[:, None, None] * self.latent_in.T.to(x.dtype)[None])
-            eta = eta + z @ self.latent_out.T.to(x.dtype)
-        return eta
+            latent = dict(latent_in=self.latent_in, latent_out=self.latent_out, log_latent_tau=self.log_latent_tau,
+                          latent_history=self.latent_history)
+        return glm_logits(x, self.bias, self.weight, context=self.context, **latent)

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from dgrn.data import SpikeData
 
-__all__ = ["kinetic_ising", "planted_couplings"]
+__all__ = ["glauber_dynamics", "kinetic_ising", "planted_couplings", "rate_matched_bias"]
 
 
 def planted_couplings(
@@ -106,22 +107,10 @@ def kinetic_ising(
         n, n_communities, p_in=p_in, p_out=p_out, j_in=j_in, j_out=j_out,
         weight_cv=weight_cv, shuffle=shuffle, generator=net_gen,
     )
-    bias = math.log(base_rate / (1 - base_rate)) - base_rate * w.sum(1) + bias_sd * torch.randn(n, generator=net_gen)
+    bias = rate_matched_bias(w, base_rate, bias_sd, generator=net_gen)
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    dyn_gen = torch.Generator(device=device).manual_seed(int(seed if sample_seed is None else sample_seed))
-    w_d, h_d = w.to(device), bias.to(device)
-    total = burn_in + t
-    out = torch.empty(t, n, dtype=torch.uint8, device=device)
-    x = (torch.rand(n, generator=dyn_gen, device=device) < base_rate).float()
-    chunk = 4096  # draw the noise in blocks: one RNG call per block instead of per step
-    for c0 in range(0, total, chunk):
-        noise = torch.rand(min(chunk, total - c0), n, generator=dyn_gen, device=device)
-        for k in range(noise.shape[0]):  # sequential dynamics: a loop over time steps only
-            x = (noise[k] < torch.sigmoid(torch.addmv(h_d, w_d, x))).float()
-            step = c0 + k - burn_in
-            if step >= 0:
-                out[step] = x.to(torch.uint8)
+    out = glauber_dynamics(w, bias, t, burn_in=burn_in, base_rate=base_rate,
+                           seed=seed if sample_seed is None else sample_seed, device=device)
     meta = {
         "simulator": "kinetic_ising",
         "params": {
@@ -132,4 +121,72 @@ def kinetic_ising(
         },
         "bias": bias.tolist(),
     }
-    return SpikeData(out.cpu(), dt, true_couplings=w, true_communities=labels, meta=meta)
+    return SpikeData(out, dt, true_couplings=w, true_communities=labels, meta=meta)
+
+
+def rate_matched_bias(
+    w: torch.Tensor, base_rate: float, bias_sd: float, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Fields under which a neuron whose inputs all fire at ``base_rate`` fires at ``base_rate``, plus Gaussian
+    heterogeneity: :math:`h_i = \mathrm{logit}(r_0) - r_0 \sum_j W_{ij} + \mathrm{bias\_sd}\cdot\xi_i`.
+    ``w`` dense or torch sparse ``(n, n)``; returns ``(n,)`` float32."""
+    if not 0.0 < base_rate < 1.0:
+        raise ValueError(f"base_rate is a probability per bin in (0, 1), got {base_rate}")
+    row_sum = w.sum(1) if w.layout == torch.strided else torch.sparse.sum(w, 1).to_dense()
+    n = w.shape[0]
+    return (math.log(base_rate / (1 - base_rate)) - base_rate * row_sum.float()
+            + bias_sd * torch.randn(n, generator=generator)).float()
+
+
+@torch.no_grad()
+def glauber_dynamics(
+    w: torch.Tensor,
+    bias: torch.Tensor,
+    t: int,
+    *,
+    burn_in: int = 1000,
+    base_rate: float = 0.05,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    r"""Parallel Glauber dynamics of a kinetic Ising network with given couplings, 0/1 convention:
+    :math:`P(x_i(t+1) = 1 \mid x(t)) = \sigma(h_i + \sum_j W_{ij} x_j(t))`.
+
+    Args:
+        w: ``(n, n)`` couplings ``W[i, j]`` (influence of ``j`` on ``i``), dense or torch sparse (a sparse ``W`` above
+            2048 neurons is applied as a CSR matrix-vector product, so large sparse connectomes never become dense).
+        bias: ``(n,)`` fields ``h``. t: recorded steps, after ``burn_in`` discarded ones.
+        base_rate: probability of each neuron being active in the initial state.
+        seed: seeds the trajectory (initial state and noise). device: where it runs.
+
+    Returns:
+        ``(t, n)`` uint8 spikes on the CPU.
+    """
+    n = bias.shape[0]
+    if w.dim() != 2 or tuple(w.shape) != (n, n):
+        raise ValueError(f"couplings must be ({n}, {n}) to match the {n} biases, got {tuple(w.shape)}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dyn_gen = torch.Generator(device=device).manual_seed(int(seed))
+    h_d = bias.to(device, torch.float32)
+    if w.layout != torch.strided and n <= 2048:  # small: a dense matvec is cheaper than a sparse one
+        w = w.to_dense()
+    if w.layout == torch.strided:
+        w_d = w.to(device, torch.float32)
+        drive = lambda x: torch.addmv(h_d, w_d, x)  # noqa: E731
+    else:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matvec is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            w_d = w.to_sparse_csr().to(device, torch.float32)
+        drive = lambda x: h_d + w_d @ x  # noqa: E731
+    total = burn_in + t
+    out = torch.empty(t, n, dtype=torch.uint8, device=device)
+    x = (torch.rand(n, generator=dyn_gen, device=device) < base_rate).float()
+    chunk = 4096  # draw the noise in blocks: one RNG call per block instead of per step
+    for c0 in range(0, total, chunk):
+        noise = torch.rand(min(chunk, total - c0), n, generator=dyn_gen, device=device)
+        for k in range(noise.shape[0]):  # sequential dynamics: a loop over time steps only
+            x = (noise[k] < torch.sigmoid(drive(x))).float()
+            step = c0 + k - burn_in
+            if step >= 0:
+                out[step] = x.to(torch.uint8)
+    return out.cpu()

@@ -1,0 +1,390 @@
+"""Tensor-network benchmark: Born machines against exact Ising references, compression, speed, conditional decoder.
+
+    python bench/tn.py [--sections chain longrange lattice speed conditional] [--threads N] [--quick]
+
+Every exact reference is computed in the same run (dgrn.sim.ising: closed forms, enumeration, transfer matrix), and
+every baseline too (the exact model's NLL on the same test set; C(r) from as many exact samples as the models get;
+tensorkrowch's MPS on the same input; a factorized Bernoulli decoder with the same context). NLLs are in nats per
+spin on held-out exact samples; ``NLL - S`` estimates KL(p || q) per spin. Writes ``bench/results/tn.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, ising_enumerate,  # noqa: E402
+                            ising_sample_exact, ising_transfer, ising_transfer_sample, square_lattice_couplings)
+from dgrn.tn import MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree  # noqa: E402
+from dgrn.tn.readouts import compression_report, truncation_curve  # noqa: E402
+
+N_TRAIN, N_TEST, N_CORR = 20_000, 10_000, 20_000
+N_VAL = 2_000  # the last 2,000 training samples choose when to stop sweeping
+
+
+def per_spin_nll(model, x) -> float:
+    with torch.no_grad():
+        return float(-model.log_prob(x).double().mean()) / x.shape[1]
+
+
+def fit_adam(model, x, epochs: int, lr: float, batch: int = 500, seed: int = 0):
+    """Adam with a cosine schedule on minibatches of the NLL."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(x) / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for k in range(0, len(x), batch):
+            opt.zero_grad()
+            loss = -model.log_prob(x[perm[k:k + batch]]).mean()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model
+
+
+def fit_sweeps(n: int, x, bond: int, grow: int, restarts: int, seed: int = 0):
+    """Two-site sweeps (Han et al.): grow bonds to ``grow`` at tolerance 1e-4, truncate to ``bond``, polish; keep the
+    restart with the lowest *training* NLL."""
+    best = None
+    for r in range(restarts):
+        torch.manual_seed(seed + r)
+        m = MPS(n, 1)
+        for _ in range(2):
+            m.sweep(x, tol=1e-4, max_bond=grow)
+        m.truncate(0.0, max_bond=bond)
+        out = m.sweep(x, tol=1e-8, max_bond=bond)
+        if best is None or out["nll"] < best[0]:
+            best = (out["nll"], m)
+    return best[1]
+
+
+def fit_sweeps_early_stop(model, fit, val, max_sweeps: int, **kwargs):
+    """Sweeps at fixed bond dimension; keep the state with the best NLL on the validation samples."""
+    best, best_val = copy.deepcopy(model), per_spin_nll(model, val)
+    for _ in range(max_sweeps):
+        model.sweep(fit, **kwargs)
+        score = per_spin_nll(model, val)
+        if score < best_val:
+            best, best_val = copy.deepcopy(model), score
+    return best
+
+
+def corr_curve(samples, dist):
+    s = samples.double() * 2 - 1
+    return correlation_by_distance(s.T @ s / len(s), dist)[1]
+
+
+def corr_error(c_model, c_exact) -> dict:
+    diff = (c_model - c_exact).abs()
+    return {"max": float(diff.max()), "mean": float(diff.mean())}
+
+
+def equal_param_mps_bond(n: int, target: int) -> int:
+    """Largest MPS bond dimension whose parameter count does not exceed ``target``."""
+    bond = 1
+    while MPS(n, bond + 1).n_params <= target:
+        bond += 1
+    return bond
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n## {title}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+
+
+# --------------------------------------------------------------------------------------------- sections
+def chain(args) -> dict:
+    """Nearest-neighbour open chain, 24 spins: MPS of bond dimension 2 against the exact entropy per spin."""
+    n, out, rows = 24, [], []
+    for beta in args.chain_betas:
+        exact = ising_enumerate(chain_couplings(n), beta)
+        closed = math.log(2) + (n - 1) * (math.log(2 * math.cosh(beta)) - beta * math.tanh(beta))
+        x = ising_sample_exact(chain_couplings(n), beta, N_TRAIN + N_TEST, seed=1).long()
+        train, test = x[:N_TRAIN], x[N_TRAIN:]
+        s = test.double() * 2 - 1
+        true_nll = float(exact["log_z"] - beta * (s[:, :-1] * s[:, 1:]).sum(1).mean()) / n  # exact model, same test set
+        start = time.perf_counter()
+        m = fit_sweeps(n, train, bond=2, grow=8, restarts=args.restarts)
+        seconds = time.perf_counter() - start
+        gap = per_spin_nll(m, test) - exact["entropy"] / n
+        row = {"beta": beta, "entropy_per_spin": exact["entropy"] / n, "closed_form_check": abs(closed - exact["entropy"]),
+               "mps_gap": gap, "exact_model_gap": true_nll - exact["entropy"] / n, "bond_dims": m.bond_dims,
+               "train_seconds": seconds, "goal_met": abs(gap) <= 0.002}
+        out.append(row)
+        rows.append([beta, row["entropy_per_spin"], gap, row["exact_model_gap"], max(m.bond_dims), f"{seconds:.0f}",
+                     "yes" if row["goal_met"] else "NO"])
+    print_table("1D nearest-neighbour chain, 24 spins: test NLL - S per spin (goal |gap| <= 0.002)",
+                ["beta", "S/N", "MPS(D=2) gap", "exact model gap (noise)", "max bond", "train s", "goal"], rows)
+    return {"chain": out}
+
+
+def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int, args, order=None) -> dict:
+    """MPS (site order ``order``) vs TTN (``tree``) at equal parameters on one exactly solved model.
+
+    Both are trained by sweeps at fixed bond dimension (MPS: two-site, TTN: single-node), early-stopped on the last
+    ``N_VAL`` training samples; ``--adam`` adds both trained by Adam."""
+    order = torch.arange(n) if order is None else torch.as_tensor(order)
+    x = sample_fn(N_TRAIN + N_TEST + N_CORR, seed=11).long()
+    train, test, fresh = x[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], x[N_TRAIN + N_TEST:]
+    s_exact = exact["entropy"] / n
+    c_exact = correlation_by_distance(exact["correlation"], dist)[1]
+    floor = corr_error(corr_curve(fresh, dist), c_exact)  # sampling noise of C(r) with N_CORR exact samples
+    ttn = TTN(n, ttn_bond, tree=tree, init_noise=1.0)
+    mps_bond = equal_param_mps_bond(n, ttn.n_params)
+    fit, val = train[:-N_VAL], train[-N_VAL:]
+    models, seconds = {}, {}
+    start = time.perf_counter()
+    models["TTN (sweeps)"] = fit_sweeps_early_stop(ttn, fit, val, args.max_sweeps)
+    seconds["TTN (sweeps)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    models["MPS (sweeps)"] = fit_sweeps_early_stop(MPS(n, mps_bond, init_noise=1.0), fit[:, order], val[:, order],
+                                                   args.max_sweeps, max_bond=mps_bond)
+    seconds["MPS (sweeps)"] = time.perf_counter() - start
+    if args.adam:
+        for label, model, data in (("TTN (Adam)", TTN(n, ttn_bond, tree=tree), train),
+                                   ("MPS (Adam)", MPS(n, mps_bond), train[:, order])):
+            start = time.perf_counter()
+            torch.manual_seed(0)
+            models[label] = fit_adam(model, data, args.epochs, args.lr)
+            seconds[label] = time.perf_counter() - start
+    inverse = torch.argsort(order)
+    rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "models": {}}
+    for label, m in models.items():
+        is_mps = label.startswith("MPS")
+        gap = per_spin_nll(m, test[:, order] if is_mps else test) - s_exact
+        samples = m.sample(N_CORR, generator=torch.Generator().manual_seed(5))
+        if is_mps:
+            samples = samples[:, inverse]  # back to lattice order
+        err = corr_error(corr_curve(samples, dist), c_exact)
+        out["models"][label] = {"n_params": m.n_params, "max_bond": max(m.bond_dims), "kl_per_spin": gap,
+                                "corr_error": err, "train_seconds": seconds[label]}
+        rows.append([label, m.n_params, max(m.bond_dims), gap, err["max"], err["mean"], f"{seconds[label]:.0f}"])
+    rows.append(["exact samples (noise floor)", "-", "-", "-", floor["max"], floor["mean"], "-"])
+    print_table(f"{name}: KL per spin = test NLL - S (S/N = {s_exact:.4f}), C(r) error from {N_CORR} samples",
+                ["model", "params", "max bond", "NLL - S", "max |dC(r)|", "mean |dC(r)|", "train s"], rows)
+    return out, {"models": models, "test": test, "order": order}
+
+
+def longrange(args) -> dict:
+    """Long-range chain J/r^alpha, 20 spins, at the specific-heat maximum of each alpha."""
+    n, results = 20, {}
+    r = torch.arange(n)
+    dist = (r[:, None] - r[None, :]).abs()
+    for alpha in (1.5, 3.0):
+        w = chain_couplings(n, alpha=alpha)
+        betas = torch.linspace(0.1, 1.2, 23).tolist()
+        heat = []
+        for b in betas:  # C = beta^2 Var(E) = -beta dS/dbeta; the peak is the finite-size pseudo-critical point
+            h = 1e-4
+            heat.append(-(ising_enumerate(w, b + h)["entropy"] - ising_enumerate(w, b - h)["entropy"]) / (2 * h) * b)
+        beta = betas[max(range(len(betas)), key=heat.__getitem__)]
+        exact = ising_enumerate(w, beta)
+        res, _ = compare(f"Long-range chain J/r^{alpha}, 20 spins, beta = {beta:.3f} (specific-heat peak)", n,
+                         lambda k, seed: ising_sample_exact(w, beta, k, seed=seed), exact, dist, balanced_tree(n),
+                         args.ttn_bond_1d, args)
+        res.update(beta=beta)
+        results[f"alpha={alpha}"] = res
+    return results
+
+
+def lattice(args) -> dict:
+    """2D Ising at T_c on L x L tori: MPS in row-snake order vs TTN on the lattice (binary quadtree) tree."""
+    results = {}
+    for side in args.sides:
+        n = side * side
+        y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        dx = (x.reshape(-1)[:, None] - x.reshape(-1)[None, :]).abs()
+        dy = (y.reshape(-1)[:, None] - y.reshape(-1)[None, :]).abs()
+        dist = torch.minimum(dx, side - dx) + torch.minimum(dy, side - dy)  # Manhattan distance on the torus
+        snake = torch.cat([torch.arange(row * side, (row + 1) * side).flip(0) if row % 2 else
+                           torch.arange(row * side, (row + 1) * side) for row in range(side)])
+        exact = ising_transfer(side, side, CRITICAL_BETA, correlations=True)
+        if side <= 4:
+            sample_fn = lambda k, seed: ising_sample_exact(square_lattice_couplings(side), CRITICAL_BETA, k, seed=seed)  # noqa: E731
+        else:
+            sample_fn = lambda k, seed: ising_transfer_sample(side, side, CRITICAL_BETA, k, seed=seed)  # noqa: E731
+        res, fitted = compare(f"2D Ising at T_c, {side}x{side} torus", n, sample_fn, exact, dist, lattice_tree(side),
+                              args.ttn_bond_2d, args, order=snake)
+        if side == max(args.sides):
+            res["compression"] = {}
+            rows = []
+            for label, m in fitted["models"].items():
+                test = fitted["test"][:, fitted["order"]] if label.startswith("MPS") else fitted["test"]
+                curve = truncation_curve(m, test, args.tols, entropy=exact["entropy"])
+                rep = compression_report(m)
+                res["compression"][label] = {"report": rep, "curve": curve}
+                for row in curve:
+                    rows.append([label, row["tol"], row["n_params"], row["max_bond"], row["kl"] / n,
+                                 f"{math.log10(row['n_params']) - rep['log10_states']:.2f}"])
+            print_table(f"Compression, {side}x{side} at T_c: KL per spin vs truncation tolerance "
+                        f"(2^{n} = 10^{n * math.log10(2):.2f} states)",
+                        ["model", "tol", "params", "max bond", "KL/spin", "log10(params / 2^N)"], rows)
+        results[f"L={side}"] = res
+    return results
+
+
+def speed(args) -> dict:
+    """Batched log_prob (normalization included), 100 sites, D=32, batch 1024, forward + backward."""
+    n, bond, batch = 100, 32, 1024
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (batch, n))
+    m = MPS(n, bond)
+
+    def ours():
+        m.zero_grad()
+        m.log_prob(x).mean().backward()
+
+    out = {"dgrn_seconds": timed(ours, args.repeats)}
+    try:
+        import tensorkrowch as tk
+    except ImportError:
+        print("\ntensorkrowch is not installed (pip install -e '.[bench]'): no baseline")
+        out["tensorkrowch_seconds"] = None
+    else:
+        tkm = tk.models.MPS(n_features=n, phys_dim=2, bond_dim=bond, boundary="obc", init_method="randn_eye", std=1e-2)
+        data = torch.nn.functional.one_hot(x, 2).float()  # (batch, n, 2)
+        tkm.trace(data)
+
+        def theirs():
+            tkm.zero_grad()
+            amp = tkm(data)
+            (amp ** 2).clamp_min(1e-30).log().mean().backward()  # unnormalized amplitude only
+
+        out["tensorkrowch_seconds"] = timed(theirs, max(2, args.repeats // 2))
+        out["tensorkrowch_version"] = tk.__version__
+    ratio = out["tensorkrowch_seconds"] / out["dgrn_seconds"] if out["tensorkrowch_seconds"] else float("nan")
+    out["speedup"] = ratio
+    rows = [["dgrn MPS log_prob (normalized)", f"{out['dgrn_seconds']:.4f}"]]
+    if out["tensorkrowch_seconds"]:
+        rows.append([f"tensorkrowch {out['tensorkrowch_version']} MPS amplitude (unnormalized)",
+                     f"{out['tensorkrowch_seconds']:.4f}"])
+    print_table(f"Speed: 100 sites, D=32, batch 1024, forward + backward, {torch.get_num_threads()} thread(s); "
+                f"speed-up {ratio:.1f}x (goal >= 3x)", ["implementation", "seconds per batch (median)"], rows)
+    return {"speed": out}
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conditional(args) -> dict:
+    """ConditionalMPS vs a factorized Bernoulli decoder on data with known instantaneous correlations given c."""
+    n, k = 8, 4
+    gen = torch.Generator().manual_seed(0)
+    w_field = torch.randn(k, n, generator=gen) * 0.8
+    b_field = torch.randn(n, generator=gen) * 0.3 - 0.5
+    couplings = torch.tensor([1.2, -1.0, 1.5, -0.8, 1.0, 1.3, -1.2])  # instantaneous, nearest-neighbour
+    x_all = torch.tensor([[(i >> (n - 1 - j)) & 1 for j in range(n)] for i in range(1 << n)]).float()
+    pair = (x_all[:, :-1] * x_all[:, 1:] * couplings).sum(1)
+
+    def exact_log_p(c):
+        lw = (c @ w_field + b_field) @ x_all.T + pair  # (B, 2^n)
+        return lw - lw.logsumexp(1, keepdim=True)
+
+    c = torch.randn(N_TRAIN + N_TEST, k, generator=gen)
+    lp = exact_log_p(c)
+    x = x_all[torch.multinomial(lp.exp(), 1, generator=gen).squeeze(1)].long()
+    h_cond = float(-(lp.exp() * lp).sum(1)[N_TRAIN:].mean()) / n  # exact conditional entropy on the test contexts
+    train, test = slice(0, N_TRAIN), slice(N_TRAIN, None)
+
+    class Factorized(nn.Module):  # same context map (linear in c), conditionally independent units
+        def __init__(self):
+            super().__init__()
+            self.field = nn.Linear(k, n)
+
+        def log_prob(self, xx, cc):
+            return -nn.functional.binary_cross_entropy_with_logits(self.field(cc), xx.float(), reduction="none").sum(1)
+
+    results, rows = {"exact_conditional_entropy_per_site": h_cond}, []
+    # learning rates: the largest of {0.05, 0.02} at which each decoder trained stably here
+    for label, model, lr in (("ConditionalMPS (D=2, rank 1)", ConditionalMPS(n, k, 2, rank=1), 0.02),
+                             ("factorized Bernoulli", Factorized(), 0.05)):
+        torch.manual_seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        start = time.perf_counter()
+        for step in range(args.cond_steps):
+            opt.zero_grad()
+            loss = -model.log_prob(x[train], c[train]).mean()
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            nll = float(-model.log_prob(x[test], c[test]).mean()) / n
+        results[label] = {"nll_per_site": nll, "gap": nll - h_cond, "train_seconds": seconds, "lr": lr,
+                          "n_params": sum(p.numel() for p in model.parameters())}
+        rows.append([label, results[label]["n_params"], nll, nll - h_cond, f"{seconds:.0f}"])
+    margin = results["factorized Bernoulli"]["nll_per_site"] - results["ConditionalMPS (D=2, rank 1)"]["nll_per_site"]
+    results["margin_per_site"] = margin
+    print_table(f"ConditionalMPS, {n} units, context dim {k}: test NLL per site (exact H(x|c)/n = {h_cond:.4f}); "
+                f"margin over factorized {margin:.4f} nats/site (goal: gap <= 0.01)",
+                ["decoder", "params", "NLL/site", "NLL - H", "train s"], rows)
+    return {"conditional": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", nargs="+", default=["chain", "longrange", "lattice", "speed", "conditional"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--chain-betas", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--sides", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--ttn-bond-1d", type=int, default=8)
+    parser.add_argument("--ttn-bond-2d", type=int, default=12)
+    parser.add_argument("--max-sweeps", type=int, default=4)
+    parser.add_argument("--adam", action="store_true", help="also train both networks by Adam (same data)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--tols", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cond-steps", type=int, default=300)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    results = {"threads": torch.get_num_threads()}
+    sections = {"chain": chain, "longrange": longrange, "lattice": lattice, "speed": speed, "conditional": conditional}
+    for name in args.sections:
+        if name not in sections:
+            raise SystemExit(f"unknown section {name!r}; valid: {sorted(sections)}")
+        start = time.perf_counter()
+        results[name] = sections[name](args)
+        results[name + "_seconds"] = time.perf_counter() - start
+    path = ROOT / "bench" / "results" / "tn.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():  # a run of some sections updates them and keeps the others
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=1, default=_json_default))
+    print(f"\nwrote {path}")
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return str(obj)
+
+
+if __name__ == "__main__":
+    main()

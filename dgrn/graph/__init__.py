@@ -1,0 +1,27 @@
+"""Graph inference from spikes and community detection: plain functions on tensors, no Lightning.
+
+- :func:`infer_couplings`: directed couplings by penalized maximum likelihood of the kinetic-Ising / Bernoulli
+  GLM (optional low-rank latent input for hidden neurons); baselines :func:`correlation`,
+  :func:`partial_correlation`, :func:`mean_field_couplings` (nMF / TAP).
+- :func:`find_communities`, :func:`community_hierarchy`, :func:`community_order`: communities of directed
+  weighted graphs (Leiden, Markov stability, spectral; ``lrg`` and ``gnn`` registered by higher layers).
+"""
+from dgrn.graph.baselines import BASELINES, correlation, mean_field_couplings, partial_correlation
+from dgrn.graph.communities import (
+    COMMUNITY_METHODS,
+    community_hierarchy,
+    community_order,
+    find_communities,
+    metagraph,
+    register_community_method,
+    relabel,
+)
+from dgrn.graph.convert import as_adjacency, to_edge_index
+from dgrn.graph.glm import glm_logits
+from dgrn.graph.inference import binary_spikes, infer_couplings
+
+__all__ = [
+    "infer_couplings", "binary_spikes", "glm_logits", "correlation", "partial_correlation", "mean_field_couplings",
+    "BASELINES", "find_communities", "community_hierarchy", "community_order", "metagraph", "relabel",
+    "register_community_method", "COMMUNITY_METHODS", "as_adjacency", "to_edge_index",
+]

@@ -1,0 +1,271 @@
+"""Communities of directed weighted graphs, their hierarchy, and the community-based node ordering.
+
+Built-in methods: ``leiden`` (directed modularity by leidenalg/igraph, the field's reference implementation),
+``markov_stability`` (Delvenne, Yaliraki & Barahona 2010; Lambiotte, Delvenne & Barahona 2014, optimised by
+Leiden) and ``spectral`` (scikit-learn spectral clustering, a baseline). Methods implemented in higher layers
+register themselves with :func:`register_community_method` when their package is imported: ``lrg`` (diffusion
+renormalization, ``import dgrn.renorm``) and ``gnn`` (the pretrained :class:`dgrn.nn.CommunityEncoder`,
+``import dgrn.nn``); ``dgrn.graph`` never imports them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+import scipy.sparse.linalg
+import torch
+from torch import Tensor
+
+from dgrn.graph.convert import as_adjacency, edge_weights
+
+__all__ = [
+    "find_communities", "community_hierarchy", "community_order", "metagraph", "relabel",
+    "register_community_method", "COMMUNITY_METHODS", "markov_stability_graph",
+]
+
+#: name -> ``fn(adj: scipy CSR, **opts) -> labels`` (single scale)
+COMMUNITY_METHODS: dict[str, Callable[..., Any]] = {}
+#: name -> ``fn(adj, **opts) -> list of labels``, fine to coarse
+MULTISCALE_METHODS: dict[str, Callable[..., Any]] = {}
+#: methods that live in a higher layer, and the package whose import registers them
+_PROVIDERS = {"lrg": "dgrn.renorm", "gnn": "dgrn.nn"}
+
+
+def register_community_method(name: str, fn: Callable[..., Any], multiscale: Callable[..., Any] | None = None) -> None:
+    """Make ``find_communities(graph, method=name)`` call ``fn(adj, **opts)`` (``adj``: ``(N, N)`` scipy CSR,
+    ``adj[i, j]`` = weight of ``j -> i``; returns ``N`` labels); ``multiscale`` serves
+    :func:`community_hierarchy`."""
+    COMMUNITY_METHODS[name] = fn
+    if multiscale is not None:
+        MULTISCALE_METHODS[name] = multiscale
+
+
+def relabel(labels: Any) -> Tensor:
+    """Consecutive labels ``0..K-1``, largest community first (ties: the one holding the smallest node index)."""
+    lab = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+    _, inverse, counts = torch.unique(lab, return_inverse=True, return_counts=True)
+    first = torch.full((counts.numel(),), lab.numel(), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(lab.numel()), reduce="amin")
+    order = sorted(range(counts.numel()), key=lambda c: (-int(counts[c]), int(first[c])))  # over communities
+    rank = torch.empty_like(counts)
+    rank[torch.tensor(order, dtype=torch.long)] = torch.arange(counts.numel())
+    return rank[inverse]
+
+
+def _method(name: str, table: dict) -> Callable[..., Any]:
+    if name in table:
+        return table[name]
+    if name in COMMUNITY_METHODS:
+        raise ValueError(f"community method {name!r} has no multiscale output; multiscale methods: {sorted(table)}")
+    if name in _PROVIDERS and name not in COMMUNITY_METHODS:
+        raise ValueError(f"community method {name!r} lives in {_PROVIDERS[name]}: `import {_PROVIDERS[name]}` "
+                         f"registers it (registered now: {sorted(COMMUNITY_METHODS)})")
+    raise ValueError(f"unknown community method {name!r}; valid: {sorted(set(table) | set(_PROVIDERS))}")
+
+
+def find_communities(graph: Any, method: str = "leiden", **opts) -> Tensor:
+    """Community labels ``(N,)`` (LongTensor, ``0..K-1``, largest first) of a directed weighted graph.
+
+    Args:
+        graph: dense ``(N, N)`` tensor/array, scipy sparse matrix or ``(edge_index, edge_weight, num_nodes)``;
+            ``[i, j]`` is the weight of ``j -> i`` (a coupling matrix from :func:`infer_couplings` as is).
+        method: ``"leiden"``, ``"markov_stability"``, ``"spectral"``, or a registered higher-layer method
+            (``"lrg"``, ``"gnn"``). ``opts`` go to the method, e.g. ``resolution``, ``markov_time``,
+            ``n_communities``, ``weights`` (``"positive"`` default: negative couplings are dropped; ``"abs"``;
+            ``"signed"`` for ``leiden``: negative edges count against putting their ends together).
+
+    Raises on a graph without (usable) edges: no method defines communities there.
+    """
+    fn = _method(method, COMMUNITY_METHODS)
+    adj = as_adjacency(graph)
+    labels = torch.as_tensor(np.asarray(fn(adj, **opts))).long()
+    if labels.shape != (adj.shape[0],):
+        raise RuntimeError(f"method {method!r} returned {tuple(labels.shape)} labels for {adj.shape[0]} nodes")
+    return relabel(labels)
+
+
+def community_hierarchy(graph: Any, method: str = "leiden", **opts) -> list[Tensor]:
+    """Multiscale communities, fine to coarse: a list of label vectors ``(N,)``.
+
+    ``leiden`` scans ``resolutions`` (default ``2, 1, 0.5, 0.25``); ``markov_stability`` scans ``markov_times``
+    (default ``0.5, 1, 2, 4, 8``); ``lrg`` follows the RG flow. Consecutive duplicate partitions are merged.
+    """
+    fn = _method(method, MULTISCALE_METHODS)
+    adj = as_adjacency(graph)
+    levels: list[Tensor] = []
+    for lab in fn(adj, **opts):
+        lab = relabel(lab)
+        if not levels or not torch.equal(levels[-1], lab):
+            levels.append(lab)
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------- Leiden
+def _igraph(adj: sp.csr_matrix, directed: bool = True):
+    import igraph as ig
+
+    coo = adj.tocoo()
+    g = ig.Graph(n=adj.shape[0], edges=list(zip(coo.col.tolist(), coo.row.tolist())), directed=directed)
+    g.es["weight"] = coo.data.tolist()
+    return g
+
+
+def _require_edges(adj: sp.csr_matrix, what: str) -> None:
+    if adj.nnz == 0 or float(adj.sum()) <= 0:
+        raise ValueError(f"the graph has no {what} edges: communities are undefined (every node is isolated)")
+
+
+def leiden(adj: sp.csr_matrix, resolution: float = 1.0, weights: str = "positive", seed: int = 0,
+           n_iterations: int = -1) -> np.ndarray:
+    r"""Leiden optimisation (Traag, Waltman & van Eck 2019, leidenalg) of directed modularity with resolution
+    :math:`\gamma`: :math:`Q = \frac1m\sum_{ij}\big(A_{ij} - \gamma\,k^{out}_j k^{in}_i / m\big)\,\delta(c_i, c_j)`
+    (Leicht & Newman 2008). ``weights="signed"`` optimises positive and negative edges as two layers with
+    opposite signs (Traag & Bruggeman 2009)."""
+    import leidenalg as la
+
+    if resolution <= 0:
+        raise ValueError(f"resolution must be > 0, got {resolution}")
+    if weights == "signed":
+        pos, neg = adj.maximum(0).tocsr(), (-adj).maximum(0).tocsr()
+        _require_edges(pos, "positive")
+        g_pos, g_neg = _igraph(pos), _igraph(neg)
+        parts = [la.RBConfigurationVertexPartition(g, weights="weight", resolution_parameter=resolution)
+                 for g in (g_pos, g_neg)]
+        opt = la.Optimiser()
+        opt.set_rng_seed(int(seed))
+        opt.optimise_partition_multiplex(parts, layer_weights=[1.0, -1.0], n_iterations=n_iterations)
+        return np.asarray(parts[0].membership)
+    w = edge_weights(adj, weights)
+    _require_edges(w, "positive" if weights == "positive" else "")
+    part = la.find_partition(_igraph(w), la.RBConfigurationVertexPartition, weights="weight",
+                             resolution_parameter=resolution, seed=int(seed), n_iterations=n_iterations)
+    return np.asarray(part.membership)
+
+
+def _leiden_levels(adj: sp.csr_matrix, resolutions=(2.0, 1.0, 0.5, 0.25), **opts) -> list[np.ndarray]:
+    return [leiden(adj, resolution=r, **opts) for r in sorted(resolutions, reverse=True)]
+
+
+# ------------------------------------------------------------------------------------- Markov stability
+def markov_stability_graph(adj: sp.csr_matrix, markov_time: float = 1.0, teleport: float = 0.15,
+                           weights: str = "positive") -> np.ndarray:
+    r"""Dense ``(N, N)`` autocovariance flow :math:`M(t) = \Pi\, e^{t(T - I)}` of the continuous-time random walk
+    on the directed graph (transition :math:`T = (1-\alpha) D_{out}^{-1} A^\top + \alpha\,\mathbf 1\mathbf 1^\top/N`
+    with teleportation :math:`\alpha`, as for PageRank; dangling nodes teleport), :math:`\Pi = \mathrm{diag}(\pi)`
+    its stationary distribution. Rows of ``M`` sum to :math:`\pi_i`, columns to :math:`\pi_j`, total 1, so the
+    directed modularity of ``M`` at resolution 1 *is* the Markov stability
+    :math:`r(t) = \sum_{ij}[\pi_i P_{ij}(t) - \pi_i\pi_j]\delta(c_i, c_j)`."""
+    if markov_time <= 0 or not 0 <= teleport < 1:
+        raise ValueError(f"need markov_time > 0 and teleport in [0, 1), got {markov_time}, {teleport}")
+    w = edge_weights(adj, weights).T.toarray()  # w[j, i]: weight of the step j -> i
+    n = w.shape[0]
+    out_strength = w.sum(1)
+    dangling = out_strength <= 0
+    trans = np.where(dangling[:, None], 1.0 / n, w / np.where(dangling, 1.0, out_strength)[:, None])
+    trans = (1 - teleport) * trans + teleport / n
+    vals, vecs = scipy.linalg.eig(trans.T)
+    pi = np.abs(np.real(vecs[:, np.argmin(np.abs(vals - 1))]))
+    pi = pi / pi.sum()
+    flow = scipy.linalg.expm(markov_time * (trans - np.eye(n)))
+    return pi[:, None] * flow
+
+
+def markov_stability(adj: sp.csr_matrix, markov_time: float = 1.0, teleport: float = 0.15,
+                     weights: str = "positive", seed: int = 0) -> np.ndarray:
+    """Partition maximising Markov stability at ``markov_time`` (Leiden on :func:`markov_stability_graph`)."""
+    _require_edges(edge_weights(adj, weights), "usable")
+    flow = markov_stability_graph(adj, markov_time, teleport, weights)
+    flow[flow < 1e-12 * flow.max()] = 0.0  # drop numerically empty entries: a sparser graph for Leiden
+    return leiden(sp.csr_matrix(flow.T), resolution=1.0, weights="abs", seed=seed)  # flow.T[i, j]: j -> i
+
+
+def _markov_levels(adj: sp.csr_matrix, markov_times=(0.5, 1.0, 2.0, 4.0, 8.0), **opts) -> list[np.ndarray]:
+    return [markov_stability(adj, markov_time=t, **opts) for t in sorted(markov_times)]
+
+
+# ------------------------------------------------------------------------------------------- spectral
+def spectral(adj: sp.csr_matrix, n_communities: int | None = None, weights: str = "positive",
+             seed: int = 0) -> np.ndarray:
+    """Spectral clustering (scikit-learn, normalized Laplacian of the symmetrized graph) into ``n_communities``."""
+    from sklearn.cluster import SpectralClustering
+
+    n = adj.shape[0]
+    if n_communities is None:
+        raise ValueError("method 'spectral' needs n_communities")
+    if not 1 <= n_communities <= n:
+        raise ValueError(f"n_communities must lie in [1, N={n}], got {n_communities}")
+    w = edge_weights(adj, weights)
+    _require_edges(w, "usable")
+    sym = ((w + w.T) / 2).toarray()
+    model = SpectralClustering(n_clusters=n_communities, affinity="precomputed", random_state=seed,
+                               assign_labels="cluster_qr")
+    return model.fit_predict(sym)
+
+
+register_community_method("leiden", leiden, _leiden_levels)
+register_community_method("markov_stability", markov_stability, _markov_levels)
+register_community_method("spectral", spectral)
+
+
+# ------------------------------------------------------------------------------------------- ordering
+def metagraph(graph: Any, labels: Tensor) -> Tensor:
+    """``(K, K)`` weights between communities: ``M[a, b] = sum of A[i, j]`` over ``i`` in ``a``, ``j`` in ``b``."""
+    adj = as_adjacency(graph)
+    lab = torch.as_tensor(labels).long().cpu()
+    if lab.shape != (adj.shape[0],):
+        raise ValueError(f"labels must have shape ({adj.shape[0]},), got {tuple(lab.shape)}")
+    k = int(lab.max()) + 1
+    member = sp.csr_matrix((np.ones(lab.numel()), (np.arange(lab.numel()), lab.numpy())), shape=(lab.numel(), k))
+    return torch.from_numpy((member.T @ adj @ member).toarray()).float()
+
+
+def _fiedler(sym: sp.spmatrix | np.ndarray, reg: float = 0.01) -> np.ndarray:
+    r"""Fiedler vector of the regularized normalized Laplacian of a symmetric non-negative graph: the second
+    eigenvector of :math:`D_\tau^{-1/2}(S + \tau\mathbf{1}\mathbf{1}^\top/N)D_\tau^{-1/2}` with
+    :math:`\tau = ` ``reg`` times the mean degree (keeps it defined on disconnected graphs; Amini et al. 2013)."""
+    n = sym.shape[0]
+    if n <= 2:
+        return np.arange(n, dtype=np.float64)
+    deg = np.asarray(sym.sum(1)).ravel()
+    tau = reg * max(deg.mean(), 1e-12)
+    dinv = 1.0 / np.sqrt(deg + tau)
+    if n <= 500:
+        dense = sym.toarray() if sp.issparse(sym) else np.asarray(sym)
+        op = dinv[:, None] * (dense + tau / n) * dinv[None, :]
+        _, vecs = np.linalg.eigh(op)
+        vec = vecs[:, -2]
+    else:
+        def matvec(v):
+            v = np.asarray(v).reshape(n, -1) * dinv[:, None]
+            return dinv[:, None] * (sym @ v + tau / n * v.sum(0, keepdims=True))
+
+        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+        _, vecs = scipy.sparse.linalg.eigsh(op, k=2, which="LA", v0=np.ones(n))
+        vec = vecs[:, 0]  # eigsh returns ascending eigenvalues: [second largest, largest]
+    vec = vec * dinv
+    return vec if vec.sum() >= 0 or np.allclose(vec.sum(), 0) else -vec
+
+
+def community_order(graph: Any, labels: Tensor, weights: str = "abs") -> Tensor:
+    """Community-based node ordering: a permutation ``(N,)`` that lists the communities along the Fiedler vector
+    of their (symmetrized) metagraph, and the neurons of each community along the Fiedler vector of the whole
+    graph, oriented in the direction the communities run (spectral seriation, Atkins et al. 1998), so that
+    strongly coupled communities and neurons sit next to each other in the tensor-network chain.
+    """
+    adj = edge_weights(as_adjacency(graph), weights)
+    lab = torch.as_tensor(labels).long().cpu()
+    if lab.shape != (adj.shape[0],):
+        raise ValueError(f"labels must have shape ({adj.shape[0]},), got {tuple(lab.shape)}")
+    lab = relabel(lab)
+    sym = ((adj + adj.T) / 2).tocsr()
+    meta = metagraph(sym, lab).double().numpy()
+    np.fill_diagonal(meta, 0.0)
+    comm_pos = np.argsort(np.argsort(_fiedler(meta), kind="stable"), kind="stable")  # rank of each community
+    node_f = _fiedler(sym)
+    pos = comm_pos[lab.numpy()].astype(np.float64)
+    if np.std(pos) > 0 and np.std(node_f) > 0 and np.corrcoef(pos, node_f)[0, 1] < 0:
+        node_f = -node_f  # run the neurons in the same direction as the communities
+    order = np.lexsort((np.arange(lab.numel()), node_f, pos))
+    return torch.from_numpy(order).long()

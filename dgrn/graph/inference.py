@@ -1,0 +1,283 @@
+"""Directed coupling inference from spikes: maximum likelihood of the kinetic-Ising / Bernoulli GLM.
+
+The baselines (correlation, partial correlation, mean-field inversion) live in :mod:`dgrn.graph.baselines`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dgrn.data import SpikeData
+from dgrn.graph.glm import glm_context, glm_logits
+
+__all__ = ["binary_spikes", "infer_couplings", "PENALTIES", "MODES"]
+
+PENALTIES = ("l1", "l2")
+MODES = ("full", "minibatch")
+_L1_SMOOTHING = 1e-3  # pseudo-Huber width: |w| ~ sqrt(w^2 + eps^2) - eps keeps the objective smooth for L-BFGS
+
+
+def binary_spikes(spikes: Any) -> Tensor:
+    """``(T, N)`` uint8 0/1 tensor from a :class:`SpikeData`, tensor or array of counts.
+
+    Counts are validated by :class:`SpikeData` (shape, NaN, negative, non-integer, empty) and clipped to 1: the
+    Bernoulli model sees whether a neuron fired in a bin, not how often.
+    """
+    data = spikes if isinstance(spikes, SpikeData) else SpikeData(spikes, dt=1.0)
+    return data.spikes.clamp(max=1).to(torch.uint8)
+
+
+def _active_neurons(x: Tensor) -> Tensor:
+    """Boolean mask of neurons that are not constant (never or always firing); errors if fewer than two remain."""
+    counts = x.sum(0, dtype=torch.int64)
+    if int(counts.sum()) == 0:
+        raise ValueError("spikes contain no spikes at all: couplings cannot be inferred from silent data")
+    active = (counts > 0) & (counts < x.shape[0])
+    n_const = int((~active).sum())
+    if int(active.sum()) < 2:
+        raise ValueError(
+            f"{n_const} of {x.shape[1]} neurons are constant (never or always firing); need at least 2 that vary"
+        )
+    if n_const:
+        warnings.warn(
+            f"{n_const} neuron(s) never or always fire; their couplings are not identifiable and are returned as 0",
+            stacklevel=3,
+        )
+    return active
+
+
+def _moments(x: Tensor, chunk: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Mean ``(N,)`` and covariance ``(N, N)`` of the 0/1 spikes, accumulated over time chunks."""
+    n = x.shape[1]
+    total = torch.zeros(n, dtype=torch.float64, device=x.device)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk):  # chunks over time bound the memory of the float copy
+        xc = x[s: s + chunk].to(dtype)
+        total += xc.sum(0, dtype=torch.float64)
+        gram += (xc.T @ xc).double()
+    mean = total / x.shape[0]
+    cov = gram / x.shape[0] - torch.outer(mean, mean)
+    return mean.to(dtype), cov.to(dtype)
+
+
+class _Reparam:
+    r"""Preconditioned coordinates of the GLM couplings.
+
+    The Hessian of the Bernoulli NLL in the row ``W_i`` is :math:`\approx p_i(1-p_i)\,C` with ``C`` the
+    covariance of the inputs. Writing :math:`W^{(k)} = \mathrm{diag}(s)\,V^{(k)} L^{-1}` (``C = L L^T``,
+    :math:`s_i = 1/\sqrt{p_i(1-p_i)}`) and centring the inputs in the bias makes that Hessian close to the identity
+    in ``V``, so L-BFGS and Adam converge in a few tens of iterations instead of hundreds.
+    """
+
+    def __init__(self, mean: Tensor, cov: Tensor, history: int) -> None:
+        n = mean.shape[0]
+        jitter = 1e-4 * float(cov.diagonal().mean())
+        chol = torch.linalg.cholesky(cov + jitter * torch.eye(n, dtype=cov.dtype, device=cov.device))
+        self.chol_inv = torch.linalg.solve_triangular(chol, torch.eye(n, dtype=cov.dtype, device=cov.device), upper=False)
+        self.mean = mean
+        rate = mean.clamp(1e-6, 1 - 1e-6)
+        self.scale = (rate * (1 - rate)).rsqrt()
+        self.history = history
+        self.v = torch.zeros(history, n, n, dtype=cov.dtype, device=cov.device, requires_grad=True)
+        self.b = (torch.logit(rate) / self.scale).detach().requires_grad_()
+
+    def params(self) -> list[Tensor]:
+        return [self.v, self.b]
+
+    def weight_bias(self) -> tuple[Tensor, Tensor]:
+        weight = self.scale[:, None] * self.v @ self.chol_inv
+        bias = self.scale * self.b - weight.sum(0) @ self.mean
+        return weight, bias
+
+
+def _penalty(weight: Tensor, kind: str) -> Tensor:
+    if kind == "l2":
+        return weight.square().sum()
+    return (weight.square() + _L1_SMOOTHING**2).sqrt().sum() - weight.numel() * _L1_SMOOTHING
+
+
+@torch.no_grad()
+def _nll_sum(x: Tensor, bias: Tensor, weight: Tensor, latent: dict, context: int, starts: list[int],
+             chunk: int, dtype: torch.dtype) -> float:
+    total = 0.0
+    for s in starts:
+        e = min(s + chunk, x.shape[0])
+        xc = x[s - context: e].to(dtype)[None]
+        logits = glm_logits(xc, bias, weight, context=context, **latent)
+        total += float(F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="sum"))
+    return total
+
+
+def infer_couplings(
+    spikes: Any,
+    *,
+    penalty: str = "l2",
+    strength: float = 1e-4,
+    latent_rank: int = 0,
+    latent_history: int = 20,
+    latent_tau: float = 5.0,
+    history: int = 1,
+    mode: str = "full",
+    max_iter: int = 60,
+    epochs: int = 5,
+    batch_bins: int = 2048,
+    lr: float = 3e-3,
+    chunk_bins: int = 16384,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, dict]:
+    r"""Directed couplings by penalized maximum likelihood of the kinetic-Ising / Bernoulli GLM.
+
+    Fits, for all neurons at once, the model of :func:`dgrn.graph.glm.glm_logits` (the same equation as
+    :class:`dgrn.nn.BernoulliGLM`),
+
+    .. math::
+        P(x_i(t)=1 \mid \text{past}) = \sigma\Big(b_i + \sum_{k=1}^{H} \sum_j W^{(k)}_{ij} x_j(t-k)
+            + [U\,V^\top \textstyle\sum_k \kappa_k x(t-k)]_i\Big),
+
+    minimizing :math:`\frac1{T'}\sum_{t,i} \mathrm{NLL}_{it} + \lambda \sum_{kij} \rho(W^{(k)}_{ij})
+    + \lambda (\lVert U\rVert^2 + \lVert V\rVert^2)` with :math:`\rho(w) = w^2` (``"l2"``) or the smooth lasso
+    :math:`\sqrt{w^2+\epsilon^2}-\epsilon`, :math:`\epsilon = 10^{-3}` (``"l1"``). The rank-``r`` latent input
+    (``latent_rank > 0``) is unpenalized by the lasso/ridge on ``W``, so slow, low-rank shared drive — the
+    signature of hidden neurons acting on groups of observed ones (Dunn & Roudi 2013) — is absorbed there instead
+    of appearing as spurious pairwise couplings (a sparse + low-rank split).
+
+    Optimization runs in preconditioned coordinates (inputs whitened by their covariance, rows scaled by
+    :math:`1/\sqrt{p_i(1-p_i)}`), full-batch by L-BFGS with a strong-Wolfe line search (``mode="full"``, time
+    processed in chunks of ``chunk_bins`` so memory stays bounded) or by Adam over random time blocks of
+    ``batch_bins`` bins (``mode="minibatch"``). All neurons are fitted together: no loop over neurons.
+
+    Args:
+        spikes: ``(T, N)`` counts (tensor, array or :class:`~dgrn.data.SpikeData`); counts above 1 are clipped.
+        penalty: ``"l1"`` or ``"l2"``; strength: :math:`\lambda` (per bin, so it does not scale with ``T``).
+        latent_rank, latent_history, latent_tau: the latent input (``r``, ``H_z``, initial ``tau`` in bins).
+        history: ``H``, lags of the coupling filter; the returned matrix is :math:`\sum_k W^{(k)}`.
+        mode: ``"full"`` (L-BFGS, ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
+        device, dtype: where and in which precision to fit (default: CPU, float32).
+        seed: seeds the latent initialization and the mini-batch order.
+        return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
+            ``latent_out``, ``log_latent_tau`` — the ``state_dict`` of a :class:`dgrn.nn.BernoulliGLM` of the same
+            shape — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted).
+
+    Returns:
+        ``W`` ``(N, N)`` on ``device``, ``W[i, j]`` = influence of ``j`` on ``i`` (diagonal: self-coupling).
+
+    Bad input: NaN / negative / non-integer / empty spikes raise (:class:`SpikeData` validation); data without
+    spikes raise; neurons that never (or always) fire are left out of the fit with a warning and get zero
+    couplings; fewer scored bins than neurons warns and raises :math:`\lambda` to at least ``1e-2`` (ridge or
+    lasso), because the likelihood alone does not identify ``W`` then.
+    """
+    if penalty not in PENALTIES:
+        raise ValueError(f"unknown penalty {penalty!r}; valid: {list(PENALTIES)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"strength must be a finite number >= 0, got {strength}")
+    if history < 1 or latent_rank < 0 or latent_history < 1 or latent_tau <= 0:
+        raise ValueError("need history >= 1, latent_rank >= 0, latent_history >= 1 and latent_tau > 0; got "
+                         f"{history}, {latent_rank}, {latent_history}, {latent_tau}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point type, got {dtype}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x_all = binary_spikes(spikes)
+    n_total = x_all.shape[1]
+    context = glm_context(history, latent_history if latent_rank else 0)
+    if x_all.shape[0] <= context + 1:
+        raise ValueError(f"need more than {context + 1} time bins for a model with {context} bins of history, "
+                         f"got {x_all.shape[0]}")
+    active = _active_neurons(x_all)
+    x = x_all[:, active].to(device)
+    n_bins, n = x.shape
+    n_scored = n_bins - context
+    if n_scored < n:
+        strength = max(strength, 1e-2)
+        warnings.warn(f"fewer scored bins ({n_scored}) than neurons ({n}): W is not identified by the likelihood "
+                      f"alone; using {penalty} strength {strength:g}", stacklevel=2)
+
+    gen = torch.Generator().manual_seed(int(seed))
+    mean, cov = _moments(x, chunk_bins, dtype)
+    rep = _Reparam(mean, cov, history)
+    params = rep.params()
+    latent: dict = {}
+    if latent_rank:
+        lat_in = (torch.randn(n, latent_rank, generator=gen, dtype=dtype) / math.sqrt(n)).to(device).requires_grad_()
+        lat_out = torch.zeros(n, latent_rank, dtype=dtype, device=device, requires_grad=True)
+        log_tau = torch.tensor(math.log(latent_tau), dtype=dtype, device=device, requires_grad=True)
+        latent = dict(latent_in=lat_in, latent_out=lat_out, log_latent_tau=log_tau, latent_history=latent_history)
+        params += [lat_in, lat_out, log_tau]
+
+    def penalty_term(weight: Tensor) -> Tensor:
+        out = strength * _penalty(weight, penalty)
+        if latent_rank:
+            out = out + strength * (latent["latent_in"].square().sum() + latent["latent_out"].square().sum())
+        return out
+
+    def block_loss(weight: Tensor, bias: Tensor, start: int, stop: int, norm: float) -> Tensor:
+        xc = x[start - context: stop].to(dtype)[None]
+        logits = glm_logits(xc, bias, weight, context=context, **latent)
+        return F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="sum") / norm
+
+    starts = list(range(context, n_bins, chunk_bins))
+    if mode == "full":
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-7, tolerance_change=1e-9 * n)
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            weight, bias = rep.weight_bias()
+            # accumulate the chunks' gradients on detached copies, then push them through the reparametrization once
+            w_leaf, b_leaf = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+            total = 0.0
+            for s in starts:
+                loss = block_loss(w_leaf, b_leaf, s, min(s + chunk_bins, n_bins), n_scored)
+                loss.backward()
+                total += float(loss.detach())
+            pen = penalty_term(weight)
+            torch.autograd.backward([weight, bias, pen], [w_leaf.grad, b_leaf.grad, torch.ones_like(pen)])
+            value = total + float(pen.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
+            return torch.tensor(value, dtype=dtype)
+
+        opt.step(closure)
+    else:
+        opt = torch.optim.Adam(params, lr=lr)
+        block_starts = torch.arange(context, n_bins, batch_bins)
+        for _ in range(epochs):
+            for s in block_starts[torch.randperm(len(block_starts), generator=gen)].tolist():
+                e = min(s + batch_bins, n_bins)
+                opt.zero_grad()
+                weight, bias = rep.weight_bias()
+                loss = block_loss(weight, bias, s, e, e - s) + penalty_term(weight)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("non-finite loss during mini-batch fitting; lower `lr`")
+                loss.backward()
+                opt.step()
+
+    with torch.no_grad():
+        weight, bias = rep.weight_bias()
+        nll = _nll_sum(x, bias, weight, latent, context, starts, chunk_bins, dtype) / (n_scored * n)
+        idx = active.nonzero().squeeze(1).to(device)
+        full_weight = torch.zeros(history, n_total, n_total, dtype=dtype, device=device)
+        full_weight[:, idx[:, None], idx[None, :]] = weight
+        coupling = full_weight.sum(0)
+        if not return_params:
+            return coupling
+        rate = x_all.double().mean(0).clamp(1e-6, 1 - 1e-6)
+        full_bias = torch.logit(rate).to(device=device, dtype=dtype)  # constant neurons: their empirical rate
+        full_bias[idx] = bias
+        out = {"bias": full_bias, "weight": full_weight, "nll": nll, "active": active}
+        if latent_rank:
+            for key in ("latent_in", "latent_out"):
+                full = torch.zeros(n_total, latent_rank, dtype=dtype, device=device)
+                full[idx] = latent[key].detach()
+                out[key] = full
+            out["log_latent_tau"] = latent["log_latent_tau"].detach().clone()
+        return coupling, out

@@ -1,0 +1,262 @@
+"""Direction-aware GNN that maps (graph, node features) to a soft community assignment, trained without labels."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
+
+from dgrn.graph.communities import register_community_method
+from dgrn.graph.convert import as_adjacency, strongest_in_edges, to_edge_index
+from dgrn.graph.features import node_features
+from dgrn.graph.quality import directed_modularity
+
+__all__ = ["DirectedGraphConv", "CommunityEncoder", "community_loss", "encoder_inputs"]
+
+
+def _normalized_weights(edge_index: Tensor, edge_weight: Tensor, num_nodes: int, by: int) -> Tensor:
+    """``w_e / sum |w|`` over the edges sharing endpoint ``edge_index[by]`` (in-edges of the target for ``by=1``,
+    out-edges of the source for ``by=0``); nodes without such edges receive nothing."""
+    norm = scatter(edge_weight.abs(), edge_index[by], 0, dim_size=num_nodes, reduce="sum")
+    return edge_weight / norm.clamp_min(1e-12)[edge_index[by]]
+
+
+class DirectedGraphConv(MessagePassing):
+    r"""Message passing along both edge directions of a signed weighted directed graph.
+
+    .. math::
+        h_i' = \Theta_0 h_i + \Theta_{in} \sum_{j \to i} \hat w^{in}_{ji} h_j + \Theta_{out} \sum_{i \to j}
+        \hat w^{out}_{ij} h_j,
+
+    with weights normalized by the absolute in-strength of ``i`` (:math:`\hat w^{in}`) or out-strength of ``i``
+    (:math:`\hat w^{out}`), signs kept (so inhibition between communities is a signal too); an isolated node keeps
+    only :math:`\Theta_0 h_i`. As in Dir-GNN (Rossi et al. 2023), with separate weights per direction.
+
+    Shapes: ``x`` ``(N, C_in)``, ``edge_index`` ``(2, E)`` (row 0 source), ``edge_weight`` ``(E,)`` ->
+    ``(N, C_out)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(aggr="add")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.lin_root = nn.Linear(in_channels, out_channels)
+        self.lin_in = nn.Linear(in_channels, out_channels, bias=False)
+        self.lin_out = nn.Linear(in_channels, out_channels, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for lin in (self.lin_root, self.lin_in, self.lin_out):
+            lin.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        n = x.shape[0]
+        w_in = _normalized_weights(edge_index, edge_weight, n, by=1).to(x.dtype)
+        w_out = _normalized_weights(edge_index, edge_weight, n, by=0).to(x.dtype)
+        agg_in = self.propagate(edge_index, x=self.lin_in(x), weight=w_in)
+        agg_out = self.propagate(edge_index.flip(0), x=self.lin_out(x), weight=w_out)
+        return self.lin_root(x) + agg_in + agg_out
+
+    def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
+        return weight[:, None] * x_j
+
+
+class CommunityEncoder(nn.Module):
+    r"""GNN community encoder: ``(graph, node features) -> S`` ``(N, K_max)``, rows on the simplex.
+
+    1. **Embedding.** ``num_layers`` :class:`DirectedGraphConv` blocks with residuals and LayerNorm map the node
+       features to :math:`h_i \in \mathbb R^D`, then :math:`z_i = h_i / \lVert h_i\rVert`.
+    2. **Assignment (parameter-free, per graph).** Seeds are picked by farthest-point sampling on the sphere,
+       starting from the node closest to the graph's mean direction, and stop when no node lies farther than
+       ``seed_distance`` (cosine distance) from every seed, or at ``max_communities`` (DP-means, Kulis & Jordan
+       2012), so *the number of communities is decided per graph*. Then ``n_iter`` soft k-means steps:
+       :math:`S_{ic} = \mathrm{softmax}_c(\beta\, z_i^\top \mu_c)` over the graph's seeds,
+       :math:`\mu_c \propto \sum_i S_{ic} z_i`. Unused slots have :math:`S_{ic} = 0` exactly.
+
+    Because the assignment has no weights tied to community identities, one set of weights serves networks of
+    any size and number of communities (it was trained on many, by :func:`community_loss`). Seeds, sums and
+    softmax of step 2 are computed in float32 even under float16/bfloat16 autocast; graphs of a batch are
+    separated by ``batch`` everywhere (seeds, means, normalizers).
+
+    Args:
+        in_channels: node feature size ``F`` (:func:`dgrn.graph.features.node_features` gives 24).
+        hidden_channels: ``D``; num_layers: message-passing blocks; max_communities: ``K_max``.
+        seed_distance: DP-means threshold in cosine distance; beta: inverse temperature; n_iter: k-means steps.
+
+    Shapes:
+        ``x`` ``(N, F)``, ``edge_index`` ``(2, E)``, ``edge_weight`` ``(E,)`` (signed; default 1), ``batch``
+        ``(N,)`` (default one graph), ``mask`` ``(N,)`` bool (False = padding node: no messages, zero row in
+        ``S``, never a seed). Returns ``S`` ``(N, K_max)`` and the embedding ``z`` ``(N, D)``.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int = 64, num_layers: int = 4, max_communities: int = 16,
+                 seed_distance: float = 0.5, beta: float = 10.0, n_iter: int = 3) -> None:
+        super().__init__()
+        if in_channels < 1 or hidden_channels < 1 or num_layers < 1 or max_communities < 1 or n_iter < 0:
+            raise ValueError("need in_channels, hidden_channels, num_layers, max_communities >= 1 and n_iter >= 0")
+        if not 0 < seed_distance < 2 or beta <= 0:
+            raise ValueError(f"need seed_distance in (0, 2) and beta > 0, got {seed_distance}, {beta}")
+        self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden_channels, num_layers
+        self.max_communities, self.seed_distance, self.beta, self.n_iter = max_communities, seed_distance, beta, n_iter
+        self.lin_in = nn.Linear(in_channels, hidden_channels)
+        self.convs = nn.ModuleList(DirectedGraphConv(hidden_channels, hidden_channels) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
+        self.lin_out = nn.Linear(hidden_channels, hidden_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_in.reset_parameters()
+        self.lin_out.reset_parameters()
+        for conv, norm in zip(self.convs, self.norms):
+            conv.reset_parameters()
+            norm.reset_parameters()
+
+    def embed(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        h = self.lin_in(x)
+        for conv, norm in zip(self.convs, self.norms):
+            h = h + F.gelu(norm(conv(h, edge_index, edge_weight)))
+        return self.lin_out(h)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, batch: Tensor | None = None,
+                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}), got {tuple(x.shape)}")
+        if n == 0:
+            raise ValueError("empty graph: no nodes")
+        if edge_weight is None:
+            edge_weight = torch.ones(edge_index.shape[1], dtype=x.dtype, device=x.device)
+        if not torch.isfinite(x).all() or not torch.isfinite(edge_weight).all():
+            raise ValueError("node features or edge weights contain NaN or infinite values")
+        batch = torch.zeros(n, dtype=torch.long, device=x.device) if batch is None else batch
+        if mask is not None:
+            keep = mask[edge_index[0]] & mask[edge_index[1]]
+            edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+            x = x * mask[:, None].to(x.dtype)
+        h = self.embed(x, edge_index, edge_weight)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            z = F.normalize(h.float(), dim=1, eps=1e-6)
+            valid = torch.ones(n, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+            s = self._assign(z, batch, valid)
+        return s, z
+
+    def _assign(self, z: Tensor, batch: Tensor, valid: Tensor) -> Tensor:
+        num_graphs = int(batch.max()) + 1
+        k_max = self.max_communities
+        neg_inf = torch.finfo(z.dtype).min
+        counts = scatter(valid.to(z.dtype), batch, 0, dim_size=num_graphs, reduce="sum")
+        mean_dir = F.normalize(scatter(z * valid[:, None], batch, 0, dim_size=num_graphs, reduce="sum"), dim=1)
+        # farthest-point seeding, one seed per graph per step (a loop over K_max slots, not over nodes)
+        score = (z * mean_dir[batch]).sum(1).masked_fill(~valid, neg_inf)
+        mins = torch.full((z.shape[0],), 2.0, dtype=z.dtype, device=z.device)
+        seeds = torch.zeros(num_graphs, k_max, z.shape[1], dtype=z.dtype, device=z.device)
+        active = torch.zeros(num_graphs, k_max, dtype=torch.bool, device=z.device)
+        for c in range(k_max):
+            best, idx = scatter_argmax(score, batch, num_graphs)
+            take = counts > c
+            if c > 0:
+                take &= best > self.seed_distance
+            if not take.any():
+                break
+            seeds[:, c] = torch.where(take[:, None], z[idx], seeds[:, c])
+            active[:, c] = take
+            dist = 1.0 - (z * seeds[batch, c]).sum(1)
+            mins = torch.where(take[batch], torch.minimum(mins, dist), mins)
+            score = mins.masked_fill(~valid, neg_inf)
+        mu = seeds
+        for it in range(self.n_iter + 1):  # soft k-means refinement; the last pass only assigns
+            logits = self.beta * torch.einsum("nd,nkd->nk", z, mu[batch])
+            logits = logits.masked_fill(~active[batch], neg_inf)
+            s = torch.softmax(logits, 1) * valid[:, None]
+            if it < self.n_iter:
+                mu = F.normalize(scatter(s[:, :, None] * z[:, None, :], batch, 0, dim_size=num_graphs, reduce="sum"),
+                                 dim=2, eps=1e-6)
+                mu = torch.where(active[:, :, None], mu, seeds)
+        return s
+
+
+def scatter_argmax(score: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """Per graph, the maximum of ``score`` and the index of the node that attains it (lowest index on ties)."""
+    best = scatter(score, batch, 0, dim_size=num_graphs, reduce="max")
+    hit = score == best[batch]
+    big = torch.full_like(batch, batch.numel())
+    idx = scatter(torch.where(hit, torch.arange(batch.numel(), device=batch.device), big), batch, 0,
+                  dim_size=num_graphs, reduce="min")
+    return best, idx.clamp_max(batch.numel() - 1)
+
+
+def community_loss(s: Tensor, z: Tensor, edge_index: Tensor, edge_weight: Tensor, batch: Tensor | None = None,
+                   collapse_weight: float = 0.1) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""Unsupervised objective over the graphs of a batch (positive edges only):
+
+    .. math:: \mathcal L = -\overline{Q_g(Z)} + \lambda\,\overline{R_g(S)}
+
+    - :math:`Q_g(Z)` is the directed modularity (:func:`directed_modularity`) of the unit embeddings ``z`` used
+      as a *vector* assignment: :math:`rac1m[\sum_{j	o i} w_{ji} z_i^	op z_j - rac1m
+      (\sum_i k^{out}_i z_i)^	op(\sum_i k^{in}_i z_i)]`, the vector relaxation of modularity. It is smooth in
+      the embeddings (the seeding of the assignment is not), rewards aligned embeddings across edges and, through
+      the null model, spreads unrelated nodes apart; its optimum puts communities on mutually distant directions,
+      which the distance-threshold assignment then separates.
+    - :math:`R_g(S) = rac{\sqrt{K_g}}{n_g}\lVert\sum_i S_iVert - 1` is DMoN's collapse regularizer
+      (Tsitsulin et al. 2023) on the assignment, ``K_g`` the communities in use: 0 for equal sizes,
+      :math:`\sqrt{K_g} - 1` when one community takes everything.
+
+    Graphs without positive edges are left out of the means. Returns the loss and, detached, ``modularity`` (the
+    directed modularity of ``S``, the quality that model selection watches), ``vector_modularity``, ``collapse``.
+    """
+    batch = torch.zeros(s.shape[0], dtype=torch.long, device=s.device) if batch is None else batch
+    num_graphs = int(batch.max()) + 1
+    pos = edge_weight > 0
+    ei, ew = edge_index[:, pos], edge_weight[pos]
+    q_vec = directed_modularity(z, ei, ew, batch, num_graphs)
+    q = directed_modularity(s, ei, ew, batch, num_graphs)
+    s32 = s.float()
+    sizes = scatter(s32, batch, 0, dim_size=num_graphs, reduce="sum")  # (G, K)
+    n_g = sizes.sum(1).clamp_min(1e-6)
+    used = (sizes > 1e-6).sum(1).clamp_min(1).to(s32.dtype)
+    collapse = used.sqrt() / n_g * sizes.norm(dim=1) - 1
+    has_edges = scatter(torch.ones_like(ew, dtype=s32.dtype), batch[ei[0]], 0, dim_size=num_graphs, reduce="sum") > 0
+    weight = has_edges.to(s32.dtype)
+    denom = weight.sum().clamp_min(1.0)
+
+    def mean(v: Tensor) -> Tensor:
+        return (v * weight).sum() / denom
+
+    loss = -mean(q_vec) + collapse_weight * mean(collapse)
+    return loss, {"modularity": mean(q).detach(), "vector_modularity": mean(q_vec).detach(),
+                  "collapse": mean(collapse).detach()}
+
+
+def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, edge_index, edge_weight)`` for :class:`CommunityEncoder` from a coupling graph and its spikes: node
+    features of :func:`dgrn.graph.features.node_features` (on the whole graph) and the ``max_in_degree`` strongest
+    in-edges of each node (signed; self-loops dropped) to pass messages on. Training and inference both use it."""
+    adj = as_adjacency(graph)
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    x = node_features(spikes, adj)
+    edge_index, edge_weight = to_edge_index(strongest_in_edges(adj, max_in_degree))
+    return x, edge_index, edge_weight
+
+
+@torch.no_grad()
+def _gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = None,
+                     max_in_degree: int = 16) -> Tensor:
+    """``find_communities(graph, method="gnn", encoder=..., spikes=...)``: hard labels of a pretrained encoder."""
+    if encoder is None:
+        raise ValueError("method 'gnn' needs encoder=<CommunityEncoder>, e.g. "
+                         "dgrn.zoo.load_pretrained('community_encoder_kising')")
+    if spikes is None:
+        raise ValueError("method 'gnn' needs spikes=<the (T, N) recording the graph was inferred from> "
+                         "for its node features")
+    x, edge_index, edge_weight = encoder_inputs(adj, spikes, max_in_degree)
+    p = next(encoder.parameters())
+    s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
+    return s.argmax(1).cpu()
+
+
+register_community_method("gnn", _gnn_communities)
+

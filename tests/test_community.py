@@ -1,0 +1,153 @@
+"""dgrn.nn.CommunityEncoder, its loss, its LightningModule and the zoo model."""
+import pytest
+import torch
+from sklearn.metrics import adjusted_mutual_info_score as ami
+
+from dgrn.graph import find_communities
+from dgrn.graph.convert import as_adjacency, to_edge_index
+from dgrn.nn import CommunityEncoder, DirectedGraphConv
+from dgrn.nn.community import community_loss
+from dgrn.sim import planted_couplings
+
+
+def graph(n, k, seed):
+    w, labels = planted_couplings(n, k, p_in=0.4, p_out=0.05, generator=torch.Generator().manual_seed(seed))
+    edge_index, edge_weight = to_edge_index(as_adjacency(w))
+    x = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed + 100))
+    return x, edge_index, edge_weight, labels
+
+
+def test_directed_conv_matches_dense_reference():
+    torch.manual_seed(0)
+    x, ei, ew, _ = graph(12, 2, 0)
+    conv = DirectedGraphConv(6, 5)
+    a = torch.zeros(12, 12)
+    a[ei[1], ei[0]] = ew  # a[i, j]: edge j -> i
+    a_in = a / a.abs().sum(1, keepdim=True).clamp_min(1e-12)  # normalized over in-edges of i
+    a_out = a.T / a.T.abs().sum(1, keepdim=True).clamp_min(1e-12)  # a.T[i, j]: edge i -> j, over out-edges of i
+    ref = conv.lin_root(x) + a_in @ conv.lin_in(x) + a_out @ conv.lin_out(x)
+    torch.testing.assert_close(conv(x, ei, ew), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_assignment_is_a_distribution_with_empty_slots_zero():
+    x, ei, ew, _ = graph(40, 3, 1)
+    enc = CommunityEncoder(6, hidden_channels=16, num_layers=2, max_communities=50)  # K_max > N is fine
+    s, z = enc(x, ei, ew)
+    assert s.shape == (40, 50) and z.shape == (40, 16)
+    torch.testing.assert_close(s.sum(1), torch.ones(40))
+    assert (s.sum(0) == 0).sum() >= 10  # slots without a seed are exactly empty
+    assert torch.isfinite(s).all()
+
+
+def test_batched_graphs_do_not_leak():
+    """Two different graphs in one batch give exactly what each gives alone (seeds, means, normalizers)."""
+    torch.manual_seed(0)
+    enc = CommunityEncoder(6, hidden_channels=16, num_layers=2, max_communities=8)
+    g1, g2 = graph(30, 2, 2), graph(45, 4, 3)
+    s1, z1 = enc(*g1[:3])
+    s2, z2 = enc(*g2[:3])
+    x = torch.cat([g1[0], g2[0]])
+    ei = torch.cat([g1[1], g2[1] + 30], 1)
+    ew = torch.cat([g1[2], g2[2]])
+    batch = torch.cat([torch.zeros(30), torch.ones(45)]).long()
+    s, z = enc(x, ei, ew, batch)
+    torch.testing.assert_close(s[:30], s1, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s[30:], s2, atol=1e-5, rtol=0)
+    loss, parts = community_loss(s, z, ei, ew, batch)
+    loss1, _ = community_loss(s1, z1, *g1[1:3])
+    loss2, _ = community_loss(s2, z2, *g2[1:3])
+    assert float(loss.detach()) == pytest.approx((float(loss1.detach()) + float(loss2.detach())) / 2, abs=1e-5)
+
+
+def test_mask_isolated_nodes_and_edgeless_graphs_stay_finite():
+    torch.manual_seed(0)
+    enc = CommunityEncoder(6, hidden_channels=16, num_layers=2, max_communities=8)
+    x, ei, ew, _ = graph(30, 2, 4)
+    ref, _ = enc(x, ei, ew)
+    # padding: 10 extra masked nodes wired to real ones change nothing for the real nodes
+    pad_x = torch.cat([x, 100 * torch.randn(10, 6)])
+    pad_ei = torch.cat([ei, torch.stack([torch.arange(30, 40), torch.arange(10)])], 1)
+    pad_ew = torch.cat([ew, torch.full((10,), 50.0)])
+    mask = torch.arange(40) < 30
+    s, _ = enc(pad_x, pad_ei, pad_ew, mask=mask)
+    torch.testing.assert_close(s[:30], ref, atol=1e-5, rtol=0)
+    assert torch.all(s[30:] == 0)
+    # isolated nodes, and a second graph with no edges at all, in one batch
+    x2 = torch.randn(5, 6)
+    s, z = enc(torch.cat([x, x2]), ei, ew, torch.cat([torch.zeros(30), torch.ones(5)]).long())
+    assert torch.isfinite(s).all()
+    loss, parts = community_loss(s, z, ei, ew, torch.cat([torch.zeros(30), torch.ones(5)]).long())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_is_stable(dtype):
+    torch.manual_seed(0)
+    enc = CommunityEncoder(6, hidden_channels=16, num_layers=2, max_communities=8)
+    x, ei, ew, _ = graph(60, 3, 5)
+    ref, _ = enc(x, ei, ew)
+    with torch.autocast("cpu", dtype=dtype):
+        s, z = enc(1e3 * x, ei, 1e3 * ew)  # large inputs: overflow-prone in half precision
+        loss, _ = community_loss(s, z, ei, ew)
+    assert s.dtype == torch.float32 and torch.isfinite(s).all() and torch.isfinite(loss)
+    with torch.autocast("cpu", dtype=dtype):
+        s, _ = enc(x, ei, ew)
+    assert (s.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+def test_bad_input():
+    enc = CommunityEncoder(6, hidden_channels=8, num_layers=1)
+    x, ei, ew, _ = graph(10, 2, 6)
+    with pytest.raises(ValueError, match=r"x must be \(N, 6\)"):
+        enc(x[:, :5], ei, ew)
+    with pytest.raises(ValueError, match="NaN"):
+        enc(x, ei, ew * float("nan"))
+    with pytest.raises(ValueError, match="needs encoder"):
+        find_communities(torch.rand(5, 5), "gnn")
+    with pytest.raises(ValueError, match="needs spikes"):
+        find_communities(torch.rand(5, 5), "gnn", encoder=enc)
+    with pytest.raises(ValueError, match="seed_distance"):
+        CommunityEncoder(6, seed_distance=3.0)
+
+
+def test_reset_parameters_covers_every_parameter():
+    """After reset_parameters under the same seed, a perturbed encoder equals an untouched one."""
+    enc, other = CommunityEncoder(6, hidden_channels=8, num_layers=2), CommunityEncoder(6, hidden_channels=8, num_layers=2)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(1.0)
+    for m in (enc, other):
+        torch.manual_seed(0)
+        m.reset_parameters()
+    for a, b in zip(enc.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_pretrained_encoder_finds_communities_of_an_unseen_network():
+    """The zoo encoder (never fitted to this network: its training seeds start at 1000) on a new network."""
+    from dgrn.graph import infer_couplings
+    from dgrn.sim import kinetic_ising
+    from dgrn.zoo import list_models, load_pretrained
+
+    if "community_encoder_kising" not in list_models():
+        pytest.fail("checkpoints/community_encoder_kising is missing")
+    enc = load_pretrained("community_encoder_kising")
+    assert not enc.training
+    d = kinetic_ising(100, 10000, n_communities=5, seed=7)
+    w = infer_couplings(d, max_iter=10)
+    labels = find_communities(w, "gnn", encoder=enc, spikes=d)
+    assert ami(d.true_communities, labels) > 0.8
+
+
+def test_train_py_community_encoder(run_train):
+    metrics, run_dir = run_train(
+        ["experiment=community_encoder", "data.n_train=3", "data.n_val=1", "data.n_test=1", "data.community_sizes=[10]",
+         "data.communities=[2,3]", "data.t=1500", "data.observed_fraction=0.5", "data.cache=null",
+         "data.batch_size=2", "model.encoder.hidden_channels=8", "model.encoder.num_layers=1"],
+        base=["trainer.max_epochs=2", "logger=none"],
+    )
+    for key in ("val/modularity", "test/ami", "test/modularity"):
+        assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

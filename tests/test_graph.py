@@ -1,0 +1,284 @@
+"""dgrn.graph: coupling inference, baselines, communities, ordering, partition quality."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_mutual_info_score as ami
+
+from dgrn.graph import (
+    community_hierarchy, community_order, correlation, find_communities, infer_couplings, mean_field_couplings,
+    metagraph, partial_correlation, relabel,
+)
+from dgrn.graph.baselines import _solve_tap
+from dgrn.graph.quality import directed_modularity
+from dgrn.metrics import edge_auroc, shared_driver_false_positive_rate
+from dgrn.nn import BernoulliGLM
+from dgrn.sim import kinetic_ising, planted_couplings
+
+
+@pytest.fixture(scope="module")
+def kising():
+    return kinetic_ising(30, 20000, n_communities=3, seed=3)
+
+
+# ------------------------------------------------------------------------------------------ inference
+def test_ml_matches_independent_per_neuron_logistic_regression(kising):
+    """The fit is the penalized MLE: scikit-learn's per-neuron L2 logistic regression gives the same W and b."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = kising.spikes[:6000].float()
+    lam = 1e-3
+    w, params = infer_couplings(x, strength=lam, max_iter=200, dtype=torch.float64, return_params=True)
+    t = x.shape[0] - 1
+    ref_w, ref_b = np.zeros((30, 30)), np.zeros(30)
+    for i in range(30):  # the reference loops over neurons on purpose: it is the slow, obvious computation
+        # sklearn: 0.5 |w|^2 + C sum(loss)  <=>  ours: sum(loss) / T + lam |w|^2  with C = 1 / (2 lam T)
+        lr = LogisticRegression(C=1 / (2 * lam * t), tol=1e-10, max_iter=5000).fit(x[:-1].numpy(), x[1:, i].numpy())
+        ref_w[i], ref_b[i] = lr.coef_[0], lr.intercept_[0]
+    np.testing.assert_allclose(w.numpy(), ref_w, atol=2e-3)
+    np.testing.assert_allclose(params["bias"].numpy(), ref_b, atol=2e-3)
+
+
+def test_recovers_the_couplings_full_and_minibatch(kising):
+    w_full = infer_couplings(kising, max_iter=30)
+    w_mini = infer_couplings(kising, mode="minibatch", epochs=5)
+    assert w_full.dtype == torch.float32 and w_full.shape == (30, 30)
+    truth = kising.true_couplings
+    assert float(edge_auroc(w_full, truth)) > 0.95
+    assert float(edge_auroc(w_mini, truth)) > 0.93
+    off = ~torch.eye(30, dtype=torch.bool)
+    assert torch.corrcoef(torch.stack([w_full[off], truth[off]]))[0, 1] > 0.9
+
+
+def test_params_load_into_bernoulli_glm(kising):
+    """infer_couplings and BernoulliGLM share one model: the fitted parameters load as its state_dict."""
+    w, params = infer_couplings(kising, latent_rank=2, latent_history=5, max_iter=10, return_params=True)
+    glm = BernoulliGLM(30, latent_rank=2, latent_history=5)
+    glm.load_state_dict({k: params[k] for k in glm.state_dict()})
+    torch.testing.assert_close(glm.coupling_matrix(), w)
+    x = kising.spikes.float()[None]
+    nll = torch.nn.functional.binary_cross_entropy_with_logits(glm(x), x[:, glm.context:])
+    assert float(nll.detach()) == pytest.approx(params["nll"], rel=1e-4)
+    assert float(params["latent_out"].abs().sum()) > 0  # the latent input was fitted
+
+
+def test_l1_is_sparser_than_l2(kising):
+    x = kising.spikes[:8000]
+    w1 = infer_couplings(x, penalty="l1", strength=3e-3, max_iter=25)
+    w2 = infer_couplings(x, penalty="l2", strength=3e-3, max_iter=25)
+    assert (w1.abs() < 0.02).sum() > (w2.abs() < 0.02).sum() + 50
+
+
+def test_bad_input():
+    x = (torch.rand(500, 6) < 0.2).to(torch.uint8)
+    x[:, 2] = 0
+    with pytest.warns(UserWarning, match="never or always fire"):
+        w = infer_couplings(x, max_iter=5)
+    assert torch.all(w[2] == 0) and torch.all(w[:, 2] == 0) and torch.isfinite(w).all()
+    with pytest.raises(ValueError, match="no spikes"):
+        infer_couplings(torch.zeros(100, 4))
+    with pytest.raises(ValueError, match="constant"):
+        infer_couplings(torch.ones(100, 4))
+    nan = x.float()
+    nan[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        infer_couplings(nan)
+    with pytest.raises(ValueError, match="unknown penalty 'l3'.*'l1', 'l2'"):
+        infer_couplings(x, penalty="l3")
+    with pytest.raises(ValueError, match="unknown mode"):
+        infer_couplings(x, mode="online")
+    few = (torch.rand(20, 40) < 0.3).to(torch.uint8)
+    with pytest.warns(UserWarning, match="fewer scored bins"):
+        w = infer_couplings(few, max_iter=20)
+    assert torch.isfinite(w).all() and float(w.abs().max()) < 10  # regularized, not run away
+    with pytest.raises(ValueError, match="time bins"):
+        infer_couplings(x[:1])
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def test_correlation_matches_numpy(kising):
+    c = correlation(kising)
+    ref = np.corrcoef(kising.spikes.numpy().T.astype(float))
+    np.fill_diagonal(ref, 0)
+    np.testing.assert_allclose(c.numpy(), ref, atol=1e-5)
+    lagged = correlation(kising, lag=1)
+    x = kising.spikes.numpy().astype(float)
+    assert lagged[4, 7] == pytest.approx(np.corrcoef(x[1:, 4], x[:-1, 7])[0, 1], abs=1e-5)
+
+
+def test_partial_correlation_ridge_closed_form(kising):
+    x = kising.spikes.double()
+    z = (x - x.mean(0)) / x.std(0)
+    p = torch.linalg.inv(z.T @ z / z.shape[0] + 1e-3 * torch.eye(30))
+    ref = -p / torch.outer(p.diagonal().sqrt(), p.diagonal().sqrt())
+    ref.fill_diagonal_(0)
+    torch.testing.assert_close(partial_correlation(kising, "ridge").double(), ref, atol=1e-5, rtol=0)
+    for est in ("ledoit_wolf", "glasso"):
+        pc = partial_correlation(kising, est, alpha=0.05 if est == "glasso" else None)
+        assert torch.isfinite(pc).all() and torch.allclose(pc, pc.T, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        partial_correlation(kising, "pca")
+
+
+def test_tap_cubic_root():
+    a = torch.tensor([0.0, 0.01, 0.1, 4 / 27, 0.5], dtype=torch.float64)
+    f = _solve_tap(a)
+    ok = a <= 4 / 27
+    torch.testing.assert_close((f * (1 - f) ** 2)[ok], a[ok], atol=1e-9, rtol=0)
+    assert float(f[-1]) == pytest.approx(1 / 3)
+
+
+def test_mean_field_agrees_with_maximum_likelihood_at_weak_coupling():
+    """nMF and TAP are exact to leading order in the couplings (Roudi & Hertz 2011): at weak coupling they agree
+    with the (independently computed) maximum-likelihood estimate, in the same 0/1 convention (W = 4 J)."""
+    d = kinetic_ising(40, 30000, n_communities=2, seed=5, j_in=0.3, j_out=-0.3)
+    off = ~torch.eye(40, dtype=torch.bool)
+    ml = infer_couplings(d, max_iter=30)[off]
+    for method in ("nmf", "tap"):
+        w = mean_field_couplings(d, method)[off]
+        assert torch.corrcoef(torch.stack([w, ml]))[0, 1] > 0.97, method
+        assert 0.8 < float(w @ ml / ml.square().sum()) < 1.3, method
+    with pytest.raises(ValueError, match="unknown mean-field method"):
+        mean_field_couplings(d, "bethe")
+
+
+def test_shared_driver_false_positive_rate():
+    truth = torch.zeros(4, 4)
+    truth[0, 3] = truth[1, 3] = 1.0  # hidden neuron 3 drives 0 and 1
+    truth[2, 0] = 1.0  # the one true edge among observed 0, 1, 2
+    observed = torch.tensor([0, 1, 2])
+    spurious = torch.tensor([[0, 5.0, 0], [0, 0, 0], [1.0, 0, 0]])  # calls 0<-1 (shared driver) as the edge
+    out = shared_driver_false_positive_rate(spurious, truth, observed)
+    assert out["n_pairs"] == 2 and out["shared_driver"] == 0.5
+    good = torch.tensor([[0, 0, 0], [0, 0, 0], [1.0, 0, 0]])
+    assert shared_driver_false_positive_rate(good, truth, observed)["shared_driver"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ communities
+@pytest.fixture(scope="module")
+def planted():
+    w, labels = planted_couplings(90, 3, p_in=0.4, p_out=0.05, generator=torch.Generator().manual_seed(0))
+    return w, labels
+
+
+@pytest.mark.parametrize("method, opts", [("leiden", {}), ("leiden", {"weights": "signed"}),
+                                          ("markov_stability", {}), ("spectral", {"n_communities": 3})])
+def test_methods_recover_planted_communities(planted, method, opts):
+    w, labels = planted
+    found = find_communities(w, method, **opts)
+    assert found.dtype == torch.long and found.shape == (90,)
+    assert ami(labels, found) > 0.95
+
+
+def test_graph_formats_agree(planted):
+    import scipy.sparse as sp
+
+    w, _ = planted
+    nz = w.nonzero().T  # (i, j) -> edge j -> i
+    triple = (torch.stack([nz[1], nz[0]]), w[nz[0], nz[1]], 90)
+    ref = find_communities(w)
+    assert torch.equal(find_communities(sp.csr_matrix(w.numpy())), ref)
+    assert torch.equal(find_communities(triple), ref)
+
+
+def test_hierarchy_coarsens(planted):
+    w, _ = planted
+    levels = community_hierarchy(w, "leiden", resolutions=(8.0, 1.0, 0.05))
+    sizes = [int(l.max()) + 1 for l in levels]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 3 and len(levels) >= 2
+    assert len(community_hierarchy(w, "markov_stability", markov_times=(0.1, 1.0, 100.0))) >= 2
+
+
+def test_community_bad_input(planted):
+    w, _ = planted
+    with pytest.raises(ValueError, match="no positive edges"):
+        find_communities(torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="unknown community method 'louvain'.*leiden"):
+        find_communities(w, "louvain")
+    with pytest.raises(ValueError, match="needs n_communities"):
+        find_communities(w, "spectral")
+    with pytest.raises(ValueError, match=r"n_communities must lie in \[1, N=90\]"):
+        find_communities(w, "spectral", n_communities=91)
+    with pytest.raises(ValueError, match="NaN"):
+        find_communities(torch.full((3, 3), float("nan")))
+    with pytest.raises(ValueError, match="square"):
+        find_communities(torch.ones(3, 4))
+    with pytest.raises(ValueError, match="has no multiscale"):
+        community_hierarchy(w, "spectral")
+
+
+def test_relabel_and_metagraph():
+    lab = relabel(torch.tensor([5, 5, 2, 9, 9, 9]))
+    assert lab.tolist() == [1, 1, 2, 0, 0, 0]
+    a = torch.tensor([[0, 1.0, 0], [2.0, 0, 0], [0, 3.0, 0]])
+    meta = metagraph(a, torch.tensor([0, 0, 1]))
+    assert meta.tolist() == [[3.0, 0.0], [3.0, 0.0]]
+
+
+def test_order_keeps_communities_contiguous_and_adjacent(planted):
+    """Chain of 4 communities: the ordering lists each contiguously, and neighbours in the chain stay adjacent."""
+    gen = torch.Generator().manual_seed(1)
+    n, k = 80, 4
+    labels = torch.arange(n) * k // n
+    labels = labels[torch.randperm(n, generator=gen)]
+    p = torch.where(labels[:, None] == labels[None, :], 0.5,
+                    torch.where((labels[:, None] - labels[None, :]).abs() == 1, 0.1, 0.0))
+    w = (torch.rand(n, n, generator=gen) < p).float()
+    w.fill_diagonal_(0)
+    order = community_order(w, labels)
+    assert sorted(order.tolist()) == list(range(n))
+    seq = labels[order]
+    runs = [int(seq[0])] + [int(b) for a, b in zip(seq[:-1], seq[1:]) if a != b]
+    assert len(runs) == k  # contiguous
+    assert runs in ([0, 1, 2, 3], [3, 2, 1, 0])  # along the chain
+
+
+def test_directed_modularity_matches_igraph(planted):
+    import igraph as ig
+
+    w, labels = planted
+    w = w.clamp_min(0)
+    nz = w.nonzero()
+    g = ig.Graph(n=90, edges=list(zip(nz[:, 1].tolist(), nz[:, 0].tolist())), directed=True)
+    ref = g.modularity(labels.tolist(), weights=w[nz[:, 0], nz[:, 1]].tolist(), directed=True)
+    edge_index = torch.stack([nz[:, 1], nz[:, 0]])
+    q = directed_modularity(torch.nn.functional.one_hot(labels).float(), edge_index, w[nz[:, 0], nz[:, 1]])
+    assert float(q[0]) == pytest.approx(ref, abs=1e-5)
+    # two graphs in one batch: each gets its own modularity, unaffected by the other
+    other = torch.nn.functional.one_hot(torch.randint(0, 3, (90,), generator=torch.Generator().manual_seed(2))).float()
+    qb = directed_modularity(torch.cat([torch.nn.functional.one_hot(labels).float(), other]),
+                             torch.cat([edge_index, edge_index[:, :50] + 90], 1),
+                             torch.cat([w[nz[:, 0], nz[:, 1]], torch.ones(50)]),
+                             batch=torch.repeat_interleave(torch.arange(2), 90))
+    assert float(qb[0]) == pytest.approx(ref, abs=1e-5)
+    empty = directed_modularity(torch.ones(3, 1), torch.zeros(2, 0, dtype=torch.long))
+    assert float(empty[0]) == 0.0
+
+
+def test_infer_then_communities_end_to_end(kising):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = infer_couplings(kising, max_iter=20)
+    assert ami(kising.true_communities, find_communities(w)) > 0.9
+
+
+def test_lrg_registered_by_renorm():
+    """method="lrg" is provided by dgrn.renorm (a higher layer) through the registry; it follows the RG flow and
+    keeps the level of highest modularity (here the second: 200 nodes -> 69 -> 9 supernodes)."""
+    import dgrn.renorm  # noqa: F401
+
+    w, labels = planted_couplings(200, 8, generator=torch.Generator().manual_seed(0))
+    assert ami(labels, find_communities(w, "lrg")) > 0.9
+    levels = community_hierarchy(w, "lrg")
+    assert all(int(a.max()) >= int(b.max()) for a, b in zip(levels[:-1], levels[1:]))
+    with pytest.raises(ValueError, match="non-negative"):
+        find_communities(w, "lrg", weights="signed")
+
+
+def test_train_py_infer_graph(run_train):
+    metrics, _ = run_train(["experiment=infer_graph", "data.dataset.n=30", "data.dataset.t=3000",
+                            "data.dataset.n_communities=3", "data.observed_fraction=0.5", "data.window=64",
+                            "model.net.latent_history=5"],
+                           base=["trainer.max_epochs=2", "logger=none", "data.n_blocks=10"])
+    assert 0.5 < metrics["test/edge_auroc"] <= 1.0 and metrics["test/nll"] > 0

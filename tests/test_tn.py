@@ -1,0 +1,384 @@
+"""Tensor-network Born machines against dense contractions and exact enumeration."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from dgrn.sim.ising import chain_couplings, ising_sample_exact
+from dgrn.tn import MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree, tree_from_labels
+from dgrn.tn.readouts import compression_report, truncation_curve
+
+TREE = [[0, [1, 2, 5]], [[3], 4], 6]  # ternary node, single-child node and a site joining the root
+
+
+def all_states(n, d=2):
+    return torch.tensor(list(itertools.product(range(d), repeat=n)))
+
+
+def state_index(x, d=2):
+    return (x * d ** torch.arange(x.shape[1] - 1, -1, -1)).sum(1)
+
+
+def dense_mps(m):
+    psi = m.tensors[0].detach()
+    for a in m.tensors[1:]:
+        psi = torch.einsum("...l,lsr->...sr", psi, a.detach())
+    return psi.reshape(-1)
+
+
+def dense_ttn(m):
+    """Full amplitude vector from a recursive einsum contraction of the tree (independent of TTN's code)."""
+    def node(tree):
+        if not isinstance(tree, list):
+            return torch.eye(m.phys_dim, dtype=torch.float64), [tree]
+        parts = [node(c) for c in tree]
+        idx = node.counter
+        node.counter += 1
+        t = tensors[idx]
+        out, sites = t, []
+        for j, (child, child_sites) in enumerate(parts):
+            # contract child's last axis with axis `len(sites) + j'` of the running tensor
+            pos = len(sites)
+            out = torch.tensordot(child, out.movedim(pos, 0), dims=([child.dim() - 1], [0]))
+            out = out.movedim(list(range(child.dim() - 1)), list(range(pos, pos + child.dim() - 1)))
+            sites += child_sites
+        return out, sites
+
+    # post-order numbering, as in TTN
+    tensors = [t.detach().double() for t in m.tensors]
+    node.counter = 0
+    psi, sites = node(m.tree)
+    psi = psi.reshape(*([m.phys_dim] * len(sites)))
+    return psi.permute(*torch.argsort(torch.tensor(sites)).tolist()).reshape(-1)
+
+
+def total_variation(samples, log_p):
+    freq = torch.bincount(state_index(samples), minlength=log_p.numel()).double() / len(samples)
+    return 0.5 * (freq - log_p.exp()).abs().sum().item()
+
+
+# --------------------------------------------------------------------------------------------------- MPS
+def test_mps_is_exactly_normalized_and_matches_dense_contraction():
+    torch.manual_seed(0)
+    m = MPS(7, 3, init_noise=1.0).double()
+    x = all_states(7)
+    lp = m.log_prob(x)
+    assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+    psi = dense_mps(m)
+    torch.testing.assert_close(lp, (psi ** 2 / (psi ** 2).sum()).log())
+    torch.testing.assert_close(m(x), lp)
+
+
+def test_mps_three_valued_sites():
+    torch.manual_seed(1)
+    m = MPS(4, 5, phys_dim=3, init_noise=1.0).double()
+    assert m.bond_dims == [3, 5, 3]  # capped at the exact ranks
+    assert m.log_prob(all_states(4, 3)).exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_mps_1000_sites_in_float32():
+    torch.manual_seed(0)
+    m = MPS(1000, 6, init_noise=0.5)
+    with torch.no_grad():
+        for a in m.tensors:
+            a.mul_(3.0)  # unscaled, Z would be ~(18)^1000: far beyond float32
+    x = torch.randint(0, 2, (8, 1000))
+    lp32 = m.log_prob(x)
+    lp64 = m.double().log_prob(x)
+    assert torch.isfinite(lp32).all()
+    torch.testing.assert_close(lp32.double(), lp64, rtol=1e-4, atol=0)
+    s = m.float().sample(4)
+    assert torch.isfinite(m.log_prob(s)).all()
+
+
+def test_mps_samples_are_exact():
+    torch.manual_seed(2)
+    m = MPS(6, 3, init_noise=1.0).double()
+    lp = m.log_prob(all_states(6))
+    samples = m.sample(100_000, generator=torch.Generator().manual_seed(0))
+    # expected TV of 100k draws over 64 states is about 0.01
+    assert total_variation(samples, lp) < 0.02
+
+
+def test_mps_marginals():
+    torch.manual_seed(3)
+    m = MPS(6, 4, init_noise=1.0).double()
+    x = all_states(6)
+    p = m.log_prob(x).exp().reshape([2] * 6)
+    ref = p.sum((0, 2, 3, 5)).log()  # marginal of sites 1 and 4
+    torch.testing.assert_close(m.log_marginal(x, [1, 4]), ref[x[:, 1], x[:, 4]])
+    torch.testing.assert_close(m.log_marginal(x, []), torch.zeros(len(x), dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_mps_canonicalize_and_truncate():
+    torch.manual_seed(4)
+    m = MPS(8, 6, init_noise=1.0).double()
+    x = all_states(8)
+    lp = m.log_prob(x)
+    psi = dense_mps(m)
+    psi = psi / psi.norm()
+    m.canonicalize()
+    torch.testing.assert_close(m.log_prob(x), lp)
+    for a in m.tensors[1:]:  # right-canonical
+        torch.testing.assert_close(torch.einsum("lsr,msr->lm", a, a), torch.eye(a.shape[0], dtype=a.dtype))
+    report = m.truncate(0.0)
+    torch.testing.assert_close(m.log_prob(x), lp)
+    report = m.truncate(0.02, max_bond=3)
+    assert max(report["bond_dims_after"]) <= 3 and report["n_params_after"] < report["n_params_before"]
+    trunc = dense_mps(m)
+    trunc = trunc / trunc.norm()
+    overlap = float(psi @ trunc)
+    # sign of a real MPS is a gauge: compare |psi|; the SVD bound holds for the truncation sweep
+    assert 2 - 2 * abs(overlap) <= 2 * report["total_discarded"] + 1e-9
+    assert all(0 <= e <= 0.02 or k == 3 for e, k in zip(report["discarded"], report["bond_dims_after"]))
+
+
+def test_mps_sweeps_lower_the_nll_and_adapt_bonds():
+    data = ising_sample_exact(chain_couplings(10), 0.8, 1500, seed=0).long()
+    torch.manual_seed(0)
+    m = MPS(10, 1).double()
+    nll0 = -m.log_prob(data).mean().item()
+    r1 = m.sweep(data, tol=1e-4, max_bond=4, n_steps=5)
+    r2 = m.sweep(data, tol=1e-4, max_bond=4, n_steps=5)
+    assert r2["nll"] <= r1["nll"] + 1e-9 < nll0
+    assert max(r1["bond_dims"]) > 1  # grew from bond dimension 1
+    exact_entropy = math.log(2) + 9 * math.log(2 * math.cosh(0.8)) - 0.8 * 9 * math.tanh(0.8)
+    assert r2["nll"] == pytest.approx(exact_entropy, abs=0.1)
+    shrunk = m.sweep(data, tol=0.2, n_steps=1)
+    assert max(shrunk["bond_dims"]) < max(r2["bond_dims"])
+
+
+def test_mps_trains_with_a_torch_optimizer():
+    data = ising_sample_exact(chain_couplings(8), 0.8, 2000, seed=1).long()
+    torch.manual_seed(0)
+    m = MPS(8, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = -m.log_prob(data).mean()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first - 0.2
+
+
+def test_mps_nan_parameters_are_reported():
+    m = MPS(5, 2)
+    with torch.no_grad():
+        m.tensors[2][0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"tensors\.2"):
+        m.log_prob(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_mps_bad_input():
+    m = MPS(4, 2)
+    with pytest.raises(ValueError, match=r"\{0, \.\.\., 1\}"):
+        m.log_prob(torch.tensor([[0, 1, 2, 0]]))
+    with pytest.raises(ValueError, match="4 sites"):
+        m.log_prob(torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-integer"):
+        m.log_prob(torch.full((1, 4), 0.5))
+    with pytest.raises(ValueError, match="bond_dim"):
+        MPS(4, 0)
+    with pytest.raises(ValueError, match="tol"):
+        m.truncate(1.5)
+    with pytest.raises(ValueError, match="sites"):
+        m.log_marginal(torch.zeros(1, 4, dtype=torch.long), [7])
+
+
+# --------------------------------------------------------------------------------------------------- TTN
+@pytest.mark.parametrize("tree", [TREE, balanced_tree(7), balanced_tree(7, arity=3)])
+def test_ttn_matches_dense_contraction(tree):
+    torch.manual_seed(0)
+    m = TTN(7, 3, tree=tree, init_noise=1.0).double()
+    x = all_states(7)
+    lp = m.log_prob(x)
+    assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+    psi = dense_ttn(m)
+    torch.testing.assert_close(lp, (psi ** 2 / (psi ** 2).sum()).log())
+
+
+def test_ttn_samples_and_marginals_are_exact():
+    torch.manual_seed(1)
+    m = TTN(7, 3, tree=TREE, init_noise=1.0).double()
+    x = all_states(7)
+    lp = m.log_prob(x)
+    samples = m.sample(100_000, generator=torch.Generator().manual_seed(0))
+    assert total_variation(samples, lp) < 0.03  # 128 states: expected TV about 0.014
+    p = lp.exp().reshape([2] * 7)
+    ref = p.sum((0, 2, 3, 4, 6)).log()  # sites 1 and 5
+    torch.testing.assert_close(m.log_marginal(x, [1, 5]), ref[x[:, 1], x[:, 5]])
+
+
+def test_ttn_isometric_form_and_truncation():
+    torch.manual_seed(2)
+    m = TTN(8, 4, init_noise=1.0).double()
+    x = all_states(8)
+    lp = m.log_prob(x)
+    psi = dense_ttn(m)
+    psi = psi / psi.norm()
+    m.canonicalize()
+    torch.testing.assert_close(m.log_prob(x), lp)
+    for t in m.tensors[:-1]:  # every non-root node is an isometry toward the root
+        mat = t.reshape(-1, t.shape[-1])
+        torch.testing.assert_close(mat.T @ mat, torch.eye(mat.shape[1], dtype=mat.dtype))
+    m.truncate(0.0)
+    torch.testing.assert_close(m.log_prob(x), lp)
+    report = m.truncate(0.05, max_bond=2)
+    assert report["n_params_after"] < report["n_params_before"] and max(report["bond_dims_after"]) <= 2
+    trunc = dense_ttn(m)
+    assert 2 - 2 * abs(float(psi @ (trunc / trunc.norm()))) <= 2 * report["total_discarded"] + 1e-9
+
+
+def test_ttn_trains_and_reports_nan():
+    data = ising_sample_exact(chain_couplings(8), 0.8, 2000, seed=1).long()
+    torch.manual_seed(0)
+    m = TTN(8, 4)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = -m.log_prob(data).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.2
+    with torch.no_grad():
+        m.tensors[0].fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        m.log_prob(data[:2])
+
+
+def test_ttn_sweeps_lower_the_nll():
+    data = ising_sample_exact(chain_couplings(8), 0.8, 1500, seed=0).long()
+    torch.manual_seed(0)
+    m = TTN(8, 4, init_noise=1.0).double()  # bond 4 holds the chain exactly (a leaf pair cuts it twice)
+    nll0 = -m.log_prob(data).mean().item()
+    r1 = m.sweep(data, n_steps=5)
+    m.sweep(data, n_steps=5)
+    r2 = m.sweep(data, n_steps=5)
+    assert r2["nll"] <= r1["nll"] + 1e-9 < nll0
+    exact_entropy = math.log(2) + 7 * math.log(2 * math.cosh(0.8)) - 0.8 * 7 * math.tanh(0.8)
+    assert r2["nll"] == pytest.approx(exact_entropy, abs=0.1)
+    assert m.log_prob(all_states(8)).exp().sum().item() == pytest.approx(1.0, abs=1e-10)
+
+
+def test_trees():
+    assert sorted(_leaves(lattice_tree(4, 4))) == list(range(16))
+    assert lattice_tree(2, 2) == [[0, 1], [2, 3]] or lattice_tree(2, 2) == [[0, 2], [1, 3]]
+    assert tree_from_labels([[0, 0, 1, 1, 2], [0, 0, 1]]) == [[[0, 1], [2, 3]], 4]
+    assert balanced_tree(4) == [[0, 1], [2, 3]]
+    m = TTN(5, 2, tree=tree_from_labels([[0, 0, 1, 1, 2], [0, 0, 1]]))
+    assert m.log_prob(torch.zeros(1, 5, dtype=torch.long)).shape == (1,)
+
+
+def _leaves(tree):
+    return [tree] if not isinstance(tree, list) else [s for c in tree for s in _leaves(c)]
+
+
+def test_ttn_bad_trees():
+    with pytest.raises(ValueError, match="repeated \\[1\\]"):
+        TTN(4, 2, tree=[[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="missing \\[3\\]"):
+        TTN(4, 2, tree=[[0, 1], [2]])
+    with pytest.raises(ValueError, match="out of range \\[7\\]"):
+        TTN(4, 2, tree=[[0, 1], [2, 3, 7]])
+    with pytest.raises(ValueError, match="empty node"):
+        TTN(3, 2, tree=[[0, 1], [], 2])
+    with pytest.raises(ValueError, match="deeper tree"):
+        TTN(40, 2, tree=list(range(40)))
+    with pytest.raises(ValueError, match="bond_dim"):
+        TTN(4, 0)
+
+
+# ------------------------------------------------------------------------------------------ ConditionalMPS
+def test_conditional_mps_is_normalized_per_context_and_samples_exactly():
+    torch.manual_seed(0)
+    m = ConditionalMPS(5, 3, 3, rank=2, init_noise=1.0).double()
+    with torch.no_grad():
+        m.field.weight.normal_()
+        m.field.bias.normal_()
+    x = all_states(5)
+    c = torch.randn(3, 3, dtype=torch.float64)
+    lp = m.log_prob(x.repeat(3, 1), c.repeat_interleave(32, 0)).reshape(3, 32)
+    torch.testing.assert_close(lp.exp().sum(1), torch.ones(3, dtype=torch.float64))
+    assert (lp[0] - lp[1]).abs().max() > 0.1  # the context changes the distribution
+    samples = m.sample(c.repeat_interleave(40_000, 0), generator=torch.Generator().manual_seed(1))
+    for k in range(3):
+        assert total_variation(samples[k * 40_000:(k + 1) * 40_000], lp[k]) < 0.03
+
+
+def test_conditional_mps_learns_context_dependent_correlations():
+    """p(x|c) with context fields and fixed couplings is exactly an MPS of bond 2; the fit reaches its entropy."""
+    torch.manual_seed(0)
+    n, k = 5, 2
+    w_field = torch.randn(k, n)
+    couplings = torch.tensor([1.5, -1.5, 1.5, -1.5])
+    x_all = all_states(n).double()
+    energy_pair = (x_all[:, :-1] * x_all[:, 1:] * couplings).sum(1)
+
+    def exact_log_p(c):
+        logits = (c @ w_field)[:, None, :] * x_all[None]  # (B, 32, n)
+        lw = logits.sum(2) + energy_pair
+        return lw - lw.logsumexp(1, keepdim=True)
+
+    c = torch.randn(2000, k)
+    lp = exact_log_p(c)
+    idx = torch.multinomial(lp.exp(), 1).squeeze(1)
+    x = x_all[idx].long()
+    m = ConditionalMPS(n, k, 2, rank=0)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = -m.log_prob(x, c).mean()
+        loss.backward()
+        opt.step()
+    cond_entropy = -(lp.exp() * lp).sum(1).mean().item()
+    assert loss.item() / n == pytest.approx(cond_entropy / n, abs=0.02)
+
+
+def test_conditional_mps_bad_input():
+    m = ConditionalMPS(4, 3, 2)
+    with pytest.raises(ValueError, match="context_dim=3"):
+        m.log_prob(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="one context per configuration"):
+        m.log_prob(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        m.sample(torch.full((1, 3), float("nan")))
+    with torch.no_grad():
+        m.core.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="core"):
+        m.log_prob(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3))
+
+
+# ------------------------------------------------------------------------------------------------ read-outs
+def test_compression_readouts():
+    torch.manual_seed(0)
+    data = ising_sample_exact(chain_couplings(10), 0.8, 2000, seed=0).long()
+    m = MPS(10, 8, init_noise=1.0).double()
+    report = compression_report(m)
+    assert report["n_params"] == m.n_params and report["log10_states"] == pytest.approx(10 * math.log10(2))
+    assert report["bond_dims"] == m.bond_dims
+    curve = truncation_curve(m, data, [1e-1, 1e-3, 0.0])
+    assert [row["tol"] for row in curve] == [1e-1, 1e-3, 0.0]
+    assert curve[0]["n_params"] <= curve[1]["n_params"] <= curve[2]["n_params"] == m.n_params
+    assert curve[2]["nll"] == pytest.approx(-m.log_prob(data).mean().item(), abs=1e-9)
+    assert m.n_params == report["n_params"]  # the model itself is left untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (64, 12))
+    for m in (MPS(12, 4, init_noise=1.0), TTN(12, 4, init_noise=1.0)):
+        m = m.double()
+        ref = m.log_prob(x)
+        torch.testing.assert_close(m.cuda().log_prob(x.cuda()).cpu(), ref)
+        assert m.sample(16).device.type == "cuda"
+    cm = ConditionalMPS(6, 3, 3).double()
+    c = torch.randn(8, 3, dtype=torch.float64)
+    xs = torch.randint(0, 2, (8, 6))
+    torch.testing.assert_close(cm.cuda().log_prob(xs.cuda(), c.cuda()).cpu(), cm.cpu().log_prob(xs, c))
