@@ -282,3 +282,13 @@ def test_train_py_infer_graph(run_train):
                             "model.net.latent_history=5"],
                            base=["trainer.max_epochs=2", "logger=none", "data.n_blocks=10"])
     assert 0.5 < metrics["test/edge_auroc"] <= 1.0 and metrics["test/nll"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(kising):
+    w_cpu = infer_couplings(kising, max_iter=20, dtype=torch.float64)
+    w_gpu = infer_couplings(kising, max_iter=20, dtype=torch.float64, device="cuda")
+    assert w_gpu.device.type == "cuda"
+    torch.testing.assert_close(w_gpu.cpu(), w_cpu, atol=1e-3, rtol=0)
+    assert torch.isfinite(infer_couplings(kising, mode="minibatch", epochs=1, device="cuda")).all()
