@@ -79,3 +79,27 @@ def check_tolerance(tol: float, max_bond: int | None) -> None:
         raise ValueError(f"tol is a discarded weight fraction in [0, 1), got {tol}")
     if max_bond is not None:
         check_size("max_bond", max_bond)
+
+
+class BornMachine(nn.Module):
+    r"""Shared part of the Born machines :math:`p(x) = \psi(x)^2 / Z` whose site/node tensors live in
+    ``self.tensors`` (an ``nn.ParameterList``). Subclasses provide ``log_norm()`` (:math:`\log Z`) and
+    ``log_amplitude_sq(x)`` (:math:`\log \psi(x)^2` of validated ``(B, n)`` configurations)."""
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel() for t in self.tensors)
+
+    def _set_tensors(self, tensors: list[Tensor]) -> None:
+        ref = self.tensors[0]
+        self.tensors = nn.ParameterList([nn.Parameter(t.detach().to(ref.dtype).contiguous()) for t in tensors])
+
+    def log_prob(self, x) -> Tensor:
+        r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)`` with values in ``{0..d-1}``: ``(B,)``."""
+        x = check_states(x, self.n_sites, self.phys_dim, self.tensors[0].device)
+        log_z = self.log_norm()
+        check_finite(self, log_z, type(self).__name__)
+        return self.log_amplitude_sq(x) - log_z
+
+    def forward(self, x) -> Tensor:
+        return self.log_prob(x)

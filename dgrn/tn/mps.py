@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (check_finite, check_size, check_states, check_tolerance, sample_categorical,
-                             truncation_rank)
+from dgrn.tn._common import (BornMachine, check_finite, check_size, check_states, check_tolerance,
+                             sample_categorical, truncation_rank)
 
 __all__ = ["MPS"]
 
@@ -38,7 +38,7 @@ def _right_canonical(tensors: list[Tensor]) -> list[Tensor]:
     return out
 
 
-class MPS(nn.Module):
+class MPS(BornMachine):
     r"""Matrix-product-state Born machine over ``n_sites`` discrete variables.
 
     .. math::
@@ -91,13 +91,7 @@ class MPS(nn.Module):
         """Internal bond dimensions ``[D_1, ..., D_{n-1}]``."""
         return [a.shape[2] for a in self.tensors[:-1]]
 
-    @property
-    def n_params(self) -> int:
-        return sum(a.numel() for a in self.tensors)
 
-    def _set_tensors(self, tensors: list[Tensor]) -> None:
-        ref = self.tensors[0]
-        self.tensors = nn.ParameterList([nn.Parameter(t.detach().to(ref.dtype).contiguous()) for t in tensors])
 
     # ------------------------------------------------------------------------------------------ likelihood
     def log_norm(self) -> Tensor:
@@ -132,15 +126,6 @@ class MPS(nn.Module):
             squares.append(sq)
         return torch.cat(squares, 1).log().sum(1)
 
-    def log_prob(self, x) -> Tensor:
-        r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)`` with values in ``{0..d-1}``: ``(B,)``."""
-        x = check_states(x, self.n_sites, self.phys_dim, self.tensors[0].device)
-        log_z = self.log_norm()
-        check_finite(self, log_z, "MPS")
-        return self.log_amplitude_sq(x) - log_z
-
-    def forward(self, x) -> Tensor:
-        return self.log_prob(x)
 
     def log_marginal(self, x, sites) -> Tensor:
         r"""Exact :math:`\log p(x_S)` of the variables on ``sites`` (the other columns of ``x`` are ignored): ``(B,)``.

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (check_finite, check_size, check_states, check_tolerance, sample_categorical,
-                             truncation_rank)
+from dgrn.tn._common import (BornMachine, check_finite, check_size, check_states, check_tolerance,
+                             sample_categorical, truncation_rank)
 
 __all__ = ["TTN", "balanced_tree", "lattice_tree", "tree_from_labels"]
 
@@ -131,7 +131,7 @@ def _apply_on_axis(t: Tensor, m: Tensor, axis: int) -> Tensor:
     return out.reshape(out.shape[0], *shape[1:]).movedim(1, axis)
 
 
-class TTN(nn.Module):
+class TTN(BornMachine):
     r"""Tree-tensor-network Born machine over a rooted tree whose leaves are the sites.
 
     .. math::
@@ -208,13 +208,7 @@ class TTN(nn.Module):
         """Upward bond dimension of every internal node (post-order; the root's is 1)."""
         return [t.shape[-1] for t in self.tensors]
 
-    @property
-    def n_params(self) -> int:
-        return sum(t.numel() for t in self.tensors)
 
-    def _set_tensors(self, tensors: list[Tensor]) -> None:
-        ref = self.tensors[0]
-        self.tensors = nn.ParameterList([nn.Parameter(t.detach().to(ref.dtype).contiguous()) for t in tensors])
 
     # ------------------------------------------------------------------------------------------ likelihood
     def _norm_matrices(self) -> tuple[list[Tensor], Tensor]:
@@ -278,15 +272,6 @@ class TTN(nn.Module):
             logs.append(norm.squeeze(1).log())
         return 2.0 * torch.stack(logs, 1).sum(1)
 
-    def log_prob(self, x) -> Tensor:
-        r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)``: ``(B,)``."""
-        x = check_states(x, self.n_sites, self.phys_dim, self.tensors[0].device)
-        log_z = self.log_norm()
-        check_finite(self, log_z, "TTN")
-        return self.log_amplitude_sq(x) - log_z
-
-    def forward(self, x) -> Tensor:
-        return self.log_prob(x)
 
     def log_marginal(self, x, sites) -> Tensor:
         r"""Exact :math:`\log p(x_S)` of the variables on ``sites`` (other columns ignored): ``(B,)``.
