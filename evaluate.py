@@ -20,7 +20,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from dgrn import runner, zoo
     from dgrn.datasets import fresh_trajectories
-    from dgrn.models import NextBinModule, SpikeDataModule
+    from dgrn.models import SpikeDataModule, module_for
 
     L.seed_everything(cfg.seed, workers=True)
     pretrained = (cfg.get("model") or {}).get("pretrained")
@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     reference = {}
     if cfg.get("ckpt_path"):
         ckpt = runner.load_checkpoint(cfg.ckpt_path)
-        model = NextBinModule(**ckpt["hyper_parameters"])
+        model = module_for(ckpt["hyper_parameters"])(**ckpt["hyper_parameters"])
         model.load_state_dict(ckpt["state_dict"])
         data_hp = ckpt.get("datamodule_hyper_parameters")
         if cfg.get("data") is None and not data_hp:
@@ -40,7 +40,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         source = cfg.ckpt_path
     else:
         info = zoo.model_info(pretrained)
-        model = NextBinModule(n_neurons=info["n_neurons"], net={"name": info["architecture"], **info["net"]})
+        hparams = {"n_neurons": info["n_neurons"], "net": {"name": info["architecture"], **info["net"]}}
+        model = module_for(hparams)(**hparams)
         model.net.load_state_dict(zoo.load_pretrained(pretrained).state_dict())
         data_hp = {**info["data"], "dataset": fresh_trajectories(info["data"]["dataset"], cfg.sample_seed)}
         reference = info.get("metrics", {}).get("fresh_data", {})

@@ -6,6 +6,8 @@ Hydra sweepers. ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a killed run.
 """
 from __future__ import annotations
 
+import inspect
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
 
     from dgrn import runner
 
@@ -21,8 +23,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _convert_="all")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     pretrained = model_cfg.pop("pretrained", None)
-    # next-bin models are built for the data's neurons; graph models (community encoder) are size-free
-    sized = {"n_neurons": datamodule.n_neurons} if hasattr(datamodule, "n_neurons") else {}
+    # next-bin models are built for the data's neurons; graph models (community encoder) are size-free; models
+    # whose structure comes from the data (DGRN.from_datamodule: graph, communities, renormalization) get the data
+    if "datamodule" in inspect.signature(get_object(model_cfg["_target_"])).parameters:
+        sized = {"datamodule": datamodule}
+    else:
+        sized = {"n_neurons": datamodule.n_neurons} if hasattr(datamodule, "n_neurons") else {}
     model = instantiate(model_cfg, **sized, _convert_="all")
     if pretrained:
         runner.init_from_pretrained(model, pretrained)

@@ -122,11 +122,21 @@ class SpikePredictionMetrics(Metric):
         self.add_state("spike_count", torch.zeros(n_neurons, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_bins", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, logits: Tensor, target: Tensor) -> None:
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        """``prediction``: logits of a factorized model, shaped like ``target`` ``(..., N)``; or the joint
+        log-likelihood of each bin, ``target.shape[:-1]`` (a model of the neurons' joint, e.g. a tensor network)."""
+        if prediction.shape == target.shape:
+            loglik = -F.binary_cross_entropy_with_logits(prediction.double(), target.double(), reduction="sum")
+        elif prediction.shape == target.shape[:-1]:
+            loglik = prediction.double().sum()
+        else:
+            raise ValueError(f"prediction {tuple(prediction.shape)} must be logits shaped like the target "
+                             f"{tuple(target.shape)} or one log-likelihood per bin {tuple(target.shape[:-1])}")
         target = target.reshape(-1, target.shape[-1]).double()
-        self.loglik += -F.binary_cross_entropy_with_logits(logits.reshape(target.shape).double(), target, reduction="sum")
-        self.spike_count += target.sum(0)
-        self.n_bins += target.shape[0]
+        # out of place: states created under inference mode (trainer.validate before fit) stay usable
+        self.loglik = self.loglik + loglik
+        self.spike_count = self.spike_count + target.sum(0)
+        self.n_bins = self.n_bins + target.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
         n_spikes = self.spike_count.sum()

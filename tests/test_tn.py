@@ -382,3 +382,50 @@ def test_cuda_matches_cpu():
     c = torch.randn(8, 3, dtype=torch.float64)
     xs = torch.randint(0, 2, (8, 6))
     torch.testing.assert_close(cm.cuda().log_prob(xs.cuda(), c.cuda()).cpu(), cm.cpu().log_prob(xs, c))
+
+
+def _consistent(x: torch.Tensor, groups: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    fired = torch.stack([x[:, groups == g].any(1) for g in range(int(groups[-1]) + 1)], 1)
+    return (fired == active).all(1)
+
+
+@pytest.mark.parametrize("active", [[1, 0, 1], [1, 1, 1], [0, 0, 0], [0, 1, 1]])
+def test_conditional_mps_coarse_constraint_matches_restricted_enumeration(active):
+    """log p(x | c, coarse) = the unconstrained Born weights restricted to the configurations whose OR over each
+    block equals the coarse state, renormalized (enumerated independently); sampling follows it exactly."""
+    torch.manual_seed(0)
+    m = ConditionalMPS(6, 3, 3, rank=2, init_noise=1.0).double()
+    with torch.no_grad():
+        m.field.weight.normal_()
+        m.field.bias.normal_()
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    x = all_states(6)
+    c = torch.randn(1, 3, dtype=torch.float64).expand(64, -1)
+    act = torch.tensor([active], dtype=torch.bool).expand(64, -1)
+    ok = _consistent(x, groups, act)
+    free = m.log_prob(x, c)
+    reference = free.masked_fill(~ok, -torch.inf)
+    reference = reference - reference.logsumexp(0)
+    got = m.log_prob(x, c, groups, act)
+    torch.testing.assert_close(got[ok], reference[ok], rtol=0, atol=1e-12)
+    assert torch.isneginf(got[~ok]).all()
+    draws = m.sample(c[:1].expand(40_000, -1), torch.Generator().manual_seed(1), groups, act[:1].expand(40_000, -1))
+    assert _consistent(draws, groups, act[:1].expand(40_000, -1)).all()
+    assert total_variation(draws, reference) < 0.03
+
+
+def test_conditional_mps_coarse_constraint_float32_and_bad_groups():
+    torch.manual_seed(0)
+    m = ConditionalMPS(40, 2, 4)
+    groups = torch.arange(40) // 8
+    x = torch.zeros(3, 40, dtype=torch.long)
+    x[:, 0] = 1
+    act = torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool).expand(3, -1)
+    lp = m.log_prob(x, torch.zeros(3, 2), groups, act)
+    assert torch.isfinite(lp).all() and (lp <= 0).all()
+    with pytest.raises(ValueError, match="contiguous blocks"):
+        m.log_prob(x, torch.zeros(3, 2), torch.arange(40) % 5, act)
+    with pytest.raises(ValueError, match="both groups"):
+        m.log_prob(x, torch.zeros(3, 2), groups)
+    with pytest.raises(ValueError, match="n_groups=5"):
+        m.log_prob(x, torch.zeros(3, 2), groups, act[:, :4])

@@ -79,6 +79,15 @@ class SpikeDataModule(L.LightningDataModule):
     def observed_couplings(self) -> torch.Tensor | None:
         return self.spike_data.observed_couplings()
 
+    def split_spikes(self, split: str = "train") -> torch.Tensor:
+        """The bins of one split, ``(T_split, N)``: its contiguous blocks concatenated in time (what graph inference
+        and the hierarchy of :class:`dgrn.models.DGRN` are fitted on, so validation and test bins stay unseen)."""
+        hp = self.hparams
+        segments = block_split(self.spike_data.n_bins, hp.val_fraction, hp.test_fraction, hp.n_blocks, hp.split_seed)
+        if split not in segments or not segments[split]:
+            raise ValueError(f"no {split!r} split (splits: {sorted(k for k, v in segments.items() if v)})")
+        return torch.cat([self.spike_data.spikes[a:b] for a, b in segments[split]])
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if hp.window <= self.context:

@@ -24,9 +24,12 @@ class NextBinModule(L.LightningModule):
         lr, weight_decay: Adam settings. l1: :math:`\lambda_1`.
     """
 
+    #: constructor arguments of this class that a subclass does not take (kept out of its hyperparameters)
+    _unused_hparams: tuple[str, ...] = ()
+
     def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(self._unused_hparams))  # collects a subclass's arguments too
         net_kwargs = dict(net)
         self.net = build_network(net_kwargs.pop("name"), n_neurons=n_neurons, **net_kwargs)
         self.val_metrics = SpikePredictionMetrics(n_neurons)

@@ -6,18 +6,19 @@ from torch import nn
 from dgrn.nn.community import CommunityEncoder, DirectedGraphConv
 from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli
 from dgrn.nn.gru import GRUBernoulli
+from dgrn.nn.multiscale import MultiscaleBornMachine, build_hierarchy, nested_order
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling, RenormPoolingOutput
 
 __all__ = [
     "BernoulliGLM", "CommunityEncoder", "DiffusionRenormPooling", "DirectedGraphConv", "GRUBernoulli",
-    "IndependentBernoulli", "NETWORKS", "RenormPoolingOutput", "build_network",
+    "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "build_hierarchy", "build_network", "nested_order",
 ]
 
 #: Architectures by name (the ``net.name`` of a model config): next-bin networks, and the community encoder
 #: (its zoo entry records no ``n_neurons``: it serves graphs of any size).
 NETWORKS: dict[str, type[nn.Module]] = {
     "glm": BernoulliGLM, "independent": IndependentBernoulli, "gru": GRUBernoulli,
-    "community_encoder": CommunityEncoder,
+    "community_encoder": CommunityEncoder, "dgrn": MultiscaleBornMachine,
 }
 
 

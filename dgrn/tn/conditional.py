@@ -10,20 +10,35 @@ from dgrn.tn._common import check_finite, check_size, check_states, sample_categ
 
 __all__ = ["ConditionalMPS"]
 
+#: the context fields are bounded smoothly to +-FIELD_BOUND (nats of log-odds), so float32 contractions stay finite
+FIELD_BOUND = 12.0
+
 
 class ConditionalMPS(nn.Module):
     r"""MPS Born machine whose site tensors are modulated by a context vector ``c``.
 
     .. math::
-        A^{(i)}(c)[s] = e^{f_{is}(c)/2}\Big(A^{(i)}[s] + \sum_{r=1}^{R} g_{ir}(c)\, C^{(i,r)}[s]\Big),
+        A^{(i)}(c)[s] \propto e^{f_{is}(c)/2}\Big(A^{(i)}[s] + \sum_{r=1}^{R} g_{ir}(c)\, C^{(i,r)}[s]\Big),
         \qquad p(x \mid c) = \frac{\big(\ell^\top A^{(1)}(c)[x_1]\cdots A^{(n)}(c)[x_n]\, r\big)^2}{Z(c)},
 
-    with ``f = F c + f_0`` (context-dependent fields, ``n × d``) and ``g = G c`` (``n × R`` gates of rank-``R``
+    with ``f = b tanh((F c + f_0)/b)`` (context-dependent fields, ``n × d``, smoothly bounded by
+    ``b = FIELD_BOUND``) and ``g = G c`` (``n × R`` gates of rank-``R``
     tensor corrections, which make the *correlations* depend on the context), boundary vectors ``ℓ, r`` and
     uniform bond dimension ``D``. :math:`Z(c)` is contracted exactly for every context in the batch (per-context
     transfer matrices, trace-normalized with accumulated logs), so each :math:`p(\cdot \mid c)` is normalized.
     With ``c`` the summary of past activity this is a trajectory decoder that models the instantaneous
     correlations between units of a bin instead of treating them as conditionally independent.
+
+    **Coarse-to-fine constraint.** Given ``groups`` (the contiguous block of each site: the supernode of a coarser
+    level it belongs to, sites ordered block by block) and the coarse state ``active (B, K)`` (block ``k`` has at
+    least one nonzero site: OR pooling), ``log_prob(x, c, groups=..., active=...)`` is the exact
+    :math:`\log p(x \mid c, x^{\rm coarse})` of the Born distribution *restricted to configurations consistent
+    with the coarse state* (silent blocks all zero, active blocks not all zero) and renormalized over them;
+    inconsistent ``x`` get :math:`-\infty`. The restricted norm is contracted with two environments per block,
+    "all zero so far" and "at least one nonzero so far", both sums of positive terms, so no cancellation occurs.
+    ``sample(c, groups=..., active=...)`` draws exactly from the restricted distribution. Chained over the levels
+    of a renormalization flow this gives an exactly normalized hierarchical likelihood
+    :math:`p(x^{0}) = p(x^{L})\prod_\ell p(x^{\ell} \mid x^{\ell+1})`.
 
     Args:
         n_sites: number of units ``n``.
@@ -34,7 +49,8 @@ class ConditionalMPS(nn.Module):
 
     Shapes:
         ``log_prob(x, c)``: ``x (B, n)`` integers in ``{0..d-1}``, ``c (B, context_dim)`` -> ``(B,)``;
-        ``sample(c)`` -> ``(B, n)`` long, one draw per context row.
+        ``sample(c)`` -> ``(B, n)`` long, one draw per context row; ``groups (n,)`` long, nondecreasing from 0 with
+        no gaps; ``active (B, K)`` bool with ``K = groups[-1] + 1``.
     """
 
     def __init__(self, n_sites: int, context_dim: int, bond_dim: int, phys_dim: int = 2, *, rank: int = 1,
@@ -84,36 +100,79 @@ class ConditionalMPS(nn.Module):
         return c.to(self.core.dtype)
 
     def site_tensors(self, c: Tensor) -> Tensor:
-        """Context-modulated site tensors ``(B, n, D, d, D)``."""
+        """Context-modulated site tensors ``(B, n, D, d, D)``, each scaled to a largest entry of 1 (p is invariant
+        to a positive scale per site, and this keeps large fields from overflowing the contractions)."""
         a = self.core.unsqueeze(0)
         if self.rank:
             g = self.gate(c).reshape(-1, self.n_sites, self.rank)
             a = a + torch.einsum("bir,irlsq->bilsq", g, self.modulation)
         f = self.field(c).reshape(-1, self.n_sites, self.phys_dim)
-        return a * torch.exp(0.5 * f)[:, :, None, :, None]
+        f = FIELD_BOUND * torch.tanh(f / FIELD_BOUND)  # smooth bound: odds ratios up to e^FIELD_BOUND per unit
+        a = a * torch.exp(0.5 * (f - f.amax(-1, keepdim=True)))[:, :, None, :, None]
+        return a / a.detach().abs().amax((2, 3, 4), keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
-    def _log_norm(self, a: Tensor) -> Tensor:
-        """:math:`\\log Z(c)` per context from per-context transfer matrices, ``(B,)``."""
+    def _check_groups(self, groups, active, batch: int) -> tuple[Tensor, Tensor] | tuple[None, None]:
+        if groups is None and active is None:
+            return None, None
+        if groups is None or active is None:
+            raise ValueError("pass both groups (n_sites,) and active (batch, n_groups), or neither")
+        groups = torch.as_tensor(groups, device=self.core.device).long()
+        if groups.shape != (self.n_sites,):
+            raise ValueError(f"groups must have shape ({self.n_sites},), got {tuple(groups.shape)}")
+        steps = groups.diff()
+        if groups[0] != 0 or ((steps != 0) & (steps != 1)).any():
+            raise ValueError("groups must be contiguous blocks numbered 0, 1, 2, ... in site order "
+                             "(order the sites by their coarse unit)")
+        active = torch.as_tensor(active, device=self.core.device)
+        n_groups = int(groups[-1]) + 1
+        if active.shape != (batch, n_groups):
+            raise ValueError(f"active must have shape (batch={batch}, n_groups={n_groups}), got {tuple(active.shape)}")
+        return groups, active.bool()
+
+    def _transfer(self, env: Tensor, ai: Tensor, states: slice) -> Tensor:
+        """:math:`\sum_{s \in \text{states}} A[s]^\top E A[s]` per context: ``env (B, D, D)``, ``ai (B, D, d, D)``."""
+        part = ai[:, :, states]
+        k = part.shape[2]
+        batch, dim = env.shape[0], self.bond_dim
+        half = (env @ part.reshape(batch, dim, k * dim)).reshape(batch, dim * k, dim)
+        return part.reshape(batch, dim * k, dim).transpose(1, 2) @ half
+
+    def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None) -> Tensor:
+        """:math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
+        configurations consistent with ``active`` when ``groups`` is given."""
         env = (self.left[:, None] * self.left[None, :]).expand(a.shape[0], -1, -1)
         log_z = a.new_zeros(a.shape[0])
-        batch, dim, d = a.shape[0], self.bond_dim, self.phys_dim
+        every, zero, nonzero = slice(None), slice(0, 1), slice(1, None)
+        block = groups.tolist() if groups is not None else None  # host copy: no device sync per site
         for i in range(self.n_sites):
-            ai = a[:, i].reshape(batch, dim, d * dim)
-            half = (env @ ai).reshape(batch, dim * d, dim)  # E[l,l'] A[l',s,q]
-            env = ai.reshape(batch, dim * d, dim).transpose(1, 2) @ half
-            trace = env.diagonal(dim1=1, dim2=2).sum(1)
+            if groups is None:
+                env = self._transfer(env, a[:, i], every)
+            else:
+                if i == 0 or block[i] != block[i - 1]:
+                    silent, fired = env, torch.zeros_like(env)  # block so far: all zero / some nonzero
+                fired = self._transfer(fired, a[:, i], every) + self._transfer(silent, a[:, i], nonzero)
+                silent = self._transfer(silent, a[:, i], zero)
+                if i == self.n_sites - 1 or block[i + 1] != block[i]:
+                    env = torch.where(active[:, block[i], None, None], fired, silent)
+                else:  # common scale for both environments, so their sum at the block end stays exact
+                    scale = (fired + silent).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)
+                    fired, silent = fired / scale[:, None, None], silent / scale[:, None, None]
+                    log_z = log_z + scale.log()
+                    continue
+            trace = env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)
             env = env / trace[:, None, None]
             log_z = log_z + trace.log()
-        return log_z + torch.log(torch.einsum("bij,i,j->b", env, self.right, self.right))
+        return log_z + torch.einsum("bij,i,j->b", env, self.right, self.right).clamp_min(torch.finfo(a.dtype).tiny).log()
 
-    def log_prob(self, x, c) -> Tensor:
-        r"""Exact :math:`\log p(x \mid c)`, ``(B,)``."""
+    def log_prob(self, x, c, groups=None, active=None) -> Tensor:
+        r"""Exact :math:`\log p(x \mid c)` (or :math:`\log p(x \mid c, \text{active})` with ``groups``), ``(B,)``."""
         c = self._check_context(c)
         x = check_states(x, self.n_sites, self.phys_dim, self.core.device)
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but c has {c.shape[0]}: one context per configuration")
+        groups, active = self._check_groups(groups, active, x.shape[0])
         a = self.site_tensors(c)
-        log_z = self._log_norm(a)
+        log_z = self._log_norm(a, groups, active)
         check_finite(self, log_z, "ConditionalMPS")
         batch = x.shape[0]
         v = self.left.expand(batch, -1)
@@ -125,33 +184,69 @@ class ConditionalMPS(nn.Module):
             v = v / norm
             log_psi = log_psi + norm.squeeze(1).log()
         log_psi = log_psi + (v @ self.right).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
-        return 2.0 * log_psi - log_z
+        log_p = 2.0 * log_psi - log_z
+        if groups is not None:
+            fired = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_reduce_(
+                1, groups.expand_as(x), (x > 0).long(), "amax")
+            log_p = log_p.masked_fill((fired.bool() != active).any(1), -torch.inf)
+        return log_p
 
-    def forward(self, x, c) -> Tensor:
-        return self.log_prob(x, c)
+    def forward(self, x, c, groups=None, active=None) -> Tensor:
+        return self.log_prob(x, c, groups, active)
 
     @torch.no_grad()
-    def sample(self, c, generator: torch.Generator | None = None) -> Tensor:
-        r"""One exact sample per context row, ``(B, n)`` long.
+    def sample(self, c, generator: torch.Generator | None = None, groups=None, active=None) -> Tensor:
+        r"""One exact sample per context row, ``(B, n)`` long (consistent with ``active`` when ``groups`` is given).
 
-        Right environments :math:`R_i(c) = \sum_{x_{>i}} \phi\phi^\top` per context, then left to right
-        :math:`p(x_i \mid x_{<i}, c) \propto v A^{(i)}(c)[x_i] R_{i+1} A^{(i)}(c)[x_i]^\top v^\top`.
+        Right environments per context, then left to right
+        :math:`p(x_i \mid x_{<i}, c) \propto v A^{(i)}(c)[x_i] R A^{(i)}(c)[x_i]^\top v^\top`. With the constraint,
+        two right environments per site: ``free`` (the current block already has a nonzero site) and ``enter``
+        (it has none yet: an active block still needs one, a silent block stays zero), scaled together.
         """
         c = self._check_context(c)
+        groups, active = self._check_groups(groups, active, c.shape[0])
         a = self.site_tensors(c)
         batch, n = c.shape[0], self.n_sites
-        env = [None] * (n + 1)
-        env[n] = (self.right[:, None] * self.right[None, :]).expand(batch, -1, -1)
+        every, zero, nonzero = slice(None), slice(0, 1), slice(1, None)
+        block = groups.tolist() if groups is not None else [0] * n
+        last = [i == n - 1 or block[i + 1] != block[i] for i in range(n)]
+        on = active[:, groups] if groups is not None else None  # (B, n)
+        free, enter = [None] * (n + 1), [None] * (n + 1)
+        free[n] = enter[n] = (self.right[:, None] * self.right[None, :]).expand(batch, -1, -1)
         for i in range(n - 1, -1, -1):
-            e = torch.einsum("blsr,brq,bmsq->blm", a[:, i], env[i + 1], a[:, i])
-            env[i] = e / e.diagonal(dim1=1, dim2=2).sum(1)[:, None, None]
+            # environments are transposed-contracted from the right: E_i = sum_s A[s] E_{i+1} A[s]^T
+            at = a[:, i].permute(0, 3, 2, 1)  # (B, D_right, d, D_left)
+            if groups is None:
+                free[i] = self._transfer(free[i + 1], at, every)
+                free[i] = enter[i] = free[i] / free[i].diagonal(dim1=1, dim2=2).sum(1)[:, None, None]
+                continue
+            nxt_free, nxt_enter = (enter[i + 1], enter[i + 1]) if last[i] else (free[i + 1], enter[i + 1])
+            f = self._transfer(nxt_free, at, every)
+            need = self._transfer(nxt_free, at, nonzero)
+            if not last[i]:
+                need = need + self._transfer(nxt_enter, at, zero)
+            e = torch.where(on[:, i, None, None], need, self._transfer(nxt_enter, at, zero))
+            scale = (f + e).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)[:, None, None]
+            free[i], enter[i] = f / scale, e / scale
         out = torch.empty(batch, n, dtype=torch.long, device=c.device)
         v = self.left.expand(batch, -1)
         rows = torch.arange(batch, device=c.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=c.device)  # current block already has a nonzero site
         for i in range(n):
             w = torch.einsum("bl,blsr->bsr", v, a[:, i])  # (B, d, D)
-            weights = torch.einsum("bsr,brq,bsq->bs", w, env[i + 1], w).clamp_min(0)
-            out[:, i] = sample_categorical(weights, generator)
+            if groups is None:
+                weights = torch.einsum("bsr,brq,bsq->bs", w, free[i + 1], w)
+            else:
+                env_on = enter[i + 1] if last[i] else free[i + 1]
+                env_off = enter[i + 1] if last[i] else torch.where(done[:, None, None], free[i + 1], enter[i + 1])
+                weights = torch.cat([torch.einsum("br,brq,bq->b", w[:, 0], env_off, w[:, 0])[:, None],
+                                     torch.einsum("bsr,brq,bsq->bs", w[:, 1:], env_on, w[:, 1:])], 1)
+                weights[:, 1:] *= on[:, i, None]  # a silent block stays zero
+                if last[i]:
+                    weights[:, 0] *= ~(on[:, i] & ~done)  # an active block's last chance to fire
+            out[:, i] = sample_categorical(weights.clamp_min(0), generator)
+            if groups is not None:
+                done = torch.zeros_like(done) if last[i] else done | (out[:, i] > 0)
             v = w[rows, out[:, i]]
             v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
         return out

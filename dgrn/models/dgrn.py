@@ -1,0 +1,129 @@
+"""The DGRN LightningModule: graph inference -> community encoder -> diffusion-renormalization levels -> a
+coarse-to-fine tensor-network decoder of the next bin at every level."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dgrn.metrics import SpikePredictionMetrics
+from dgrn.models.next_bin import NextBinModule
+
+__all__ = ["DGRN"]
+
+log = logging.getLogger(__name__)
+
+
+class DGRN(NextBinModule):
+    r"""Deep graph renormalization model of spike trains (:class:`dgrn.nn.MultiscaleBornMachine` in Lightning).
+
+    Loss: :math:`\sum_\ell w_\ell\, \mathrm{NLL}_\ell / n_\ell` with :math:`\mathrm{NLL}_\ell = -\log p(x^\ell_t \mid
+    x_{<t})` the exact next-bin NLL of level :math:`\ell` (its units' joint, not a product of marginals), ``w``
+    = ``level_weights`` (default 1 for every level). Logs, per split, the fine-scale ``nll`` (nats per neuron-bin,
+    comparable with the factorized baselines) and ``bits_per_spike``, ``nll_level{l}`` (per unit of level ``l``)
+    and ``c2f_nll`` (per neuron: :math:`-\log p(x^0_t \mid x^1_t, x_{<t})/N`, the cost of the fine detail given
+    the coarse level).
+
+    The hierarchy (memberships of every level and the neuron order) is part of ``net`` and therefore of the
+    checkpoint; build it from data with :meth:`from_datamodule` (what ``train.py`` does). Because the decoder's
+    sites follow that hierarchy, it is fixed before training: the community encoder and the pooling act once, on
+    the couplings inferred from the training split, and are not trained by the next-bin loss.
+
+    Args:
+        n_neurons: ``N``. net: keyword arguments of :class:`dgrn.nn.MultiscaleBornMachine` (``name: dgrn``
+            optional), including ``memberships`` and ``order``. level_weights: ``L + 1`` weights, fine first.
+        lr, weight_decay: Adam. hierarchy_info: how the hierarchy was built (recorded, not used).
+    """
+
+    _unused_hparams = ("l1",)  # no coupling matrix to penalize
+
+    def __init__(self, n_neurons: int, net: dict, level_weights: list[float] | None = None, lr: float = 5e-3,
+                 weight_decay: float = 0.0, hierarchy_info: dict | None = None) -> None:
+        net = {"name": "dgrn", **net}
+        if net["name"] != "dgrn":
+            raise ValueError(f"DGRN needs net.name 'dgrn', got {net['name']!r}")
+        super().__init__(n_neurons=n_neurons, net=net, lr=lr, weight_decay=weight_decay)
+        n_levels = self.net.n_levels + 1
+        weights = [1.0] * n_levels if level_weights is None else [float(w) for w in level_weights]
+        if len(weights) != n_levels or min(weights) < 0 or sum(weights) == 0:
+            raise ValueError(f"level_weights needs {n_levels} nonnegative weights (fine first), not all 0; got {weights}")
+        sizes = torch.tensor(self.net.n_units, dtype=torch.float32)
+        self.register_buffer("level_scale", torch.tensor(weights) / sizes, persistent=False)
+
+    @classmethod
+    def from_datamodule(cls, datamodule, *, levels: int = 2, communities: str = "gnn",
+                        encoder: str | None = "community_encoder_kising", graph: dict | None = None,
+                        tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
+                        **kwargs: Any) -> DGRN:
+        """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
+        build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
+        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization) and return the model.
+        Other ``kwargs`` go to the constructor."""
+        from dgrn import zoo
+        from dgrn.graph import infer_couplings
+        from dgrn.nn.multiscale import build_hierarchy
+
+        spikes = datamodule.split_spikes("train")
+        if levels > 0 and spikes.shape[1] < 2:
+            raise ValueError(f"the recording has {spikes.shape[1]} neuron(s): too few to form communities")
+        couplings = infer_couplings(spikes, **(graph or {}))
+        enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
+        hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
+                                    shrink=shrink, laplacian=laplacian)
+        log.info("DGRN hierarchy: units per level %s, tau %s", hierarchy["n_units"], hierarchy["taus"])
+        net = dict(kwargs.pop("net", {}))
+        info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
+                "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian}
+        return cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
+
+    def _level_nll(self, x: Tensor) -> Tensor:
+        """Negative exact log-probability of every level, ``(B, W - context, L + 1)``."""
+        return -self.net.level_log_probs(x)
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        nll = self._level_nll(x)
+        loss = (nll.mean((0, 1)) * self.level_scale).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
+        self.log("train/nll", nll[..., 0].mean() / self.hparams.n_neurons, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def _update(self, x: Tensor, metrics: SpikePredictionMetrics) -> None:
+        cond = self.net(x)
+        target = x[:, self.context:]
+        metrics.update(cond.sum(-1), target)  # joint log-likelihood of each bin
+        self._conditionals.append(cond.detach().double().sum((0, 1)))
+        self._n_bins += cond.shape[0] * cond.shape[1]
+
+    def on_validation_epoch_start(self) -> None:
+        self._conditionals, self._n_bins = [], 0
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self._update(x, self.val_metrics)
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        self._update(x, self.test_metrics)
+
+    def _log_epoch(self, split: str, metrics: SpikePredictionMetrics) -> None:
+        super()._log_epoch(split, metrics)
+        if not self._conditionals:
+            return
+        cond = -torch.stack(self._conditionals).sum(0) / self._n_bins  # mean -log p per bin, per factor
+        level = cond.flip(0).cumsum(0).flip(0)
+        for lvl, (value, n) in enumerate(zip(level, self.net.n_units)):
+            self.log(f"{split}/nll_level{lvl}", (value / n).float())
+        if self.net.n_levels:
+            self.log(f"{split}/c2f_nll", (cond[0] / self.hparams.n_neurons).float())
+
+    def predict_step(self, x: Tensor, batch_idx: int = 0, n_samples: int = 64) -> dict[str, Any]:
+        """For the bin after each window: per-level samples ``(B, n_samples, n_l)`` (joint draws, coarse to fine)
+        and per-level firing probabilities ``(B, n_l)`` estimated from them (standard error at most
+        ``0.5 / sqrt(n_samples)``); level 0 in the neurons' order."""
+        draws = self.net.sample(x, n_samples)
+        draws[0] = self.net.to_neurons(draws[0])
+        return {"samples": draws, "probabilities": [d.mean(1) for d in draws]}

@@ -1,0 +1,263 @@
+r"""The DGRN network: a renormalization hierarchy of units and an exactly normalized coarse-to-fine decoder.
+
+:func:`build_hierarchy` turns a coupling graph and its spikes into nested levels of units (neurons -> communities of
+the :class:`~dgrn.nn.CommunityEncoder` -> supernodes of :class:`~dgrn.nn.DiffusionRenormPooling` on the community
+metagraph, repeatedly); :class:`MultiscaleBornMachine` models the next bin of every level with a
+:class:`~dgrn.tn.ConditionalMPS` per level, coarse to fine.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dgrn.graph import as_adjacency, community_order, find_communities, metagraph, relabel
+from dgrn.nn.glm import _check_window
+from dgrn.nn.renorm_pooling import DiffusionRenormPooling
+from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
+from dgrn.tn import ConditionalMPS
+
+__all__ = ["MultiscaleBornMachine", "build_hierarchy", "nested_order"]
+
+
+def nested_order(order: Any, memberships: list[Any]) -> list[np.ndarray]:
+    """Position of every fine unit's ancestor in a tree-consistent ordering of each level.
+
+    ``order`` (N,) is the preferred order of the fine units (e.g. :func:`dgrn.graph.community_order`);
+    ``memberships[l - 1]`` (N,) labels each fine unit with its level-``l`` unit, ``l = 1..L``, nested (units of a
+    level never straddle two units of the next). Units of the top level are ranked by their first member in
+    ``order``; the units of each finer level by (rank of their parent, first member), so the children of every
+    coarse unit are contiguous: the block structure the coarse-to-fine decoder needs. Returns ``index[l]`` (N,) for
+    ``l = 0..L``: the rank at level ``l`` of the level-``l`` unit that contains each fine unit.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    n = order.shape[0]
+    if sorted(order.tolist()) != list(range(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    labels = [np.arange(n)] + [relabel(torch.as_tensor(np.asarray(m))).numpy() for m in memberships]
+    for lvl, lab in enumerate(labels[1:], 1):
+        if lab.shape != (n,):
+            raise ValueError(f"membership of level {lvl} must have shape ({n},), got {lab.shape}")
+        fine = labels[lvl - 1]
+        parent_of = np.zeros(fine.max() + 1, dtype=np.int64)
+        parent_of[fine] = lab
+        if not np.array_equal(parent_of[fine], lab):
+            raise ValueError(f"levels {lvl - 1} and {lvl} are not nested: a level-{lvl - 1} unit belongs to two "
+                             f"level-{lvl} units")
+    index: list[np.ndarray] = [None] * len(labels)  # type: ignore[list-item]
+    parent_rank = np.zeros(n, dtype=np.int64)  # the (single) root above the top level
+    for lvl in range(len(labels) - 1, -1, -1):
+        lab = labels[lvl]
+        first = np.full(lab.max() + 1, n, dtype=np.int64)
+        np.minimum.at(first, lab, pos)
+        unit_parent = np.zeros(lab.max() + 1, dtype=np.int64)
+        unit_parent[lab] = parent_rank
+        ranked = np.lexsort((first, unit_parent))  # units sorted by (parent rank, first member)
+        rank = np.empty_like(ranked)
+        rank[ranked] = np.arange(ranked.shape[0])
+        index[lvl] = rank[lab]
+        parent_rank = index[lvl]
+    return index
+
+
+def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = "gnn", encoder: nn.Module | None = None,
+                    tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
+                    community_options: dict | None = None) -> dict:
+    r"""Nested levels of units for :class:`MultiscaleBornMachine`.
+
+    Level 1 is the communities of the coupling graph (``communities``: a :func:`dgrn.graph.find_communities`
+    method; ``gnn`` uses ``encoder``, a pretrained :class:`~dgrn.nn.CommunityEncoder`); each further level pools the
+    previous one with :class:`~dgrn.nn.DiffusionRenormPooling` (hard supernodes) on its metagraph of summed
+    :math:`|W|`, at the diffusion time ``tau`` (a number, or a :func:`dgrn.renorm.select_tau` rule on that
+    metagraph's specific-heat curve), or, with ``shrink``, at the time where the entropy says the metagraph has
+    shrunk by that factor (:func:`dgrn.renorm.tau_for_shrink`, EqLRG-style; small dense metagraphs often have a
+    single specific-heat peak at which no pair of units is merged yet). Fine units are ordered along :func:`dgrn.graph.community_order`.
+
+    Args:
+        graph: ``(N, N)`` couplings, ``A[i, j]`` = influence of ``j`` on ``i`` (any sign); spikes: ``(T, N)``.
+        levels: number of coarse levels ``L >= 0`` (0: the fine level only).
+
+    Returns ``{"memberships": [L lists of N ints], "order": [N ints], "taus": [...], "n_units": [N, n_1, ..., n_L]}``
+    (plain lists: it goes into the model's hyperparameters). Raises ``ValueError`` when the graph cannot be
+    coarse-grained ``levels`` times (it collapses to one unit, or a step merges nothing) and names the largest
+    ``levels`` that works.
+    """
+    if int(levels) != levels or levels < 0:
+        raise ValueError(f"levels must be an integer >= 0, got {levels!r}")
+    if laplacian not in ("combinatorial", "normalized", "auto"):
+        raise ValueError(f"unknown laplacian {laplacian!r}; valid: combinatorial, normalized, auto (= combinatorial: "
+                         "the metagraphs are symmetrized)")
+    laplacian = "combinatorial" if laplacian == "auto" else laplacian
+    adj = torch.as_tensor(as_adjacency(graph).toarray(), dtype=torch.float64)
+    n = adj.shape[0]
+    if levels == 0:
+        return {"memberships": [], "order": list(range(n)), "taus": [], "n_units": [n]}
+    opts = dict(community_options or {})
+    if communities == "gnn":
+        opts.update(encoder=encoder, spikes=spikes)
+    labels = relabel(find_communities(adj, method=communities, **opts))
+    order = community_order(adj, labels)
+    memberships, taus, sizes = [labels], [float("nan")], [n, int(labels.max()) + 1]
+    weights = metagraph(adj.abs(), labels).double()
+    for lvl in range(2, levels + 1):
+        k = weights.shape[0]
+        weights.fill_diagonal_(0)
+        sym = 0.5 * (weights + weights.T)
+        t = None
+        if k > 1 and sym.sum() > 0:
+            kernel = HeatKernel(sym.numpy(), laplacian=laplacian, method="exact")
+            t = select_tau(kernel, tau)[0] if shrink is None else tau_for_shrink(kernel, shrink)
+        if t is None:
+            raise ValueError(f"the level-{lvl - 1} graph has {k} unit(s) and no edges to diffuse on: it cannot be "
+                             f"coarse-grained again; use levels <= {lvl - 1}")
+        pool = DiffusionRenormPooling(tau=t, mode="hard", learn_tau=False, laplacian=laplacian, self_loops=False)
+        out = pool(torch.eye(k, dtype=torch.float64)[None], adj=weights[None])
+        assign = out.assignment[0]
+        if int(out.num_supernodes[0]) == k:
+            raise ValueError(f"diffusion renormalization at tau={t:.4g} merges none of the {k} level-{lvl - 1} units; "
+                             f"use levels <= {lvl - 1} or another renorm tau")
+        memberships.append(assign[memberships[-1]])
+        taus.append(float(t))
+        sizes.append(int(out.num_supernodes[0]))
+        weights = out.adj[0]
+    return {"memberships": [m.tolist() for m in memberships], "order": order.tolist(), "taus": taus, "n_units": sizes}
+
+
+class MultiscaleBornMachine(nn.Module):
+    r"""Coarse-to-fine next-bin model over a hierarchy of units (the DGRN network).
+
+    Level 0 is the ``N`` neurons; level :math:`\ell = 1..L` pools them into :math:`n_\ell` units by OR (a unit is
+    active when any of its neurons spiked): :math:`x^{\ell}_t = \max_{i \in u} x_{i,t}`. The next bin factorizes
+    exactly, coarse to fine,
+
+    .. math::
+        p(x_t \mid x_{<t}) = p(x^{L}_t \mid c^{L}_t)\prod_{\ell=0}^{L-1} p(x^{\ell}_t \mid x^{\ell+1}_t, c^{\ell}_t),
+
+    because :math:`x^{\ell+1}_t` is a function of :math:`x^{\ell}_t`. Each factor is a
+    :class:`~dgrn.tn.ConditionalMPS` over the level's units (ordered so the children of every coarse unit are
+    contiguous, :func:`nested_order`), restricted to the configurations consistent with the coarse state and
+    renormalized over them, so every level's marginal :math:`p(x^\ell_t \mid x_{<t}) = p(x^L_t)\prod_{\ell'\ge\ell}
+    p(x^{\ell'}_t \mid x^{\ell'+1}_t)` is exact. The context of level :math:`\ell` is
+    :math:`c^{\ell}_t = [h^{\ell}_t, x^{\ell}_{t-1}, \dots, x^{\ell}_{t-H}]`: the state of a GRU over the level's past
+    bins and its last ``history`` bins (so the decoder's fields contain a GLM of the level).
+
+    Args:
+        n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
+        order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
+        hidden_size: GRU width. history: lag bins in the context (``0 <= history <= context``).
+        context: warm-up bins of a window, not scored (>= 1). Extra keys (``taus``, ``n_units``) are accepted and
+        ignored, so the dict of :func:`build_hierarchy` can be passed as is.
+
+    Shapes:
+        ``forward(x)``: windows ``(B, W, N)`` -> conditional log-probabilities ``(B, W - context, L + 1)``; column
+        ``l`` is :math:`\log p(x^{\ell}_t \mid x^{\ell+1}_t, c^{\ell}_t)` (the top column unconditional).
+        ``level_log_probs(x)`` -> the exact marginals per level, same shape. ``pool(x)`` -> list of ``(..., n_l)``.
+        ``sample(x)`` -> list of ``L + 1`` tensors ``(B, n_samples, n_l)``: joint draws of the bin after each window.
+    """
+
+    def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
+                 rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8, **hierarchy_info: Any) -> None:
+        super().__init__()
+        if n_neurons < 1 or bond_dim < 1 or rank < 0 or hidden_size < 1 or context < 1 or not 0 <= history <= context:
+            raise ValueError("need n_neurons, bond_dim, hidden_size, context >= 1, rank >= 0 and 0 <= history <= "
+                             f"context; got {n_neurons}, {bond_dim}, {hidden_size}, {context}, {rank}, {history}")
+        unknown = set(hierarchy_info) - {"taus", "n_units"}
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        self.n_neurons, self.context, self.history = int(n_neurons), int(context), int(history)
+        index = nested_order(range(n_neurons) if order is None else order, list(memberships))
+        self.n_units = [int(ix.max()) + 1 for ix in index]
+        self.n_levels = len(index) - 1
+        for lvl, ix in enumerate(index):  # fixed structure, rebuilt from the arguments: not saved in state_dict
+            self.register_buffer(f"index_{lvl}", torch.as_tensor(ix, dtype=torch.long), persistent=False)
+            if lvl < self.n_levels:
+                groups = np.zeros(self.n_units[lvl], dtype=np.int64)
+                groups[ix] = index[lvl + 1]
+                self.register_buffer(f"groups_{lvl}", torch.as_tensor(groups), persistent=False)
+        self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
+        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n, bond_dim, rank=rank)
+                                      for n in self.n_units)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for gru, dec in zip(self.grus, self.decoders):
+            gru.reset_parameters()
+            dec.reset_parameters()
+            with torch.no_grad():  # start every unit at a low firing probability, as the GLM and GRU baselines do
+                dec.field.bias.view(-1, 2)[:, 1] = math.log(0.05 / 0.95)
+
+    def _index(self, lvl: int) -> Tensor:
+        return getattr(self, f"index_{lvl}")
+
+    def pool(self, x: Tensor) -> list[Tensor]:
+        """Activity of every level, ``[(..., n_0), ..., (..., n_L)]`` (level 0 is the neurons in decoder order)."""
+        out = []
+        for lvl, n in enumerate(self.n_units):
+            idx = self._index(lvl).expand(*x.shape[:-1], -1)
+            out.append(x.new_zeros(*x.shape[:-1], n).scatter_reduce_(-1, idx, x, "amax", include_self=False))
+        return out
+
+    def _contexts(self, xs: list[Tensor], lvl: int, upto: int | None = None) -> Tensor:
+        """``c^l_t`` for the bins ``context..W-1`` of the windows (``upto=W``: the bin after the window)."""
+        x = xs[lvl]
+        width = x.shape[1] if upto is None else upto
+        states, _ = self.grus[lvl](x[:, : width - 1] if upto is None else x)
+        feats = [states[:, self.context - 1:]]
+        for k in range(1, self.history + 1):
+            feats.append(x[:, self.context - k: width - k])
+        return torch.cat(feats, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_window(x, self.n_neurons, self.context)
+        xs = self.pool(x)
+        out = []
+        for lvl in range(self.n_levels + 1):
+            c = self._contexts(xs, lvl)
+            target = xs[lvl][:, self.context:]
+            flat = target.reshape(-1, target.shape[-1])
+            if lvl < self.n_levels:
+                active = xs[lvl + 1][:, self.context:].reshape(flat.shape[0], -1).bool()
+                lp = self.decoders[lvl].log_prob(flat, c.reshape(flat.shape[0], -1), getattr(self, f"groups_{lvl}"),
+                                                 active)
+            else:
+                lp = self.decoders[lvl].log_prob(flat, c.reshape(flat.shape[0], -1))
+            out.append(lp.reshape(target.shape[:2]))
+        return torch.stack(out, -1)
+
+    def level_log_probs(self, x: Tensor) -> Tensor:
+        r"""Exact :math:`\log p(x^{\ell}_t \mid x_{<t})` of every level, ``(B, W - context, L + 1)``."""
+        return self(x).flip(-1).cumsum(-1).flip(-1)
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Joint samples of the bin after each window, drawn coarse to fine: a list over levels of
+        ``(B, n_samples, n_l)`` (0/1, dtype of ``x``). Level ``l`` of a draw is the OR-pooling of level 0."""
+        if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
+            raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
+        xs = self.pool(x[:, -self.context:])
+        draws: list[Tensor] = [None] * (self.n_levels + 1)  # type: ignore[list-item]
+        for lvl in range(self.n_levels, -1, -1):
+            c = self._contexts(xs, lvl, upto=self.context + 1)[:, -1]
+            c = c.repeat_interleave(n_samples, 0)
+            if lvl < self.n_levels:
+                active = draws[lvl + 1].reshape(c.shape[0], -1).bool()
+                s = self.decoders[lvl].sample(c, generator, getattr(self, f"groups_{lvl}"), active)
+            else:
+                s = self.decoders[lvl].sample(c, generator)
+            draws[lvl] = s.to(x.dtype).reshape(x.shape[0], n_samples, -1)
+        return draws
+
+    def to_neurons(self, level0: Tensor) -> Tensor:
+        """Level-0 (decoder order) activity back in the neurons' order, ``(..., N)``."""
+        return level0.index_select(-1, self._index(0))
+
+    def coupling_matrix(self) -> None:
+        return None
+
+    def extra_repr(self) -> str:
+        return f"n_neurons={self.n_neurons}, n_units={self.n_units}, context={self.context}, history={self.history}"

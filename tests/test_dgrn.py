@@ -1,0 +1,150 @@
+"""The DGRN network and model: hierarchy ordering, exact coarse-to-fine likelihood, sampling, Lightning module."""
+from __future__ import annotations
+
+import itertools
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from dgrn.data import SpikeData
+from dgrn.datasets import build_dataset
+from dgrn.metrics import SpikePredictionMetrics
+from dgrn.models import DGRN, NextBinModule, SpikeDataModule, module_for
+from dgrn.nn import MultiscaleBornMachine, build_hierarchy, nested_order
+
+MEMBERS = [[0, 1, 1, 2, 0, 2], [0, 1, 1, 0, 0, 0]]  # 6 neurons -> 3 units -> 2 units (nested)
+
+
+def _net(**kw) -> MultiscaleBornMachine:
+    torch.manual_seed(0)
+    net = MultiscaleBornMachine(6, MEMBERS, order=[5, 4, 3, 2, 1, 0], bond_dim=3, rank=1, hidden_size=4,
+                                history=1, context=2, **kw).double()
+    with torch.no_grad():  # move away from the near-uniform initialisation
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return net
+
+
+def test_nested_order_makes_children_contiguous():
+    index = nested_order([5, 4, 3, 2, 1, 0], MEMBERS)
+    assert [int(ix.max()) + 1 for ix in index] == [6, 3, 2]
+    for fine, coarse in zip(index[:-1], index[1:]):
+        parent = np.zeros(fine.max() + 1, dtype=int)
+        parent[fine] = coarse
+        assert (np.diff(parent) >= 0).all()  # sorted by parent: every parent's children are one block
+    with pytest.raises(ValueError, match="not nested"):
+        nested_order(range(4), [[0, 0, 1, 1], [0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="permutation"):
+        nested_order([0, 0, 1], [])
+
+
+def test_next_bin_distribution_is_exactly_normalized_at_every_level():
+    """Enumerate all 2^6 next bins after one history: the fine joint sums to 1, and summing it over the fine
+    patterns of each coarse state gives the level's marginal computed by the coarse-to-fine chain."""
+    net = _net()
+    history = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]], dtype=torch.float64)
+    nxt = torch.tensor(list(itertools.product([0, 1], repeat=6)), dtype=torch.float64)
+    x = torch.cat([history[None].expand(64, -1, -1), nxt[:, None]], 1)  # (64, 3, 6): context 2, one scored bin
+    levels = net.level_log_probs(x)[:, 0]  # (64, 3)
+    torch.testing.assert_close(levels[:, 0].exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    for lvl in (1, 2):
+        coarse = net.pool(nxt)[lvl]
+        keys = (coarse * 2 ** torch.arange(coarse.shape[1], dtype=torch.float64)).sum(1).long()
+        summed = torch.zeros(2 ** coarse.shape[1], dtype=torch.float64).index_add_(0, keys, levels[:, 0].exp())
+        seen = torch.unique(keys)
+        chain = torch.zeros_like(summed)
+        chain[keys] = levels[:, lvl].exp()
+        torch.testing.assert_close(summed[seen], chain[seen])
+        torch.testing.assert_close(summed.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_samples_are_consistent_across_levels_and_follow_the_model():
+    net = _net()
+    history = torch.tensor([[[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]]], dtype=torch.float64)
+    draws = net.sample(history, n_samples=20_000, generator=torch.Generator().manual_seed(0))
+    assert [tuple(d.shape) for d in draws] == [(1, 20_000, 6), (1, 20_000, 3), (1, 20_000, 2)]
+    neurons = net.to_neurons(draws[0][0])
+    for lvl, pooled in enumerate(net.pool(neurons)):
+        assert torch.equal(pooled, draws[lvl][0])
+    nxt = torch.tensor(list(itertools.product([0, 1], repeat=6)), dtype=torch.float64)
+    x = torch.cat([history.expand(64, -1, -1), nxt[:, None]], 1)
+    p = net.level_log_probs(x)[:, 0, 0].exp()
+    keys = (neurons * 2 ** torch.arange(5, -1, -1, dtype=torch.float64)).sum(1).long()
+    freq = torch.bincount(keys, minlength=64).double() / 20_000
+    assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation; ~64 cells at 20k draws
+
+
+def test_multiscale_float32_dtype_and_bad_input():
+    net = MultiscaleBornMachine(6, MEMBERS, context=2)
+    x = torch.bernoulli(torch.full((2, 10, 6), 0.2))
+    assert net(x).dtype == torch.float32 and net(x).shape == (2, 8, 3)
+    with pytest.raises(ValueError, match="history"):
+        MultiscaleBornMachine(6, MEMBERS, context=2, history=3)
+    with pytest.raises(TypeError, match="unexpected"):
+        MultiscaleBornMachine(6, MEMBERS, colour="red")
+    with pytest.raises(ValueError):
+        net(torch.zeros(2, 10, 5))
+
+
+@pytest.fixture(scope="module")
+def kising():
+    return build_dataset("kinetic_ising", n=40, t=6000, n_communities=4, seed=0)
+
+
+def test_build_hierarchy_levels_and_clear_errors(kising):
+    from dgrn.graph import infer_couplings
+
+    w = infer_couplings(kising.spikes)
+    h = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=10.0, laplacian="normalized")
+    assert h["n_units"][0] == 40 and h["n_units"][1] > h["n_units"][2] >= 1
+    assert sorted(h["order"]) == list(range(40))
+    assert build_hierarchy(w, kising.spikes, 0)["n_units"] == [40]
+    with pytest.raises(ValueError, match="use levels <= 2"):  # collapsed to one unit at level 2
+        build_hierarchy(w, kising.spikes, 3, communities="leiden", tau=10.0, laplacian="normalized")
+    with pytest.raises(ValueError, match="merges none"):
+        build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=1e-6)
+
+
+def test_joint_loglik_metric_matches_the_factorized_path():
+    logits = torch.randn(3, 7, 5)
+    target = torch.bernoulli(torch.full((3, 7, 5), 0.3))
+    a, b = SpikePredictionMetrics(5), SpikePredictionMetrics(5)
+    a.update(logits, target)
+    joint = -torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    b.update(joint, target)
+    for key, value in a.compute().items():
+        torch.testing.assert_close(b.compute()[key], value)
+    with pytest.raises(ValueError, match="log-likelihood per bin"):
+        b.update(torch.zeros(3, 7, 2), target)
+
+
+def test_dgrn_module_trains_and_round_trips(kising, tmp_path):
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20},
+                                 net={"bond_dim": 2, "hidden_size": 8, "context": 4}, lr=0.02)
+    assert model.net.n_units[0] == 20 and model.hparams.hierarchy_info["n_units"] == model.net.n_units
+    dm.context = model.context
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    before = float(trainer.callback_metrics["val/nll"])
+    trainer.fit(model, datamodule=dm)
+    after = trainer.callback_metrics
+    assert float(after["val/nll"]) < before
+    assert {"val/nll_level0", "val/nll_level1", "val/c2f_nll", "val/bits_per_spike"} <= set(after)
+    torch.testing.assert_close(after["val/nll_level0"], after["val/nll"])
+    copy = module_for(dict(model.hparams))(**model.hparams)
+    copy.load_state_dict(model.state_dict())
+    x = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(copy.net(x), model.net(x))
+    out = model.predict_step(x[:2], n_samples=8)
+    assert out["probabilities"][0].shape == (2, 20) and out["samples"][1].shape[:2] == (2, 8)
+    assert module_for({"net": {"name": "glm"}}) is NextBinModule
+
+
+def test_dgrn_refuses_too_few_neurons():
+    data = SpikeData(spikes=torch.bernoulli(torch.full((500, 1), 0.2)), dt=0.01)
+    with pytest.raises(ValueError, match="too few to form communities"):
+        DGRN.from_datamodule(SpikeDataModule(data, n_blocks=5), levels=1, communities="leiden")
