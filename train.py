@@ -6,7 +6,7 @@ Hydra sweepers. ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a killed run.
 """
 from __future__ import annotations
 
-import inspect
+import time
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_object, instantiate
+    from hydra.utils import instantiate
 
     from dgrn import runner
 
@@ -23,13 +23,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _convert_="all")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     pretrained = model_cfg.pop("pretrained", None)
-    # next-bin models are built for the data's neurons; graph models (community encoder) are size-free; models
-    # whose structure comes from the data (DGRN.from_datamodule: graph, communities, renormalization) get the data
-    if "datamodule" in inspect.signature(get_object(model_cfg["_target_"])).parameters:
-        sized = {"datamodule": datamodule}
-    else:
-        sized = {"n_neurons": datamodule.n_neurons} if hasattr(datamodule, "n_neurons") else {}
-    model = instantiate(model_cfg, **sized, _convert_="all")
+    model = runner.build_model(model_cfg, datamodule)
     if pretrained:
         runner.init_from_pretrained(model, pretrained)
     if hasattr(model, "context"):
@@ -42,9 +36,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(runner.plain(cfg))
 
     try:
+        fit_seconds = 0.0
         if cfg.train:
+            start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            fit_seconds = time.perf_counter() - start
         metrics = runner.to_float_dict(trainer.callback_metrics)
+        train_windows = len(getattr(datamodule, "splits", {}).get("train", ()))
+        if fit_seconds and train_windows and not cfg.get("ckpt_path"):  # throughput of a fresh fit, validation included
+            metrics["train/windows_per_second"] = train_windows * trainer.current_epoch / fit_seconds
         ckpt_cb = trainer.checkpoint_callback
         best_ckpt = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         if ckpt_cb is not None and ckpt_cb.best_model_score is not None:

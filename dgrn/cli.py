@@ -59,12 +59,23 @@ def _predict(args: argparse.Namespace) -> int:
     from dgrn.data import SpikeData, atomic_write
     from dgrn.zoo import load_pretrained
 
+    from dgrn.zoo import model_info
+
     net = load_pretrained(args.model)
     data = SpikeData.load(args.spikes)
     if data.n_neurons != net.n_neurons:
         raise SystemExit(f"error: {args.model} models {net.n_neurons} neurons; {args.spikes} has {data.n_neurons}")
     if data.n_bins <= net.context:
         raise SystemExit(f"error: {args.spikes} has {data.n_bins} bins; {args.model} needs more than {net.context}")
+    trained_dt = model_info(args.model).get("dt")
+    if trained_dt is not None and not np.isclose(data.dt, trained_dt, rtol=1e-6, atol=0):
+        raise SystemExit(f"error: {args.model} was trained on {trained_dt * 1e3:g} ms bins; {args.spikes} has "
+                         f"{data.dt * 1e3:g} ms bins (rebin the recording: its dynamics are per bin)")
+    out = Path(args.out) if args.out else Path(args.spikes).with_suffix(".pred.npz")
+    if getattr(net, "n_levels", None) is not None:
+        from dgrn.predict import predict_levels
+
+        return predict_levels(net, data, out, args.model, n_samples=args.samples, chunk=args.chunk)
     x = data.spikes.clamp(max=1).float()
     probs = []
     with torch.inference_mode():  # chunks overlap by the context, so every bin after it is predicted once
@@ -72,7 +83,6 @@ def _predict(args: argparse.Namespace) -> int:
             stop = min(start + args.chunk + net.context, data.n_bins)
             probs.append(torch.sigmoid(net(x[None, start:stop]))[0])
     probs = torch.cat(probs).numpy().astype(np.float32)
-    out = Path(args.out) if args.out else Path(args.spikes).with_suffix(".pred.npz")
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
@@ -179,11 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output .npz, or .nwb (needs pynwb: the `nwb` extra)")
     sim.set_defaults(func=_simulate)
 
-    pred = sub.add_parser("predict", help="next-bin spike probabilities of a recording under a pretrained model")
+    pred = sub.add_parser("predict", help="next-bin spike probabilities of a recording under a pretrained model "
+                                          "(DGRN models: per level, with the RG flow and figures)")
     pred.add_argument("--model", required=True, help="zoo name (see `dgrn zoo list`)")
     pred.add_argument("--spikes", required=True, help=".npz with a (T, N) `spikes` array")
     pred.add_argument("--out", default=None, help="output .npz (default: <spikes>.pred.npz)")
     pred.add_argument("--chunk", type=int, default=100_000, help="bins per forward pass")
+    pred.add_argument("--samples", type=int, default=32,
+                      help="multiscale (DGRN) models: joint samples per bin for the per-level probabilities")
     pred.set_defaults(func=_predict)
 
     pub = sub.add_parser("publish", help="turn a training checkpoint into a zoo model with a model card")

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_specific_heat", "plot_metagraph", "plot_flow"]
+__all__ = ["plot_specific_heat", "plot_metagraph", "plot_flow", "plot_entropy_per_unit", "plot_participation_ratio",
+           "plot_level_predictions"]
 
 
 def _pyplot():
@@ -98,4 +99,78 @@ def plot_flow(flow: list, n_input: int, path: str | Path) -> Path:
     twin = ax.twinx()
     twin.plot([lv.level for lv in flow], [lv.entropy for lv in flow], "s--", color="C0")
     twin.set_ylabel("entropy S(τ*) of the finer graph", color="C0")
+    return _save(fig, path)
+
+
+def _level_axis(ax, rows: list[dict]) -> list[int]:
+    """Levels on the x axis, each tick labelled with its number of units."""
+    levels = [r["level"] for r in rows]
+    ax.set_xticks(levels)
+    ax.set_xticklabels([f"{r['level']}\n({r['n_units']} units)" for r in rows], fontsize=8)
+    ax.set_xlabel("RG level")
+    return levels
+
+
+def plot_entropy_per_unit(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Entropy per unit versus RG level (rows of :func:`dgrn.readouts.scale_readouts`): the model's held-out NLL
+    per unit (where given) against the time-shuffled (pattern) and independent-units nulls. A flat curve across
+    levels is the scale-invariance read-out (Meshulam et al. 2019)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    levels = _level_axis(ax, rows)
+    ax.plot(levels, [r["independent_entropy_per_unit"] for r in rows], "s--", color="C0", label="independent units")
+    ax.errorbar(levels, [r["pattern_entropy_per_unit"] for r in rows],
+                yerr=[r["pattern_entropy_stderr"] for r in rows], fmt="o-", color="C2", capsize=3,
+                label="time-shuffled (pattern)")
+    model = [(lv, r["model_entropy_per_unit"]) for lv, r in zip(levels, rows) if r["model_entropy_per_unit"] is not None]
+    if model:
+        ax.plot(*zip(*model), "D-", color="C3", label="model (held-out NLL)")
+    ax.set_ylabel("entropy per unit (nats / bin)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_participation_ratio(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Effective dimension (participation ratio of the covariance) versus RG level, with the number of units (its
+    upper bound) for reference; rows of :func:`dgrn.readouts.scale_readouts`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    levels = _level_axis(ax, rows)
+    ax.semilogy(levels, [r["n_units"] for r in rows], "k:", label="units (upper bound)")
+    kept = [(lv, r["participation_ratio"]) for lv, r in zip(levels, rows) if r["participation_ratio"] is not None]
+    if kept:
+        ax.semilogy(*zip(*kept), "o-", color="C1", label="participation ratio")
+    ax.set_ylabel("effective dimension")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_level_predictions(probabilities: list, activity: list, path: str | Path, max_bins: int = 300,
+                           max_units: int = 120) -> Path:
+    """One row per renormalization level: the predicted next-bin firing probability of each unit (heat map) over
+    the first ``max_bins`` bins, with the observed activity (dots) on top, plus each unit's mean predicted versus
+    observed rate. ``probabilities[l]`` and ``activity[l]`` are ``(T, n_l)``."""
+    plt = _pyplot()
+    levels = len(probabilities)
+    fig, axes = plt.subplots(levels, 2, figsize=(10, 2.2 * levels), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1]})
+    for lvl, (p, a) in enumerate(zip(probabilities, activity)):
+        p, a = np.asarray(p, dtype=float), np.asarray(a, dtype=float)
+        units = min(p.shape[1], max_units)
+        ax = axes[lvl, 0]
+        ax.imshow(p[:max_bins, :units].T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        t, u = np.nonzero(a[:max_bins, :units])
+        ax.scatter(t, u, s=2, c="C3", marker="|", linewidths=0.6)
+        ax.set_ylabel(f"level {lvl}\n({p.shape[1]} units)", fontsize=8)
+        ax.set_xlabel("bin" if lvl == levels - 1 else "")
+        rate_ax = axes[lvl, 1]
+        rate_ax.scatter(a.mean(0), p.mean(0), s=4, color="C0")
+        hi = max(a.mean(0).max(), p.mean(0).max(), 1e-3)
+        rate_ax.plot([0, hi], [0, hi], color="0.6", lw=0.8)
+        rate_ax.set_xlabel("observed rate" if lvl == levels - 1 else "", fontsize=8)
+        rate_ax.set_ylabel("predicted", fontsize=8)
+    axes[0, 0].set_title("predicted next-bin probability (grey) and observed activity (red)", fontsize=9)
     return _save(fig, path)

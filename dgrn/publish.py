@@ -28,6 +28,7 @@ CARD = """# {name}
 | architecture | `{architecture}` ({arch_doc}) |
 | arguments | `{net}` |
 | neurons | {n_neurons} |
+| bin size | {dt_ms:g} ms (`dgrn predict` refuses recordings binned differently) |
 | parameters | {n_params:,} |
 | weights | `model.safetensors`, sha256 `{sha256}` |
 
@@ -92,7 +93,7 @@ def publish_checkpoint(
     trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces."""
     from dgrn import zoo
     from dgrn.datasets import SIMULATORS, fresh_trajectories
-    from dgrn.models import NextBinModule, SpikeDataModule
+    from dgrn.models import SpikeDataModule, module_for
     from dgrn.nn import NETWORKS
     from dgrn.runner import load_checkpoint
 
@@ -109,7 +110,7 @@ def publish_checkpoint(
     hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters")
     if not data_hp or "dataset" not in data_hp:
         raise ValueError(f"{ckpt_path} does not record the data config it was trained on; cannot write a model card")
-    model = NextBinModule(**hp)
+    model = module_for(hp)(**hp)
     model.load_state_dict(ckpt["state_dict"])
     run_metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
     train_metrics = {}
@@ -120,6 +121,9 @@ def publish_checkpoint(
     if data_hp["dataset"]["name"] in SIMULATORS:
         fresh = SpikeDataModule(**{**data_hp, "dataset": fresh_trajectories(data_hp["dataset"], sample_seed)})
         fresh_metrics = score(model, fresh)
+        dt = fresh.spike_data.dt
+    else:
+        dt = SpikeDataModule(**data_hp).spike_data.dt
 
     net_kwargs = {k: v for k, v in hp["net"].items() if k != "name"}
     architecture = hp["net"]["name"]
@@ -129,12 +133,13 @@ def publish_checkpoint(
         arch_doc=f"dgrn.nn.{NETWORKS[architecture].__name__}", net=json.dumps(net_kwargs), n_neurons=hp["n_neurons"],
         n_params=sum(p.numel() for p in model.net.parameters()), data=json.dumps(data_hp), command=command,
         train_table=_table(train_metrics), fresh_table=_table(fresh_metrics), sample_seed=sample_seed,
+        dt_ms=dt * 1e3,
     )
     if out_dir is None:
         _write_model_config(name, architecture)
     return zoo.save_pretrained(
         model.net, folder, architecture=architecture, net_kwargs=net_kwargs,
         card=lambda config: CARD.format(**card, sha256=config["sha256"]), summary=card["summary"],
-        n_neurons=hp["n_neurons"], data=data_hp, command=command,
+        n_neurons=hp["n_neurons"], dt=dt, data=data_hp, command=command,
         metrics={"train_run_test": train_metrics, "fresh_data": fresh_metrics, "fresh_sample_seed": sample_seed},
     )

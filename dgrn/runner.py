@@ -104,6 +104,21 @@ def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def build_model(model_cfg: dict, datamodule: Any):
+    """Instantiate a model config for a data module: next-bin models are built for the data's neurons, graph
+    models (community encoder) are size-free, and models whose structure comes from the data
+    (``DGRN.from_datamodule``: graph, communities, renormalization) get the data module itself."""
+    import inspect
+
+    from hydra.utils import get_object, instantiate
+
+    if "datamodule" in inspect.signature(get_object(model_cfg["_target_"])).parameters:
+        sized = {"datamodule": datamodule}
+    else:
+        sized = {"n_neurons": datamodule.n_neurons} if hasattr(datamodule, "n_neurons") else {}
+    return instantiate(model_cfg, **sized, _convert_="all")
+
+
 def init_from_pretrained(model, name: str) -> None:
     """Initialise ``model.net`` from the zoo weights ``name`` (same architecture and size required)."""
     from dgrn import zoo

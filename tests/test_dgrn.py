@@ -148,3 +148,31 @@ def test_dgrn_refuses_too_few_neurons():
     data = SpikeData(spikes=torch.bernoulli(torch.full((500, 1), 0.2)), dt=0.01)
     with pytest.raises(ValueError, match="too few to form communities"):
         DGRN.from_datamodule(SpikeDataModule(data, n_blocks=5), levels=1, communities="leiden")
+
+
+def test_train_publish_and_predict_a_dgrn_model(run_train, tmp_path, monkeypatch):
+    """train.py model=dgrn -> dgrn publish -> dgrn predict: per-level outputs, and a clear error for other bins."""
+    import json
+
+    from conftest import run_script
+    from dgrn.publish import publish_checkpoint
+
+    metrics, run_dir = run_train(["model=dgrn", "renorm=lrg", "renorm.levels=1", "trainer.max_epochs=1",
+                                  "model.net.bond_dim=2", "model.net.hidden_size=8", "model.net.context=4"], "dgrn")
+    assert {"test/nll", "test/nll_level1", "test/c2f_nll", "train/windows_per_second"} <= set(metrics)
+    folder = publish_checkpoint(run_dir, "tiny_dgrn", command="pytest", out_dir=tmp_path / "zoo" / "tiny_dgrn")
+    info = json.loads((folder / "config.json").read_text())
+    assert info["architecture"] == "dgrn" and info["dt"] == pytest.approx(0.01) and "test/c2f_nll" in (folder / "README.md").read_text()
+    monkeypatch.setenv("DGRN_CHECKPOINTS", str(tmp_path / "zoo"))
+    rec, out = tmp_path / "rec.npz", tmp_path / "rec.pred.npz"
+    run_script(["-m", "dgrn.cli", "simulate", "kinetic-ising", "--t", "300", "--sample-seed", "3", "--out", str(rec)])
+    proc = run_script(["-m", "dgrn.cli", "predict", "--model", "tiny_dgrn", "--spikes", str(rec), "--samples", "4"])
+    assert "units per level" in proc.stdout
+    with np.load(out) as f:
+        assert f["probabilities_level0"].shape == (296, 100) and f["log_prob_level1"].shape == (296,)
+        assert (f["log_prob_level0"] <= f["log_prob_level1"] + 1e-5).all()  # a finer event is never more likely
+    assert (tmp_path / "rec_flow.json").is_file() and (tmp_path / "rec_levels.png").is_file()
+    other = tmp_path / "other.npz"
+    run_script(["-m", "dgrn.cli", "simulate", "kinetic-ising", "--t", "300", "--dt", "0.005", "--out", str(other)])
+    proc = run_script(["-m", "dgrn.cli", "predict", "--model", "tiny_dgrn", "--spikes", str(other)], check=False)
+    assert proc.returncode != 0 and "10 ms bins" in proc.stderr

@@ -429,3 +429,15 @@ def test_conditional_mps_coarse_constraint_float32_and_bad_groups():
         m.log_prob(x, torch.zeros(3, 2), groups)
     with pytest.raises(ValueError, match="n_groups=5"):
         m.log_prob(x, torch.zeros(3, 2), groups, act[:, :4])
+
+
+def test_conditional_mps_ignores_bf16_autocast():
+    torch.manual_seed(0)
+    m = ConditionalMPS(30, 4, 4)
+    x = torch.bernoulli(torch.full((16, 30), 0.3)).long()
+    c = torch.randn(16, 4)
+    ref = m.log_prob(x, c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m.log_prob(x, c)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)

@@ -59,7 +59,8 @@ class DGRN(NextBinModule):
                         **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
-        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization) and return the model.
+        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization) and return the model,
+        its decoders started at the training split's rates of every level.
         Other ``kwargs`` go to the constructor."""
         from dgrn import zoo
         from dgrn.graph import infer_couplings
@@ -76,7 +77,9 @@ class DGRN(NextBinModule):
         net = dict(kwargs.pop("net", {}))
         info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
                 "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian}
-        return cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
+        model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
+        model.net.init_rates(spikes)
+        return model
 
     def _level_nll(self, x: Tensor) -> Tensor:
         """Negative exact log-probability of every level, ``(B, W - context, L + 1)``."""

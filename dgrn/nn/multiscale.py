@@ -191,6 +191,16 @@ class MultiscaleBornMachine(nn.Module):
             with torch.no_grad():  # start every unit at a low firing probability, as the GLM and GRU baselines do
                 dec.field.bias.view(-1, 2)[:, 1] = math.log(0.05 / 0.95)
 
+    @torch.no_grad()
+    def init_rates(self, spikes: Tensor) -> None:
+        """Start every level's decoder at its units' mean activity in ``spikes`` ``(T, N)`` (the log-odds of the
+        pooled rates as the context-free fields), as the GLM and GRU baselines start at a low rate."""
+        for dec, pooled in zip(self.decoders, self.pool(torch.as_tensor(spikes).to(self.index_0.device).float())):
+            rate = pooled.mean(0).clamp(1e-4, 1 - 1e-4).to(dec.field.bias.dtype)
+            bias = dec.field.bias.view(-1, 2)
+            bias[:, 0] = 0.0
+            bias[:, 1] = torch.log(rate / (1 - rate))
+
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
 

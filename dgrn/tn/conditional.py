@@ -129,43 +129,52 @@ class ConditionalMPS(nn.Module):
             raise ValueError(f"active must have shape (batch={batch}, n_groups={n_groups}), got {tuple(active.shape)}")
         return groups, active.bool()
 
-    def _transfer(self, env: Tensor, ai: Tensor, states: slice) -> Tensor:
-        """:math:`\sum_{s \in \text{states}} A[s]^\top E A[s]` per context: ``env (B, D, D)``, ``ai (B, D, d, D)``."""
-        part = ai[:, :, states]
-        k = part.shape[2]
-        batch, dim = env.shape[0], self.bond_dim
-        half = (env @ part.reshape(batch, dim, k * dim)).reshape(batch, dim * k, dim)
-        return part.reshape(batch, dim * k, dim).transpose(1, 2) @ half
+    @staticmethod
+    def _transfer(env: Tensor, ai: Tensor) -> Tensor:
+        """:math:`\sum_s A[s]^\top E A[s]` per context over the physical values present in ``ai``:
+        ``env (B, D, D)``, ``ai (B, D, k, D)`` (a view; its last three dimensions contiguous)."""
+        batch, dim, k, _ = ai.shape
+        half = (env @ ai.reshape(batch, dim, k * dim)).reshape(batch, dim * k, dim)
+        return ai.reshape(batch, dim * k, dim).transpose(1, 2) @ half
 
     def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None) -> Tensor:
         """:math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
         configurations consistent with ``active`` when ``groups`` is given."""
         env = (self.left[:, None] * self.left[None, :]).expand(a.shape[0], -1, -1)
         log_z = a.new_zeros(a.shape[0])
-        every, zero, nonzero = slice(None), slice(0, 1), slice(1, None)
-        block = groups.tolist() if groups is not None else None  # host copy: no device sync per site
+        tiny = torch.finfo(a.dtype).tiny
+        # unbind once: per-site indexing would make autograd scatter every site's gradient into a full-size zero tensor
+        sites = a.unbind(1)
+        if groups is not None:  # the zero and nonzero physical values, split once for all sites
+            block = groups.tolist()  # host copy: no device sync per site
+            a_zero, a_nonzero = a[:, :, :, :1].contiguous().unbind(1), a[:, :, :, 1:].contiguous().unbind(1)
         for i in range(self.n_sites):
             if groups is None:
-                env = self._transfer(env, a[:, i], every)
+                env = self._transfer(env, sites[i])
             else:
                 if i == 0 or block[i] != block[i - 1]:
                     silent, fired = env, torch.zeros_like(env)  # block so far: all zero / some nonzero
-                fired = self._transfer(fired, a[:, i], every) + self._transfer(silent, a[:, i], nonzero)
-                silent = self._transfer(silent, a[:, i], zero)
+                fired, silent = (self._transfer(fired, a_zero[i]) + self._transfer(fired + silent, a_nonzero[i]),
+                                 self._transfer(silent, a_zero[i]))
                 if i == self.n_sites - 1 or block[i + 1] != block[i]:
                     env = torch.where(active[:, block[i], None, None], fired, silent)
                 else:  # common scale for both environments, so their sum at the block end stays exact
-                    scale = (fired + silent).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)
+                    scale = (fired + silent).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
                     fired, silent = fired / scale[:, None, None], silent / scale[:, None, None]
                     log_z = log_z + scale.log()
                     continue
-            trace = env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)
+            trace = env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
             env = env / trace[:, None, None]
             log_z = log_z + trace.log()
-        return log_z + torch.einsum("bij,i,j->b", env, self.right, self.right).clamp_min(torch.finfo(a.dtype).tiny).log()
+        return log_z + torch.einsum("bij,i,j->b", env, self.right, self.right).clamp_min(tiny).log()
 
     def log_prob(self, x, c, groups=None, active=None) -> Tensor:
-        r"""Exact :math:`\log p(x \mid c)` (or :math:`\log p(x \mid c, \text{active})` with ``groups``), ``(B,)``."""
+        r"""Exact :math:`\log p(x \mid c)` (or :math:`\log p(x \mid c, \text{active})` with ``groups``), ``(B,)``.
+        Contracted in the parameters' dtype even under autocast (bf16 would cost the normalization its digits)."""
+        with torch.autocast(device_type=self.core.device.type, enabled=False):
+            return self._log_prob(x, c, groups, active)
+
+    def _log_prob(self, x, c, groups, active) -> Tensor:
         c = self._check_context(c)
         x = check_states(x, self.n_sites, self.phys_dim, self.core.device)
         if x.shape[0] != c.shape[0]:
@@ -174,16 +183,16 @@ class ConditionalMPS(nn.Module):
         a = self.site_tensors(c)
         log_z = self._log_norm(a, groups, active)
         check_finite(self, log_z, "ConditionalMPS")
-        batch = x.shape[0]
-        v = self.left.expand(batch, -1)
+        batch, dim = x.shape[0], self.bond_dim
+        chosen = a.gather(3, x[:, :, None, None, None].expand(-1, -1, dim, 1, dim)).squeeze(3).unbind(1)  # n x (B, D, D)
+        v = self.left.expand(batch, 1, -1)
         log_psi = a.new_zeros(batch)
-        rows = torch.arange(batch, device=x.device)
         for i in range(self.n_sites):
-            v = (v.unsqueeze(1) @ a[rows, i, :, x[:, i], :]).squeeze(1)
-            norm = v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+            v = v @ chosen[i]
+            norm = v.norm(dim=2, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
             v = v / norm
-            log_psi = log_psi + norm.squeeze(1).log()
-        log_psi = log_psi + (v @ self.right).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
+            log_psi = log_psi + norm.flatten().log()
+        log_psi = log_psi + (v.squeeze(1) @ self.right).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
         log_p = 2.0 * log_psi - log_z
         if groups is not None:
             fired = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_reduce_(
@@ -207,7 +216,6 @@ class ConditionalMPS(nn.Module):
         groups, active = self._check_groups(groups, active, c.shape[0])
         a = self.site_tensors(c)
         batch, n = c.shape[0], self.n_sites
-        every, zero, nonzero = slice(None), slice(0, 1), slice(1, None)
         block = groups.tolist() if groups is not None else [0] * n
         last = [i == n - 1 or block[i + 1] != block[i] for i in range(n)]
         on = active[:, groups] if groups is not None else None  # (B, n)
@@ -217,15 +225,15 @@ class ConditionalMPS(nn.Module):
             # environments are transposed-contracted from the right: E_i = sum_s A[s] E_{i+1} A[s]^T
             at = a[:, i].permute(0, 3, 2, 1)  # (B, D_right, d, D_left)
             if groups is None:
-                free[i] = self._transfer(free[i + 1], at, every)
+                free[i] = self._transfer(free[i + 1], at)
                 free[i] = enter[i] = free[i] / free[i].diagonal(dim1=1, dim2=2).sum(1)[:, None, None]
                 continue
             nxt_free, nxt_enter = (enter[i + 1], enter[i + 1]) if last[i] else (free[i + 1], enter[i + 1])
-            f = self._transfer(nxt_free, at, every)
-            need = self._transfer(nxt_free, at, nonzero)
-            if not last[i]:
-                need = need + self._transfer(nxt_enter, at, zero)
-            e = torch.where(on[:, i, None, None], need, self._transfer(nxt_enter, at, zero))
+            at_zero, at_nonzero = at[:, :, :1], at[:, :, 1:]
+            need = self._transfer(nxt_free, at_nonzero)
+            f = need + self._transfer(nxt_free, at_zero)
+            stay = self._transfer(nxt_enter, at_zero)
+            e = torch.where(on[:, i, None, None], need if last[i] else need + stay, stay)
             scale = (f + e).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)[:, None, None]
             free[i], enter[i] = f / scale, e / scale
         out = torch.empty(batch, n, dtype=torch.long, device=c.device)
