@@ -20,7 +20,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from dgrn import runner, zoo
     from dgrn.datasets import fresh_trajectories
-    from dgrn.models import SpikeDataModule, module_for
+    from dgrn.models import DGRN, SpikeDataModule, module_for
 
     L.seed_everything(cfg.seed, workers=True)
     pretrained = (cfg.get("model") or {}).get("pretrained")
@@ -59,6 +59,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         runner.finish_loggers(loggers)
     metrics = runner.to_float_dict(trainer.callback_metrics)
     output_dir = HydraConfig.get().runtime.output_dir
+    if trainer.is_global_zero and isinstance(model, DGRN):
+        write_scale_readouts(model, datamodule, metrics, output_dir)
     if trainer.is_global_zero:
         path = runner.write_metrics(output_dir, metrics, {"source": source, "reference": reference})
         for key, value in sorted(metrics.items()):
@@ -66,6 +68,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             print(f"[dgrn] {key} = {value:.4f}{ref}")
         print(f"[dgrn] metrics: {path}")
     return metrics
+
+
+def write_scale_readouts(model, datamodule, metrics: dict[str, float], output_dir: str) -> None:
+    """DGRN read-outs per level of the test split: ``readouts.json`` and the figures ``entropy_per_unit.png``,
+    ``participation_ratio.png`` in the run directory."""
+    import json
+    from pathlib import Path
+
+    from dgrn.plots import plot_entropy_per_unit, plot_participation_ratio
+
+    out = model.scale_readouts(datamodule, metrics)
+    folder = Path(output_dir)
+    (folder / "readouts.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot_entropy_per_unit(out["levels"], folder / "entropy_per_unit.png")
+    plot_participation_ratio(out["levels"], folder / "participation_ratio.png")
+    print(f"[dgrn] entropy production {out['entropy_production_per_bin']:.5f} nats/bin; read-outs per level: "
+          f"{folder / 'readouts.json'} (+ entropy_per_unit.png, participation_ratio.png)")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

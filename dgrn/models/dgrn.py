@@ -130,3 +130,28 @@ class DGRN(NextBinModule):
         draws = self.net.sample(x, n_samples)
         draws[0] = self.net.to_neurons(draws[0])
         return {"samples": draws, "probabilities": [d.mean(1) for d in draws]}
+
+    @torch.no_grad()
+    def scale_readouts(self, datamodule, metrics: dict[str, float], split: str = "test",
+                       pattern_options: dict | None = None) -> dict:
+        """Read-outs per level on one split (:func:`dgrn.readouts.scale_readouts`): units, the model's NLL per unit
+        (from ``metrics[f"{split}/nll_level{l}"]``) against the time-shuffled and independent nulls, participation
+        ratio, parameters versus state space; plus the entropy production rate of the learned dynamics at the fine
+        scale (:func:`dgrn.readouts.entropy_production_rate` on the split's windows)."""
+        from dgrn.readouts import entropy_production_rate, scale_readouts
+
+        spikes = datamodule.split_spikes(split).float().to(self.device)
+        levels = [lvl.cpu() for lvl in self.net.pool(spikes.clamp(max=1))]
+        nll = [metrics.get(f"{split}/nll_level{lvl}") for lvl in range(len(levels))]
+        n_params = [sum(p.numel() for p in (*gru.parameters(), *dec.parameters()))
+                    for gru, dec in zip(self.net.grus, self.net.decoders)]
+        rows = scale_readouts(levels, None if None in nll else nll, n_params=n_params,
+                              pattern_options=pattern_options)
+        if not datamodule.splits:
+            datamodule.context = self.context
+            datamodule.setup("test")
+        windows = torch.stack([datamodule.splits[split][i] for i in range(len(datamodule.splits[split]))])
+        epr = entropy_production_rate(lambda w: self.net(w.to(self.device).float()).sum((1, 2)), windows,
+                                      n_scored=windows.shape[1] - self.context, batch_size=64)
+        return {"split": split, "levels": rows, "entropy_production_per_bin": epr,
+                "hierarchy": self.hparams.hierarchy_info}

@@ -143,8 +143,9 @@ class MultiscaleBornMachine(nn.Module):
     contiguous, :func:`nested_order`), restricted to the configurations consistent with the coarse state and
     renormalized over them, so every level's marginal :math:`p(x^\ell_t \mid x_{<t}) = p(x^L_t)\prod_{\ell'\ge\ell}
     p(x^{\ell'}_t \mid x^{\ell'+1}_t)` is exact. The context of level :math:`\ell` is
-    :math:`c^{\ell}_t = [h^{\ell}_t, x^{\ell}_{t-1}, \dots, x^{\ell}_{t-H}]`: the state of a GRU over the level's past
-    bins and its last ``history`` bins (so the decoder's fields contain a GLM of the level).
+    :math:`c^{\ell}_t = [h^{\ell}_t, x^{0}_{t-1}, \dots, x^{0}_{t-H}]`: the state of a GRU over the level's past
+    bins and the last ``history`` bins of the neurons (so every level's fields contain a GLM driven by all neurons:
+    a coarse level predicted from its own pooled past only would lose what the fine past says about it).
 
     Args:
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
@@ -180,7 +181,7 @@ class MultiscaleBornMachine(nn.Module):
                 groups[ix] = index[lvl + 1]
                 self.register_buffer(f"groups_{lvl}", torch.as_tensor(groups), persistent=False)
         self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
-        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n, bond_dim, rank=rank)
+        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons, bond_dim, rank=rank)
                                       for n in self.n_units)
         self.reset_parameters()
 
@@ -218,8 +219,8 @@ class MultiscaleBornMachine(nn.Module):
         width = x.shape[1] if upto is None else upto
         states, _ = self.grus[lvl](x[:, : width - 1] if upto is None else x)
         feats = [states[:, self.context - 1:]]
-        for k in range(1, self.history + 1):
-            feats.append(x[:, self.context - k: width - k])
+        for k in range(1, self.history + 1):  # the last bins of the *neurons*: every level sees the whole past
+            feats.append(xs[0][:, self.context - k: width - k])
         return torch.cat(feats, -1)
 
     def forward(self, x: Tensor) -> Tensor:
