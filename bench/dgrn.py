@@ -35,7 +35,7 @@ MODELS = {
     "glm": ["model=glm"],
     "gru": ["model=gru"],
     "cmps": ["model=dgrn", "renorm=none"],
-    "dgrn": ["model=dgrn", "renorm=lrg", "renorm.levels=2", "renorm.tau=5.0", "renorm.laplacian=normalized"],
+    "dgrn": ["model=dgrn", "renorm=community_lrg"],
 }
 
 

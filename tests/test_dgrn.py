@@ -176,3 +176,15 @@ def test_train_publish_and_predict_a_dgrn_model(run_train, tmp_path, monkeypatch
     run_script(["-m", "dgrn.cli", "simulate", "kinetic-ising", "--t", "300", "--dt", "0.005", "--out", str(other)])
     proc = run_script(["-m", "dgrn.cli", "predict", "--model", "tiny_dgrn", "--spikes", str(other)], check=False)
     assert proc.returncode != 0 and "10 ms bins" in proc.stderr
+
+
+def test_dgrn_experiments_and_search_space_compose(tmp_path):
+    from conftest import compose
+
+    for experiment, data in (("dgrn_kising", "kinetic_ising"), ("dgrn_lif", "clustered_lif")):
+        cfg = compose("train", [f"experiment={experiment}", "hparams_search=dgrn_optuna"], tmp_path / experiment)
+        assert cfg.model._target_ == "dgrn.models.DGRN.from_datamodule" and cfg.data.dataset.name == data
+        assert cfg.model.levels == cfg.renorm.levels == 2 and cfg.data.observed_fraction == 0.5
+        assert set(cfg.hydra.sweeper.params) == {"model.net.bond_dim", "renorm.levels", "renorm.tau", "model.lr"}
+    cfg = compose("train", ["experiment=dgrn_kising", "renorm=none"], tmp_path / "none")
+    assert cfg.model.levels == 0  # the fine-scale ConditionalMPS baseline
