@@ -105,7 +105,7 @@ def main() -> None:
                 start = time.perf_counter()
                 build_dataset(spec["name"], **{k: v for k, v in spec.items() if k != "name"}).save(path)
                 print(f"[bench] simulated {ds} in {time.perf_counter() - start:.0f} s", flush=True)
-                spec = ["data=file", f"data.dataset.path={path}"]
+                spec = ["data=file", f"data.dataset.path={path}", "data.window=32", "data.batch_size=8"]  # as dgrn_lif
             for fraction in args.fractions:
                 for seed in args.seeds:
                     for model in args.models:

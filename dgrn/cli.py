@@ -98,8 +98,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     from dgrn.publish import publish_checkpoint
 
+    notes = Path(args.notes).read_text() if args.notes else ""
     folder = publish_checkpoint(args.ckpt, args.name, summary=args.summary, command=args.command,
-                                sample_seed=args.sample_seed)
+                                sample_seed=args.sample_seed, notes=notes)
     print(f"published {args.name} to {folder}")
     return 0
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--summary", default="", help="one line for `dgrn zoo list` and the card")
     pub.add_argument("--command", default="", help="the commands that reproduce it, for the card")
     pub.add_argument("--sample-seed", type=int, default=2024, help="seed of the fresh trajectories scored")
+    pub.add_argument("--notes", default=None, help="markdown file appended to the card (e.g. baselines)")
     pub.set_defaults(func=_publish)
 
     ren = sub.add_parser("renorm", help="diffusion (Laplacian) renormalization flow of a graph, with plots")

@@ -120,9 +120,10 @@ def plot_entropy_per_unit(rows: list[dict], path: str | Path, title: str = "") -
     levels = _level_axis(ax, rows)
     ax.plot(levels, [r["independent_entropy_per_unit"] for r in rows], "s--", color="C0", label="independent units")
     ax.errorbar(levels, [r["pattern_entropy_per_unit"] for r in rows],
-                yerr=[r["pattern_entropy_stderr"] for r in rows], fmt="o-", color="C2", capsize=3,
+                yerr=[r["pattern_entropy_stderr"] for r in rows], fmt="o-", color="C2", mfc="none", capsize=3,
                 label="time-shuffled (pattern)")
-    model = [(lv, r["model_entropy_per_unit"]) for lv, r in zip(levels, rows) if r["model_entropy_per_unit"] is not None]
+    model = [(lv, r["model_entropy_per_unit"]) for lv, r in zip(levels, rows)
+             if r["model_entropy_per_unit"] is not None]
     if model:
         ax.plot(*zip(*model), "D-", color="C3", label="model (held-out NLL)")
     ax.set_ylabel("entropy per unit (nats / bin)")
@@ -142,6 +143,11 @@ def plot_participation_ratio(rows: list[dict], path: str | Path, title: str = ""
     kept = [(lv, r["participation_ratio"]) for lv, r in zip(levels, rows) if r["participation_ratio"] is not None]
     if kept:
         ax.semilogy(*zip(*kept), "o-", color="C1", label="participation ratio")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # plain numbers 1, 2, 5, 10, ... on the log axis
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("effective dimension")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=9)

@@ -86,11 +86,12 @@ def _write_model_config(name: str, architecture: str) -> None:
 
 def publish_checkpoint(
     ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "", sample_seed: int = 2024,
-    out_dir: str | Path | None = None,
+    out_dir: str | Path | None = None, notes: str = "",
 ) -> Path:
     """Publish a checkpoint (or the best one of a ``train.py`` run directory) as zoo model ``name``, in
     ``checkpoints/`` unless ``out_dir``. The card records the run's test metrics and the test metrics on fresh
-    trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces."""
+    trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces; ``notes``
+    (markdown, e.g. baselines measured on the same splits) is appended to the card."""
     from dgrn import zoo
     from dgrn.datasets import SIMULATORS, fresh_trajectories
     from dgrn.models import SpikeDataModule, module_for
@@ -139,7 +140,8 @@ def publish_checkpoint(
         _write_model_config(name, architecture)
     return zoo.save_pretrained(
         model.net, folder, architecture=architecture, net_kwargs=net_kwargs,
-        card=lambda config: CARD.format(**card, sha256=config["sha256"]), summary=card["summary"],
+        card=lambda config: CARD.format(**card, sha256=config["sha256"]) + (f"\n{notes.strip()}\n" if notes else ""),
+        summary=card["summary"],
         n_neurons=hp["n_neurons"], dt=dt, data=data_hp, command=command,
         metrics={"train_run_test": train_metrics, "fresh_data": fresh_metrics, "fresh_sample_seed": sample_seed},
     )

@@ -188,3 +188,24 @@ def test_dgrn_experiments_and_search_space_compose(tmp_path):
         assert set(cfg.hydra.sweeper.params) == {"model.net.bond_dim", "renorm.levels", "renorm.tau", "model.lr"}
     cfg = compose("train", ["experiment=dgrn_kising", "renorm=none"], tmp_path / "none")
     assert cfg.model.levels == 0  # the fine-scale ConditionalMPS baseline
+
+
+def test_init_glm_reproduces_the_glm_exactly_with_product_cores():
+    """With product-state cores (no bond correlations), the fine level initialised from a GLM *is* that GLM."""
+    from dgrn.graph import glm_logits
+
+    torch.manual_seed(0)
+    n = 6
+    net = MultiscaleBornMachine(n, [], order=[3, 1, 5, 0, 2, 4], bond_dim=3, history=2, context=2).double()
+    dec = net.decoders[0]
+    with torch.no_grad():
+        dec.core.copy_(torch.eye(3, dtype=torch.float64)[None, :, None, :].expand(n, 3, 2, 3) / 2 ** 0.5)
+        dec.modulation.zero_()
+    bias, weight = torch.randn(n, dtype=torch.float64), 0.8 * torch.randn(2, n, n, dtype=torch.float64)
+    net.init_glm(bias, weight)
+    x = torch.bernoulli(torch.full((4, 12, n), 0.4, dtype=torch.float64))
+    logits = glm_logits(x, bias, weight, context=2)
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x[:, 2:], reduction="none").sum(-1)
+    torch.testing.assert_close(net(x)[..., 0], expected)
+    with pytest.raises(ValueError, match="need bias"):
+        net.init_glm(bias[:3], weight)

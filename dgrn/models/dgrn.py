@@ -56,11 +56,12 @@ class DGRN(NextBinModule):
     def from_datamodule(cls, datamodule, *, levels: int = 2, communities: str = "gnn",
                         encoder: str | None = "community_encoder_kising", graph: dict | None = None,
                         tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
-                        **kwargs: Any) -> DGRN:
+                        init: str = "rates", **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
         for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization) and return the model,
-        its decoders started at the training split's rates of every level.
+        its decoders started at the training split's rates of every level (``init="glm"``: the fine level at the
+        fitted GLM itself, :meth:`dgrn.nn.MultiscaleBornMachine.init_glm`).
         Other ``kwargs`` go to the constructor."""
         from dgrn import zoo
         from dgrn.graph import infer_couplings
@@ -69,7 +70,9 @@ class DGRN(NextBinModule):
         spikes = datamodule.split_spikes("train")
         if levels > 0 and spikes.shape[1] < 2:
             raise ValueError(f"the recording has {spikes.shape[1]} neuron(s): too few to form communities")
-        couplings = infer_couplings(spikes, **(graph or {}))
+        if init not in ("rates", "glm"):
+            raise ValueError(f"unknown init {init!r}; valid: 'rates', 'glm'")
+        couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
                                     shrink=shrink, laplacian=laplacian)
@@ -79,6 +82,8 @@ class DGRN(NextBinModule):
                 "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian}
         model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
         model.net.init_rates(spikes)
+        if init == "glm":
+            model.net.init_glm(glm["bias"], glm["weight"])
         return model
 
     def _level_nll(self, x: Tensor) -> Tensor:

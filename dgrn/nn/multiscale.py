@@ -202,6 +202,30 @@ class MultiscaleBornMachine(nn.Module):
             bias[:, 0] = 0.0
             bias[:, 1] = torch.log(rate / (1 - rate))
 
+    @torch.no_grad()
+    def init_glm(self, bias: Tensor, weight: Tensor) -> None:
+        """Start the fine level's decoder at a fitted kinetic-Ising / Bernoulli GLM (``bias (N,)``, ``weight
+        (H, N, N)`` with ``weight[k-1][i, j]`` the influence of neuron ``j`` at lag ``k`` on ``i``, as returned by
+        :func:`dgrn.graph.infer_couplings` with ``return_params=True``): its context-free field is the bias and its
+        field from the neurons' last ``min(H, history)`` bins the couplings, so training starts from the GLM's
+        predictions (up to the decoder's initial correlations) and adds instantaneous correlations and memory."""
+        dec = self.decoders[0]
+        pos = self._index(0)  # decoder position of each neuron
+        perm = torch.empty_like(pos)
+        perm[pos] = torch.arange(self.n_neurons, device=pos.device)  # neuron at each decoder position
+        bias = torch.as_tensor(bias).to(dec.field.bias)
+        weight = torch.as_tensor(weight).to(dec.field.weight)
+        if bias.shape != (self.n_neurons,) or weight.dim() != 3 or weight.shape[1:] != (self.n_neurons,) * 2:
+            raise ValueError(f"need bias ({self.n_neurons},) and weight (H, {self.n_neurons}, {self.n_neurons}); got "
+                             f"{tuple(bias.shape)}, {tuple(weight.shape)}")
+        field_w, field_b = dec.field.weight.view(self.n_neurons, 2, -1), dec.field.bias.view(-1, 2)
+        field_b[:, 0], field_b[:, 1] = 0.0, bias[perm]
+        field_w[:, 0] = 0.0
+        hidden = self.grus[0].hidden_size
+        for k in range(min(weight.shape[0], self.history)):
+            cols = slice(hidden + k * self.n_neurons, hidden + (k + 1) * self.n_neurons)
+            field_w[:, 1, cols] = weight[k][perm][:, perm]
+
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
 
