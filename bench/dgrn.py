@@ -69,7 +69,8 @@ def independent_c2f(best_checkpoint: str) -> dict:
     block_log = torch.zeros(test.shape[0], int(member.max()) + 1, dtype=torch.float64).index_add_(1, member, log_fire)
     silent = torch.zeros(int(member.max()) + 1, dtype=torch.float64).index_add_(0, member, (-rate).log1p())
     active = torch.zeros_like(block_log).index_add_(1, member, test) > 0
-    # p(block pattern | block active) = p(pattern) / (1 - p(all silent)); a silent block is certain given the coarse state
+    # p(block pattern | block active) = p(pattern) / (1 - p(all silent));
+    # a silent block is certain given the coarse state
     cond = torch.where(active, block_log - torch.log1p(-silent.exp()), torch.zeros_like(block_log))
     return {"c2f_nll": float(-cond.sum(1).mean() / test.shape[1]),
             "nll": float(-log_fire.sum(1).mean() / test.shape[1])}
@@ -116,7 +117,11 @@ def main() -> None:
 
         def work(job):
             key, overrides, run_dir = job
-            res = run_train(overrides, run_dir)
+            try:
+                res = run_train(overrides, run_dir)
+            except RuntimeError as err:  # keep the other runs; the failure is reported in the table
+                print(f"[bench] {key}: FAILED\n{err}", flush=True)
+                return {"dataset": key[0], "fraction": key[1], "seed": key[2], "model": key[3], "error": str(err)}
             print(f"[bench] {key}: test/nll {res['metrics'].get('test/nll', float('nan')):.5f} "
                   f"({res['seconds']:.0f} s)", flush=True)
             row = {"dataset": key[0], "fraction": key[1], "seed": key[2], "model": key[3], "metrics": res["metrics"],
@@ -132,7 +137,10 @@ def main() -> None:
 
 
 def report(results: dict, out_dir: Path) -> None:
-    rows = results["rows"]
+    failed = [r for r in results["rows"] if "error" in r]
+    rows = [r for r in results["rows"] if "error" not in r]
+    for r in failed:
+        print(f"FAILED: {r['dataset']} {r['fraction']:.0%} seed {r['seed']} {r['model']}")
     print("\nheld-out test split; mean ± sd over seeds; NLL in nats per neuron-bin")
     print(f"{'data':7s} {'obs':>4s} {'model':12s} {'NLL':>17s} {'bits/spike':>17s} {'windows/s':>10s}")
     for ds in dict.fromkeys(r["dataset"] for r in rows):

@@ -10,9 +10,9 @@ from dgrn.tn._common import check_finite, check_size, check_states, sample_categ
 
 __all__ = ["ConditionalMPS"]
 
-#: the context fields are clamped to +-FIELD_BOUND (nats of log-odds): amplitudes of e^-10 relative to the largest
-#: stay far from float32 underflow, so no observed configuration gets probability 0
-FIELD_BOUND = 20.0
+#: the context fields are clamped to +-FIELD_BOUND, so the two values of a site differ by at most e^(2 FIELD_BOUND) in
+#: probability through the fields: far above the float64 rounding of the contractions (see ``_contract_dtype``)
+FIELD_BOUND = 12.0
 
 
 class ConditionalMPS(nn.Module):
@@ -22,9 +22,10 @@ class ConditionalMPS(nn.Module):
         A^{(i)}(c)[s] \propto e^{f_{is}(c)/2}\Big(A^{(i)}[s] + \sum_{r=1}^{R} g_{ir}(c)\, C^{(i,r)}[s]\Big),
         \qquad p(x \mid c) = \frac{\big(\ell^\top A^{(1)}(c)[x_1]\cdots A^{(n)}(c)[x_n]\, r\big)^2}{Z(c)},
 
-    with ``f = F c + f_0`` (context-dependent fields, ``n × d``, clamped to ``±FIELD_BOUND``) and ``g = G c`` (``n × R`` gates of rank-``R``
-    tensor corrections, which make the *correlations* depend on the context), boundary vectors ``ℓ, r`` and
-    uniform bond dimension ``D``. :math:`Z(c)` is contracted exactly for every context in the batch (per-context
+    with ``f = F c + f_0`` (context-dependent fields, ``n × d``, clamped to ``±FIELD_BOUND``) and ``g = G c``
+    (``n × R`` gates of rank-``R`` tensor corrections, which make the *correlations* depend on the context),
+    boundary vectors ``ℓ, r`` and uniform bond dimension ``D``; each site tensor is rescaled per context (``p`` does
+    not change). :math:`Z(c)` is contracted exactly for every context in the batch (per-context
     transfer matrices, trace-normalized with accumulated logs), so each :math:`p(\cdot \mid c)` is normalized.
     With ``c`` the summary of past activity this is a trajectory decoder that models the instantaneous
     correlations between units of a bin instead of treating them as conditionally independent.
@@ -140,7 +141,8 @@ class ConditionalMPS(nn.Module):
     def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None) -> Tensor:
         """:math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
         configurations consistent with ``active`` when ``groups`` is given."""
-        env = (self.left[:, None] * self.left[None, :]).expand(a.shape[0], -1, -1)
+        left, right = self.left.to(a.dtype), self.right.to(a.dtype)
+        env = (left[:, None] * left[None, :]).expand(a.shape[0], -1, -1)
         log_z = a.new_zeros(a.shape[0])
         tiny = torch.finfo(a.dtype).tiny
         # unbind once: per-site indexing would make autograd scatter every site's gradient into a full-size zero tensor
@@ -166,7 +168,7 @@ class ConditionalMPS(nn.Module):
             trace = env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
             env = env / trace[:, None, None]
             log_z = log_z + trace.log()
-        return log_z + torch.einsum("bij,i,j->b", env, self.right, self.right).clamp_min(tiny).log()
+        return log_z + torch.einsum("bij,i,j->b", env, right, right).clamp_min(tiny).log()
 
     def log_prob(self, x, c, groups=None, active=None) -> Tensor:
         r"""Exact :math:`\log p(x \mid c)` (or :math:`\log p(x \mid c, \text{active})` with ``groups``), ``(B,)``.
@@ -174,31 +176,40 @@ class ConditionalMPS(nn.Module):
         with torch.autocast(device_type=self.core.device.type, enabled=False):
             return self._log_prob(x, c, groups, active)
 
+    @property
+    def _contract_dtype(self) -> torch.dtype:
+        """Contractions run in float64 for float32 (and lower) parameters: a Born normalization sums positive terms
+        whose transfer products can cancel to far below the largest entry, and in float32 the rounding of those
+        products (1e-7 relative) can exceed a rare but required branch (an active block of improbable units) and
+        even turn its weight negative."""
+        return torch.float64 if self.core.dtype in (torch.float32, torch.float16, torch.bfloat16) else self.core.dtype
+
     def _log_prob(self, x, c, groups, active) -> Tensor:
         c = self._check_context(c)
         x = check_states(x, self.n_sites, self.phys_dim, self.core.device)
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but c has {c.shape[0]}: one context per configuration")
         groups, active = self._check_groups(groups, active, x.shape[0])
-        a = self.site_tensors(c)
+        a = self.site_tensors(c).to(self._contract_dtype)
         log_z = self._log_norm(a, groups, active)
         check_finite(self, log_z, "ConditionalMPS")
         batch, dim = x.shape[0], self.bond_dim
-        chosen = a.gather(3, x[:, :, None, None, None].expand(-1, -1, dim, 1, dim)).squeeze(3).unbind(1)  # n x (B, D, D)
-        v = self.left.expand(batch, 1, -1)
+        # the matrix of each site's observed value: n tensors (B, D, D)
+        chosen = a.gather(3, x[:, :, None, None, None].expand(-1, -1, dim, 1, dim)).squeeze(3).unbind(1)
+        v = self.left.to(a.dtype).expand(batch, 1, -1)
         log_psi = a.new_zeros(batch)
         for i in range(self.n_sites):
             v = v @ chosen[i]
             norm = v.norm(dim=2, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
             v = v / norm
             log_psi = log_psi + norm.flatten().log()
-        log_psi = log_psi + (v.squeeze(1) @ self.right).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
+        log_psi = log_psi + (v.squeeze(1) @ self.right.to(a.dtype)).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
         log_p = 2.0 * log_psi - log_z
         if groups is not None:
             fired = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_reduce_(
                 1, groups.expand_as(x), (x > 0).long(), "amax")
             log_p = log_p.masked_fill((fired.bool() != active).any(1), -torch.inf)
-        return log_p
+        return log_p.to(c.dtype)
 
     def forward(self, x, c, groups=None, active=None) -> Tensor:
         return self.log_prob(x, c, groups, active)
@@ -214,13 +225,14 @@ class ConditionalMPS(nn.Module):
         """
         c = self._check_context(c)
         groups, active = self._check_groups(groups, active, c.shape[0])
-        a = self.site_tensors(c)
+        a = self.site_tensors(c).to(self._contract_dtype)
         batch, n = c.shape[0], self.n_sites
         block = groups.tolist() if groups is not None else [0] * n
         last = [i == n - 1 or block[i + 1] != block[i] for i in range(n)]
         on = active[:, groups] if groups is not None else None  # (B, n)
         free, enter = [None] * (n + 1), [None] * (n + 1)
-        free[n] = enter[n] = (self.right[:, None] * self.right[None, :]).expand(batch, -1, -1)
+        right = self.right.to(a.dtype)
+        free[n] = enter[n] = (right[:, None] * right[None, :]).expand(batch, -1, -1)
         for i in range(n - 1, -1, -1):
             # environments are transposed-contracted from the right: E_i = sum_s A[s] E_{i+1} A[s]^T
             at = a[:, i].permute(0, 3, 2, 1)  # (B, D_right, d, D_left)
@@ -237,7 +249,7 @@ class ConditionalMPS(nn.Module):
             scale = (f + e).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)[:, None, None]
             free[i], enter[i] = f / scale, e / scale
         out = torch.empty(batch, n, dtype=torch.long, device=c.device)
-        v = self.left.expand(batch, -1)
+        v = self.left.to(a.dtype).expand(batch, -1)
         rows = torch.arange(batch, device=c.device)
         done = torch.zeros(batch, dtype=torch.bool, device=c.device)  # current block already has a nonzero site
         for i in range(n):
