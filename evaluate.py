@@ -44,7 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         model = module_for(hparams)(**hparams)
         model.net.load_state_dict(zoo.load_pretrained(pretrained).state_dict())
         data_hp = {**info["data"], "dataset": fresh_trajectories(info["data"]["dataset"], cfg.sample_seed)}
-        reference = info.get("metrics", {}).get("fresh_data", {})
+        # sample_seed=null: the training recording's own test split, which the card records as train_run_test
+        reference = info.get("metrics", {}).get("fresh_data" if cfg.sample_seed is not None else "train_run_test", {})
         source = f"zoo:{pretrained}"
     datamodule = instantiate(cfg.data, _convert_="all") if cfg.get("data") is not None else SpikeDataModule(**data_hp)
     if datamodule.n_neurons != model.hparams.n_neurons:

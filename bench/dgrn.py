@@ -2,6 +2,8 @@
 unit across levels, training throughput.
 
     python bench/dgrn.py [--datasets kising lif] [--fractions 0.5 0.2] [--seeds 0 1 2] [--epochs 12] [--jobs 2]
+    python bench/dgrn.py --keep runs/      # keep every run folder (checkpoints, metrics.json)
+    python bench/dgrn.py --collect runs/   # report the finished runs of a kept folder, without training
 
 Every number comes from the real pipeline: ``train.py`` in subprocesses (two at a time, one thread each), the same
 data file and contiguous-block splits for every model, the best-validation checkpoint scored on the test split.
@@ -90,7 +92,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--collect", default=None,
+                        help="no training: report the runs already finished in this --keep folder")
     args = parser.parse_args()
+    if args.collect:
+        return collect(Path(args.collect))
     from dgrn.datasets import build_dataset
 
     out_dir = ROOT / "bench" / "results"
@@ -132,6 +138,29 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.jobs) as pool:
             results["rows"] = list(pool.map(work, jobs))
+    (out_dir / "dgrn.json").write_text(json.dumps(results, indent=2))
+    report(results, out_dir)
+
+
+def collect(folder: Path) -> None:
+    """Rebuild the results of a (possibly unfinished) benchmark from the run folders it keeps."""
+    rows = []
+    for run in sorted(folder.glob("*_*_*_*")):
+        ds, fraction, seed, model = run.name.split("_")
+        metrics_file = run / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        out = json.loads(metrics_file.read_text())
+        row = {"dataset": ds, "fraction": float(fraction), "seed": int(seed), "model": model,
+               "metrics": out["metrics"]}
+        if model == "dgrn":
+            row["independent"] = independent_c2f(out["best_checkpoint"])
+        rows.append(row)
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda r: (r["dataset"], -r["fraction"], order[r["model"]], r["seed"]))
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"collected_from": str(folder), "rows": rows}
     (out_dir / "dgrn.json").write_text(json.dumps(results, indent=2))
     report(results, out_dir)
 

@@ -100,7 +100,7 @@ def _publish(args: argparse.Namespace) -> int:
 
     notes = Path(args.notes).read_text() if args.notes else ""
     folder = publish_checkpoint(args.ckpt, args.name, summary=args.summary, command=args.command,
-                                sample_seed=args.sample_seed, notes=notes)
+                                sample_seed=None if args.no_fresh_data else args.sample_seed, notes=notes)
     print(f"published {args.name} to {folder}")
     return 0
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--command", default="", help="the commands that reproduce it, for the card")
     pub.add_argument("--sample-seed", type=int, default=2024, help="seed of the fresh trajectories scored")
     pub.add_argument("--notes", default=None, help="markdown file appended to the card (e.g. baselines)")
+    pub.add_argument("--no-fresh-data", action="store_true",
+                     help="do not score fresh trajectories (simulators whose state depends on the initial condition)")
     pub.set_defaults(func=_publish)
 
     ren = sub.add_parser("renorm", help="diffusion (Laplacian) renormalization flow of a graph, with plots")

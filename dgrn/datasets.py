@@ -64,9 +64,10 @@ DATASETS: dict[str, Callable[..., SpikeData]] = {
 SIMULATORS = frozenset({"kinetic_ising", "clustered_lif", "connectome", "ising1d", "ising2d"})
 
 
-def fresh_trajectories(dataset: dict, sample_seed: int) -> dict:
-    """The dataset config with new trajectories of the same network (unchanged for recorded data)."""
-    if dataset.get("name") not in SIMULATORS:
+def fresh_trajectories(dataset: dict, sample_seed: int | None) -> dict:
+    """The dataset config with new trajectories of the same network (unchanged for recorded data, and for
+    ``sample_seed=None``: the training recording itself, whose test split is held out)."""
+    if dataset.get("name") not in SIMULATORS or sample_seed is None:
         return dict(dataset)
     return {**dataset, "sample_seed": int(sample_seed)}
 

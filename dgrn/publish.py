@@ -46,8 +46,7 @@ Neural Latents Benchmark definition; edge AUROC of |W| against the true coupling
 
 {train_table}
 
-Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`; simulated data only),
-reproduced by `python evaluate.py model={name}`:
+{fresh_heading}
 
 {fresh_table}
 
@@ -85,12 +84,13 @@ def _write_model_config(name: str, architecture: str) -> None:
 
 
 def publish_checkpoint(
-    ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "", sample_seed: int = 2024,
+    ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "", sample_seed: int | None = 2024,
     out_dir: str | Path | None = None, notes: str = "",
 ) -> Path:
     """Publish a checkpoint (or the best one of a ``train.py`` run directory) as zoo model ``name``, in
     ``checkpoints/`` unless ``out_dir``. The card records the run's test metrics and the test metrics on fresh
-    trajectories (``sample_seed``) of the same network, which ``evaluate.py model=NAME`` reproduces; ``notes``
+    trajectories (``sample_seed``; ``None``: not scored, for simulators whose trajectories depend on the initial
+    state) of the same network, which ``evaluate.py model=NAME`` reproduces; ``notes``
     (markdown, e.g. baselines measured on the same splits) is appended to the card."""
     from dgrn import zoo
     from dgrn.datasets import SIMULATORS, fresh_trajectories
@@ -119,7 +119,7 @@ def publish_checkpoint(
         train_metrics = {k: v for k, v in json.loads(run_metrics_file.read_text())["metrics"].items()
                          if k.startswith("test/")}
     fresh_metrics = {}
-    if data_hp["dataset"]["name"] in SIMULATORS:
+    if data_hp["dataset"]["name"] in SIMULATORS and sample_seed is not None:
         fresh = SpikeDataModule(**{**data_hp, "dataset": fresh_trajectories(data_hp["dataset"], sample_seed)})
         fresh_metrics = score(model, fresh)
         dt = fresh.spike_data.dt
@@ -133,7 +133,11 @@ def publish_checkpoint(
         name=name, summary=summary or f"{architecture} next-bin model", architecture=architecture,
         arch_doc=f"dgrn.nn.{NETWORKS[architecture].__name__}", net=json.dumps(net_kwargs), n_neurons=hp["n_neurons"],
         n_params=sum(p.numel() for p in model.net.parameters()), data=json.dumps(data_hp), command=command,
-        train_table=_table(train_metrics), fresh_table=_table(fresh_metrics), sample_seed=sample_seed,
+        train_table=_table(train_metrics), fresh_table=_table(fresh_metrics) if fresh_metrics else "",
+        fresh_heading=(f"Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`; simulated "
+                       f"data only), reproduced by `python evaluate.py model={name}`:") if fresh_metrics else
+        (f"Not scored on fresh trajectories; `python evaluate.py model={name} sample_seed=null` reproduces the "
+         "training run's test split."),
         dt_ms=dt * 1e3,
     )
     if out_dir is None:

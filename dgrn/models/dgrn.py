@@ -48,7 +48,8 @@ class DGRN(NextBinModule):
         n_levels = self.net.n_levels + 1
         weights = [1.0] * n_levels if level_weights is None else [float(w) for w in level_weights]
         if len(weights) != n_levels or min(weights) < 0 or sum(weights) == 0:
-            raise ValueError(f"level_weights needs {n_levels} nonnegative weights (fine first), not all 0; got {weights}")
+            raise ValueError(f"level_weights needs {n_levels} nonnegative weights (fine first), not all 0; "
+                             f"got {weights}")
         sizes = torch.tensor(self.net.n_units, dtype=torch.float32)
         self.register_buffer("level_scale", torch.tensor(weights) / sizes, persistent=False)
 

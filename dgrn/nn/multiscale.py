@@ -76,7 +76,8 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     :math:`|W|`, at the diffusion time ``tau`` (a number, or a :func:`dgrn.renorm.select_tau` rule on that
     metagraph's specific-heat curve), or, with ``shrink``, at the time where the entropy says the metagraph has
     shrunk by that factor (:func:`dgrn.renorm.tau_for_shrink`, EqLRG-style; small dense metagraphs often have a
-    single specific-heat peak at which no pair of units is merged yet). Fine units are ordered along :func:`dgrn.graph.community_order`.
+    single specific-heat peak at which no pair of units is merged yet). Fine units are ordered along
+    :func:`dgrn.graph.community_order`.
 
     Args:
         graph: ``(N, N)`` couplings, ``A[i, j]`` = influence of ``j`` on ``i`` (any sign); spikes: ``(T, N)``.
@@ -102,7 +103,7 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
         opts.update(encoder=encoder, spikes=spikes)
     labels = relabel(find_communities(adj, method=communities, **opts))
     order = community_order(adj, labels)
-    memberships, taus, sizes = [labels], [float("nan")], [n, int(labels.max()) + 1]
+    memberships, taus, sizes = [labels], [None], [n, int(labels.max()) + 1]  # level 1: communities, no tau
     weights = metagraph(adj.abs(), labels).double()
     for lvl in range(2, levels + 1):
         k = weights.shape[0]
@@ -162,7 +163,8 @@ class MultiscaleBornMachine(nn.Module):
     """
 
     def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
-                 rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8, **hierarchy_info: Any) -> None:
+                 rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
+                 **hierarchy_info: Any) -> None:
         super().__init__()
         if n_neurons < 1 or bond_dim < 1 or rank < 0 or hidden_size < 1 or context < 1 or not 0 <= history <= context:
             raise ValueError("need n_neurons, bond_dim, hidden_size, context >= 1, rank >= 0 and 0 <= history <= "
