@@ -10,7 +10,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 __all__ = ["bernoulli_nll", "bits_per_spike", "edge_auroc", "edge_auprc", "shared_driver_false_positive_rate",
-           "SpikePredictionMetrics"]
+           "SpikePredictionMetrics", "ColumnMean"]
 
 
 def bernoulli_nll(logits: Tensor, target: Tensor) -> Tensor:
@@ -146,3 +146,24 @@ class SpikePredictionMetrics(Metric):
         else:
             bps = (self.loglik - _null_loglik(self.spike_count, self.n_bins)) / (n_spikes * math.log(2))
         return {"nll": nll.float(), "bits_per_spike": bps.float()}
+
+
+class ColumnMean(Metric):
+    """Mean over rows of each column of ``(rows, k)`` values, accumulated over batches and DDP processes (for
+    example the mean ``-log p`` per bin of each factor of DGRN's coarse-to-fine chain)."""
+
+    full_state_update = False
+
+    def __init__(self, n_columns: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros(n_columns, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        if values.dim() != 2 or values.shape[1] != self.total.shape[0]:
+            raise ValueError(f"values must have shape (rows, {self.total.shape[0]}), got {tuple(values.shape)}")
+        self.total = self.total + values.double().sum(0)  # out of place, as in SpikePredictionMetrics
+        self.rows = self.rows + values.shape[0]
+
+    def compute(self) -> Tensor:
+        return self.total / self.rows

@@ -10,7 +10,7 @@ import torch
 
 from dgrn.data import SpikeData
 from dgrn.datasets import build_dataset
-from dgrn.metrics import SpikePredictionMetrics
+from dgrn.metrics import ColumnMean, SpikePredictionMetrics
 from dgrn.models import DGRN, NextBinModule, SpikeDataModule, module_for
 from dgrn.nn import MultiscaleBornMachine, build_hierarchy, nested_order
 
@@ -118,6 +118,13 @@ def test_joint_loglik_metric_matches_the_factorized_path():
         torch.testing.assert_close(b.compute()[key], value)
     with pytest.raises(ValueError, match="log-likelihood per bin"):
         b.update(torch.zeros(3, 7, 2), target)
+    cols = ColumnMean(3)
+    values = torch.randn(10, 3, dtype=torch.float64)
+    cols.update(values[:4])
+    cols.update(values[4:])
+    torch.testing.assert_close(cols.compute(), values.mean(0))
+    with pytest.raises(ValueError, match=r"\(rows, 3\)"):
+        cols.update(torch.zeros(4, 2))
 
 
 def test_dgrn_module_trains_and_round_trips(kising, tmp_path):

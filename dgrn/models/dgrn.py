@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgrn.metrics import SpikePredictionMetrics
+from dgrn.metrics import ColumnMean, SpikePredictionMetrics
 from dgrn.models.next_bin import NextBinModule
 
 __all__ = ["DGRN"]
@@ -52,6 +52,8 @@ class DGRN(NextBinModule):
                              f"got {weights}")
         sizes = torch.tensor(self.net.n_units, dtype=torch.float32)
         self.register_buffer("level_scale", torch.tensor(weights) / sizes, persistent=False)
+        # mean -log p per bin of every factor p(x^l | x^(l+1), past), summed across DDP processes
+        self.val_factors, self.test_factors = ColumnMean(n_levels), ColumnMean(n_levels)
 
     @classmethod
     def from_datamodule(cls, datamodule, *, levels: int = 2, communities: str = "gnn",
@@ -100,29 +102,24 @@ class DGRN(NextBinModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True)
         return loss
 
-    def _update(self, x: Tensor, metrics: SpikePredictionMetrics) -> None:
+    def _update(self, x: Tensor, metrics: SpikePredictionMetrics, factors: ColumnMean) -> None:
         cond = self.net(x)
-        target = x[:, self.context:]
-        metrics.update(cond.sum(-1), target)  # joint log-likelihood of each bin
-        self._conditionals.append(cond.detach().double().sum((0, 1)))
-        self._n_bins += cond.shape[0] * cond.shape[1]
-
-    def on_validation_epoch_start(self) -> None:
-        self._conditionals, self._n_bins = [], 0
-
-    on_test_epoch_start = on_validation_epoch_start
+        metrics.update(cond.sum(-1), x[:, self.context:])  # joint log-likelihood of each bin
+        factors.update(-cond.detach().double().flatten(0, 1))
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        self._update(x, self.val_metrics)
+        self._update(x, self.val_metrics, self.val_factors)
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self._update(x, self.test_metrics)
+        self._update(x, self.test_metrics, self.test_factors)
 
     def _log_epoch(self, split: str, metrics: SpikePredictionMetrics) -> None:
         super()._log_epoch(split, metrics)
-        if not self._conditionals:
+        factors = getattr(self, f"{split}_factors")
+        if not factors.update_called:
             return
-        cond = -torch.stack(self._conditionals).sum(0) / self._n_bins  # mean -log p per bin, per factor
+        cond = factors.compute()  # mean -log p per bin of each factor of the coarse-to-fine chain
+        factors.reset()
         level = cond.flip(0).cumsum(0).flip(0)
         for lvl, (value, n) in enumerate(zip(level, self.net.n_units)):
             self.log(f"{split}/nll_level{lvl}", (value / n).float())
