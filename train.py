@@ -42,9 +42,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             fit_seconds = time.perf_counter() - start
         metrics = runner.to_float_dict(trainer.callback_metrics)
+        # throughput of a fresh fit, validation included: recorded beside the metrics (it is not reproducible)
         train_windows = len(getattr(datamodule, "splits", {}).get("train", ()))
-        if fit_seconds and train_windows and not cfg.get("ckpt_path"):  # throughput of a fresh fit, validation included
-            metrics["train/windows_per_second"] = train_windows * trainer.current_epoch / fit_seconds
+        throughput = (train_windows * trainer.current_epoch / fit_seconds
+                      if fit_seconds and train_windows and not cfg.get("ckpt_path") else None)
         ckpt_cb = trainer.checkpoint_callback
         best_ckpt = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         path = runner.write_metrics(output_dir, metrics, {
             "best_checkpoint": best_ckpt, "last_checkpoint": f"{output_dir}/checkpoints/last.ckpt" if ckpt_cb else "",
-            "overrides": list(HydraConfig.get().overrides.task),
+            "overrides": list(HydraConfig.get().overrides.task), "train_windows_per_second": throughput,
         })
         print(f"[dgrn] metrics: {path}\n[dgrn] best checkpoint: {best_ckpt or 'none'}\n[dgrn] run directory: {output_dir}")
     return metrics

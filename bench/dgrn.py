@@ -131,7 +131,7 @@ def main() -> None:
             print(f"[bench] {key}: test/nll {res['metrics'].get('test/nll', float('nan')):.5f} "
                   f"({res['seconds']:.0f} s)", flush=True)
             row = {"dataset": key[0], "fraction": key[1], "seed": key[2], "model": key[3], "metrics": res["metrics"],
-                   "seconds": res["seconds"]}
+                   "seconds": res["seconds"], "windows_per_second": res.get("train_windows_per_second")}
             if key[3] == "dgrn":
                 row["independent"] = independent_c2f(res["best_checkpoint"])
             return row
@@ -152,7 +152,8 @@ def collect(folder: Path) -> None:
             continue
         out = json.loads(metrics_file.read_text())
         row = {"dataset": ds, "fraction": float(fraction), "seed": int(seed), "model": model,
-               "metrics": out["metrics"]}
+               "metrics": out["metrics"], "windows_per_second": out.get("train_windows_per_second")
+               or out["metrics"].get("train/windows_per_second")}  # (runs before it moved out of the metrics)
         if model == "dgrn":
             row["independent"] = independent_c2f(out["best_checkpoint"])
         rows.append(row)
@@ -177,7 +178,7 @@ def report(results: dict, out_dir: Path) -> None:
             sel = [r for r in rows if r["dataset"] == ds and r["fraction"] == fraction]
             for model in dict.fromkeys(r["model"] for r in sel):
                 runs = [r["metrics"] for r in sel if r["model"] == model]
-                tput = statistics.mean(m.get("train/windows_per_second", float("nan")) for m in runs)
+                tput = statistics.mean(r.get("windows_per_second") or float("nan") for r in sel if r["model"] == model)
                 print(f"{ds:7s} {fraction:>4.0%} {model:12s} {fmt([m['test/nll'] for m in runs]):>17s} "
                       f"{fmt([m['test/bits_per_spike'] for m in runs]):>17s} {tput:>10.1f}")
             by_seed = {}

@@ -166,7 +166,8 @@ def test_train_publish_and_predict_a_dgrn_model(run_train, tmp_path, monkeypatch
 
     metrics, run_dir = run_train(["model=dgrn", "renorm=lrg", "renorm.levels=1", "trainer.max_epochs=1",
                                   "model.net.bond_dim=2", "model.net.hidden_size=8", "model.net.context=4"], "dgrn")
-    assert {"test/nll", "test/nll_level1", "test/c2f_nll", "train/windows_per_second"} <= set(metrics)
+    assert {"test/nll", "test/nll_level1", "test/c2f_nll"} <= set(metrics)
+    assert json.loads((run_dir / "metrics.json").read_text())["train_windows_per_second"] > 0
     folder = publish_checkpoint(run_dir, "tiny_dgrn", command="pytest", out_dir=tmp_path / "zoo" / "tiny_dgrn")
     info = json.loads((folder / "config.json").read_text())
     assert info["architecture"] == "dgrn" and info["dt"] == pytest.approx(0.01) and "test/c2f_nll" in (folder / "README.md").read_text()
