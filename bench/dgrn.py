@@ -104,11 +104,12 @@ def main() -> None:
     results: dict = {"args": vars(args), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.keep) if args.keep else Path(tmp)
+        runs.mkdir(parents=True, exist_ok=True)
         jobs = []
         for ds in args.datasets:
             spec = DATASETS[ds]
             if isinstance(spec, dict):
-                path = Path(tmp) / f"{ds}.npz"
+                path = runs / f"{ds}.npz"  # kept with the runs, so --collect can score them again
                 start = time.perf_counter()
                 build_dataset(spec["name"], **{k: v for k, v in spec.items() if k != "name"}).save(path)
                 print(f"[bench] simulated {ds} in {time.perf_counter() - start:.0f} s", flush=True)
