@@ -223,6 +223,31 @@ def test_scalable_path_agrees_with_exact():
     assert adjusted_rand_score(le.numpy(), ls.numpy()) >= 0.95
 
 
+def test_scalable_default_grid_spans_the_true_spectrum():
+    # quadrature ghosts near zero (weights ~1e-26) must not stretch the grid: lambda_2 and lambda_max as the exact path
+    a, _ = planted_partition(1000, 10, 18, 2, seed=2)
+    exact, scal = HeatKernel(a, method="exact"), HeatKernel(a, method="scalable", probes=24, deflate=16)
+    (l2e, lme), (l2s, lms) = exact.lambda_bounds(), scal.lambda_bounds()
+    assert l2s == pytest.approx(l2e, rel=1e-6)  # deflated slow mode: exact
+    assert lms == pytest.approx(lme, rel=0.02)  # extreme Ritz value: converges fast
+    assert scal.default_taus()[-1] == pytest.approx(exact.default_taus()[-1], rel=1e-5)
+
+
+def test_cholesky_qr_matches_householder_and_falls_back_on_rank_deficiency():
+    from dgrn.renorm.spectrum import _tall_qr
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5000, 12)) @ np.diag(np.logspace(0, -4, 12))  # cond 1e4
+    q, r = _tall_qr(w)
+    assert np.abs(q.T @ q - np.eye(12)).max() < 1e-12 and np.allclose(q @ r, w, atol=1e-12)
+    qh, rh = np.linalg.qr(w)
+    signs = np.sign(np.diag(rh))  # equal up to the signs of the columns
+    assert np.allclose(q, qh * signs, atol=1e-9) and np.allclose(r, rh * signs[:, None], atol=1e-9)
+    w[:, 5] = w[:, 2]  # rank deficient: Householder, whose R shows the lost direction
+    q, r = _tall_qr(w)
+    assert np.allclose(q @ r, w, atol=1e-12) and np.abs(np.diag(r)).min() < 1e-10
+
+
 def test_tau_for_shrink_hits_the_entropy_target():
     a, _ = planted_partition(300, 5, 12, 1, seed=5)
     kernel = HeatKernel(a)

@@ -47,7 +47,10 @@ class Laplacian:
                                     shape=(self.n_components, self.n_nodes))
 
     def segment_sum(self, x: np.ndarray) -> np.ndarray:
-        """Sum of ``x`` (N,) or (N, m) over each component, broadcast back to the nodes."""
+        """Sum of ``x`` (N,) or (N, m) over each component, broadcast back to the nodes (a read-only view for a
+        connected graph)."""
+        if self.n_components == 1:  # the common case: a plain column sum, no sparse product
+            return np.broadcast_to(x.sum(0), x.shape)
         return self._member.T @ (self._member @ x)
 
     def matvec(self, x: np.ndarray) -> np.ndarray:

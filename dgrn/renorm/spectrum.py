@@ -181,8 +181,10 @@ class HeatKernel:
     # ---------------------------------------------------------------------- queries
     def lambda_bounds(self) -> tuple[float, float]:
         """(smallest nonzero eigenvalue, largest eigenvalue) as known to this kernel (used for default grids)."""
-        lam = self.measure[0]
-        pos = lam[lam > 1e-9 * max(lam.max(), 1e-300)]
+        lam, weight = self.measure
+        # quadrature ghosts (rounding leaves a trace of the zero modes in the Lanczos runs: Ritz values ~1e-7 with
+        # weights ~1e-26, one eigenvalue weighing 1) would stretch the default grid over decades with nothing in them
+        pos = lam[(lam > 1e-9 * max(lam.max(), 1e-300)) & (weight >= 1e-8)]
         if pos.size == 0:
             return 1.0, 1.0
         return float(pos.min()), float(pos.max())
@@ -319,6 +321,23 @@ def _lanczos(apply, z: np.ndarray, steps: int, coef: np.ndarray | None = None):
     return alphas, betas, lengths, acc
 
 
+def _tall_qr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thin QR of a tall (N, b) block: Cholesky QR twice (CholQR2, Yamamoto et al. 2015: a few GEMMs, about 50x
+    faster than numpy's Householder QR at N = 10^5, b = 40), kept only when the result is orthogonal to 1e-12;
+    otherwise (a nearly rank-deficient block, e.g. an exhausted Krylov space) Householder QR."""
+    eye = np.eye(w.shape[1])
+    try:
+        r1 = np.linalg.cholesky(w.T @ w).T
+        q = w @ sla.solve_triangular(r1, eye)
+        r2 = np.linalg.cholesky(q.T @ q).T
+        q = q @ sla.solve_triangular(r2, eye)
+    except (np.linalg.LinAlgError, sla.LinAlgError):
+        return np.linalg.qr(w)
+    if not np.isfinite(q).all() or np.abs(q.T @ q - eye).max() > 1e-12:
+        return np.linalg.qr(w)
+    return q, r2 @ r1
+
+
 def _slow_modes(lap: Laplacian, k: int, steps: int, rng: np.random.Generator, tol: float = 1e-6
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` smallest nonzero eigenpairs of ``lap`` by block Lanczos with full reorthogonalisation (block size
@@ -340,7 +359,7 @@ def _slow_modes(lap: Laplacian, k: int, steps: int, rng: np.random.Generator, to
         t[cols, cols] = basis[:, cols].T @ w
         for _ in range(2):  # full reorthogonalisation (twice is enough)
             w -= basis[:, : (j + 1) * b] @ (basis[:, : (j + 1) * b].T @ w)
-        q, r = np.linalg.qr(w)
+        q, r = _tall_qr(w)
         basis[:, nxt] = q
         last = j == steps - 1 or np.abs(np.diag(r)).min() < 1e-10 * scale  # Krylov space exhausted
         if (j + 1) % 4 == 0 or last:
