@@ -8,7 +8,8 @@ unit across levels, training throughput.
 Every number comes from the real pipeline: ``train.py`` in subprocesses (two at a time, one thread each), the same
 data file and contiguous-block splits for every model, the best-validation checkpoint scored on the test split.
 Seeds vary which neurons are observed (``data.subsample_seed``) and the training seed. Models: ``independent``,
-``glm``, ``gru`` (factorized Bernoulli read-out), ``cmps`` (DGRN's decoder at the fine scale only: ``renorm=none``)
+``glm``, ``gru`` (factorized Bernoulli read-out), ``factorized`` (DGRN's fine-scale context network, GRU + the
+neurons' last bins, with a factorized Bernoulli read-out), ``cmps`` (DGRN's decoder at the fine scale only: ``renorm=none``)
 and ``dgrn`` (the experiment's renormalization levels). Writes ``bench/results/dgrn.json`` and
 ``bench/results/dgrn_entropy.png``.
 """
@@ -36,6 +37,9 @@ MODELS = {
     "independent": ["model=independent"],
     "glm": ["model=glm"],
     "gru": ["model=gru"],
+    # DGRN's fine-scale context network (GRU + the neurons' last bins) with a factorized Bernoulli read-out (a bond
+    # dimension 1 MPS is a product of per-neuron Bernoullis): what the tensor-network decoder adds over it
+    "factorized": ["model=dgrn", "renorm=none", "model.net.bond_dim=1", "model.net.rank=0"],
     "cmps": ["model=dgrn", "renorm=none"],
     "dgrn": ["model=dgrn", "renorm=community_lrg"],
 }
@@ -53,9 +57,10 @@ def run_train(overrides: list[str], run_dir: Path) -> dict:
     return out
 
 
-def independent_c2f(best_checkpoint: str) -> dict:
+def independent_c2f(best_checkpoint: str, data_file: Path | None = None) -> dict:
     """NLL per neuron of the fine level given the coarse level under independent neurons at their training-split
-    rates, with the DGRN run's own hierarchy, on the same test split: the baseline of DGRN's ``c2f_nll``."""
+    rates, with the DGRN run's own hierarchy, on the same test split: the baseline of DGRN's ``c2f_nll``.
+    ``data_file``: where the run's recording is now, for runs trained from a file that has since moved."""
     import torch
 
     from dgrn.models import DGRN, SpikeDataModule
@@ -63,7 +68,10 @@ def independent_c2f(best_checkpoint: str) -> dict:
 
     ckpt = load_checkpoint(best_checkpoint)
     model = DGRN(**ckpt["hyper_parameters"])
-    dm = SpikeDataModule(**ckpt["datamodule_hyper_parameters"])
+    dm_hparams = ckpt["datamodule_hyper_parameters"]
+    if data_file is not None and dm_hparams["dataset"].get("name") == "file":
+        dm_hparams = {**dm_hparams, "dataset": {**dm_hparams["dataset"], "path": str(data_file)}}
+    dm = SpikeDataModule(**dm_hparams)
     rate = dm.split_spikes("train").double().mean(0).clamp(1e-6, 1 - 1e-6)
     test = dm.split_spikes("test").double()
     member = model.net._index(1).cpu()  # level-1 unit of each neuron
@@ -192,7 +200,8 @@ def collect(folder: Path) -> None:
                "metrics": out["metrics"], "windows_per_second": out.get("train_windows_per_second")
                or out["metrics"].get("train/windows_per_second")}  # (runs before it moved out of the metrics)
         if model == "dgrn":
-            row["independent"] = independent_c2f(out["best_checkpoint"])
+            data_file = folder / f"{ds}.npz"
+            row["independent"] = independent_c2f(out["best_checkpoint"], data_file if data_file.is_file() else None)
         rows.append(row)
     order = {m: i for i, m in enumerate(MODELS)}
     rows.sort(key=lambda r: (r["dataset"], -r["fraction"], order[r["model"]], r["seed"]))
@@ -222,7 +231,7 @@ def report(results: dict, out_dir: Path) -> None:
             for r in sel:
                 by_seed.setdefault(r["seed"], {})[r["model"]] = r["metrics"]["test/nll"]
             if all("dgrn" in v for v in by_seed.values()):
-                for base in ("independent", "glm", "gru", "cmps"):
+                for base in ("independent", "glm", "gru", "factorized", "cmps"):
                     margins = [v[base] - v["dgrn"] for v in by_seed.values() if base in v]
                     if margins:
                         print(f"{'':7s} {'':>4s} margin NLL({base}) - NLL(dgrn): {fmt(margins)}")

@@ -151,6 +151,18 @@ def test_dgrn_module_trains_and_round_trips(kising, tmp_path):
     assert module_for({"net": {"name": "glm"}}) is NextBinModule
 
 
+def test_dgrn_without_renormalization_logs_its_single_level(kising):
+    # renorm=none: one level, whose NLL is the fine NLL (torchmetrics returns a single column as a 0-d tensor)
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    model = DGRN.from_datamodule(dm, levels=0, net={"bond_dim": 1, "rank": 0, "hidden_size": 8, "context": 4})
+    dm.context = model.context
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    assert "val/c2f_nll" not in metrics
+    assert metrics["val/nll_level0"] == pytest.approx(metrics["val/nll"], rel=1e-6)
+
+
 def test_dgrn_refuses_too_few_neurons():
     data = SpikeData(spikes=torch.bernoulli(torch.full((500, 1), 0.2)), dt=0.01)
     with pytest.raises(ValueError, match="too few to form communities"):

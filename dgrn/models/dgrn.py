@@ -118,7 +118,8 @@ class DGRN(NextBinModule):
         factors = getattr(self, f"{split}_factors")
         if not factors.update_called:
             return
-        cond = factors.compute()  # mean -log p per bin of each factor of the coarse-to-fine chain
+        # mean -log p per bin of each factor of the coarse-to-fine chain (torchmetrics squeezes a single column)
+        cond = factors.compute().reshape(-1)
         factors.reset()
         level = cond.flip(0).cumsum(0).flip(0)
         for lvl, (value, n) in enumerate(zip(level, self.net.n_units)):
