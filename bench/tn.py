@@ -318,31 +318,39 @@ def conditional(args) -> dict:
         def log_prob(self, xx, cc):
             return -nn.functional.binary_cross_entropy_with_logits(self.field(cc), xx.float(), reduction="none").sum(1)
 
-    results, rows = {"exact_conditional_entropy_per_site": h_cond}, []
-    # learning rates: the largest of {0.05, 0.02, 0.01} at which each decoder trained stably here; each model is
-    # built after seeding, so its initialisation does not depend on the sections that ran before
-    for label, build, lr in (("ConditionalMPS (D=2, rank 1)", lambda: ConditionalMPS(n, k, 2, rank=1), 0.01),
-                             ("factorized Bernoulli", Factorized, 0.05)):
-        torch.manual_seed(0)
-        model = build()
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        start = time.perf_counter()
-        for step in range(args.cond_steps):
-            opt.zero_grad()
-            loss = -model.log_prob(x[train], c[train]).mean()
-            loss.backward()
-            opt.step()
-        seconds = time.perf_counter() - start
-        with torch.no_grad():
-            nll = float(-model.log_prob(x[test], c[test]).mean()) / n
-        results[label] = {"nll_per_site": nll, "gap": nll - h_cond, "train_seconds": seconds, "lr": lr,
-                          "n_params": sum(p.numel() for p in model.parameters())}
-        rows.append([label, results[label]["n_params"], nll, nll - h_cond, f"{seconds:.0f}"])
-    margin = results["factorized Bernoulli"]["nll_per_site"] - results["ConditionalMPS (D=2, rank 1)"]["nll_per_site"]
-    results["margin_per_site"] = margin
+    results, rows = {"exact_conditional_entropy_per_site": h_cond, "seeds": args.cond_seeds}, []
+    # rank 0: the couplings of this data do not depend on the context, so context-dependent corrections (rank >= 1)
+    # only add local optima (with rank 1, one of two seeds stopped at a gap of 0.02-0.04). Learning rates: the
+    # largest of {0.05, 0.02, 0.01} at which each decoder trained stably here. Each model is built after seeding,
+    # so its initialisation depends on the seed only, not on the sections that ran before.
+    decoders = (("ConditionalMPS (D=2, rank 0)", lambda: ConditionalMPS(n, k, 2, rank=0), 0.01),
+                ("factorized Bernoulli", Factorized, 0.05))
+    for label, build, lr in decoders:
+        runs = []
+        for seed in args.cond_seeds:
+            torch.manual_seed(seed)
+            model = build()
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            start = time.perf_counter()
+            for step in range(args.cond_steps):
+                opt.zero_grad()
+                loss = -model.log_prob(x[train], c[train]).mean()
+                loss.backward()
+                opt.step()
+            seconds = time.perf_counter() - start
+            with torch.no_grad():
+                nll = float(-model.log_prob(x[test], c[test]).mean()) / n
+            runs.append({"seed": seed, "nll_per_site": nll, "gap": nll - h_cond, "train_seconds": seconds})
+            rows.append([label, seed, sum(p.numel() for p in model.parameters()), nll, nll - h_cond, f"{seconds:.0f}"])
+        results[label] = {"runs": runs, "lr": lr, "max_gap": max(r["gap"] for r in runs),
+                          "n_params": sum(p.numel() for p in build().parameters())}
+    margins = [f["nll_per_site"] - m["nll_per_site"] for m, f in
+               zip(results["ConditionalMPS (D=2, rank 0)"]["runs"], results["factorized Bernoulli"]["runs"])]
+    results["margin_per_site"] = margins
     print_table(f"ConditionalMPS, {n} units, context dim {k}: test NLL per site (exact H(x|c)/n = {h_cond:.4f}); "
-                f"margin over factorized {margin:.4f} nats/site (goal: gap <= 0.01)",
-                ["decoder", "params", "NLL/site", "NLL - H", "train s"], rows)
+                f"margin over factorized {statistics.mean(margins):.4f} (min {min(margins):.4f}) nats/site; "
+                f"largest gap {results['ConditionalMPS (D=2, rank 0)']['max_gap']:.4f} (goal: gap <= 0.01)",
+                ["decoder", "seed", "params", "NLL/site", "NLL - H", "train s"], rows)
     return {"conditional": results}
 
 
@@ -362,6 +370,7 @@ def main() -> None:
     parser.add_argument("--tols", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
+    parser.add_argument("--cond-seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
