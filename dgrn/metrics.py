@@ -67,11 +67,20 @@ def edge_auprc(coupling: Tensor, true_coupling: Tensor) -> Tensor:
     return binary_average_precision(coupling.detach()[off].abs().float(), labels)
 
 
+def _submatrix(matrix: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Dense ``matrix[rows][:, cols]`` of a dense or sparse (COO/CSR, e.g. a simulator's connectivity) matrix,
+    without densifying the whole matrix."""
+    if matrix.layout != torch.strided:
+        matrix = matrix.to_sparse_coo()
+    out = matrix.index_select(0, rows).index_select(1, cols)
+    return out.to_dense() if out.layout != torch.strided else out
+
+
 def shared_driver_false_positive_rate(coupling: Tensor, true_coupling: Tensor, observed: Tensor) -> dict[str, float]:
     r"""False positives caused by hidden common input.
 
     ``coupling`` ``(n, n)`` is estimated among the ``observed`` neurons of a network with true couplings
-    ``true_coupling`` ``(M, M)``. As many ordered pairs as there are true edges among the observed neurons are
+    ``true_coupling`` ``(M, M)`` (dense or sparse). As many ordered pairs as there are true edges among the observed neurons are
     called edges (the largest ``|coupling|``, off the diagonal), so every estimator is judged at the same number
     of calls whatever its scale. Among the ordered non-edges ``(i, j)`` (``W[i, j] == 0``) whose two neurons
     receive input from a common *hidden* neuron ``h`` (``W[i, h] != 0`` and ``W[j, h] != 0``), returns the fraction
@@ -87,12 +96,13 @@ def shared_driver_false_positive_rate(coupling: Tensor, true_coupling: Tensor, o
     hidden[observed] = False
     if not hidden.any():
         raise ValueError("no hidden neurons: every neuron is observed, so no pair shares a hidden driver")
-    edges = truth[observed][:, observed] != 0
+    edges = _submatrix(truth, observed, observed) != 0
     off = ~torch.eye(n, dtype=torch.bool, device=coupling.device)
     n_edges = int((edges & off).sum())
     if n_edges == 0:
         raise ValueError("the true graph has no edges among the observed neurons")
-    driven = (truth[observed][:, hidden] != 0).float()  # (n, n_hidden): which hidden neurons drive each neuron
+    # (n, n_hidden): which hidden neurons drive each neuron
+    driven = (_submatrix(truth, observed, hidden.nonzero().squeeze(1)) != 0).float()
     shares = (driven @ driven.T) > 0
     score = coupling.detach().abs().float().masked_fill(~off, -1.0)
     called = torch.zeros(n * n, dtype=torch.bool, device=coupling.device)

@@ -153,6 +153,9 @@ def test_shared_driver_false_positive_rate():
     assert out["n_pairs"] == 2 and out["shared_driver"] == 0.5
     good = torch.tensor([[0, 0, 0], [0, 0, 0], [1.0, 0, 0]])
     assert shared_driver_false_positive_rate(good, truth, observed)["shared_driver"] == 0.0
+    # sparse ground truth (the LIF simulator's connectivity): the same answers
+    for sparse in (truth.to_sparse(), truth.to_sparse_csr()):
+        assert shared_driver_false_positive_rate(spurious, sparse, observed) == out
 
 
 # ------------------------------------------------------------------------------------------ communities
