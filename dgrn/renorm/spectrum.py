@@ -322,9 +322,10 @@ def _lanczos(apply, z: np.ndarray, steps: int, coef: np.ndarray | None = None):
 
 
 def _tall_qr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Thin QR of a tall (N, b) block: Cholesky QR twice (CholQR2, Yamamoto et al. 2015: a few GEMMs, about 50x
-    faster than numpy's Householder QR at N = 10^5, b = 40), kept only when the result is orthogonal to 1e-12;
-    otherwise (a nearly rank-deficient block, e.g. an exhausted Krylov space) Householder QR."""
+    """Thin QR of a tall (N, b) block: Cholesky QR twice (CholQR2, Yamamoto et al. 2015: a few GEMMs, 8x
+    faster than numpy's Householder QR at N = 10^5, b = 40 on one thread: 0.10 s vs 0.82 s), kept only when the
+    result is orthogonal to 1e-12; otherwise (a nearly rank-deficient block, e.g. an exhausted Krylov space)
+    Householder QR."""
     eye = np.eye(w.shape[1])
     try:
         r1 = np.linalg.cholesky(w.T @ w).T
