@@ -16,6 +16,7 @@ and ``dgrn`` (the experiment's renormalization levels). Writes ``bench/results/d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -86,6 +87,17 @@ def independent_c2f(best_checkpoint: str, data_file: Path | None = None) -> dict
             "nll": float(-log_fire.sum(1).mean() / test.shape[1])}
 
 
+@functools.cache
+def _kising_recording():
+    """The full (unsubsampled) recording of ``data=kising``, simulated once for every (fraction, seed)."""
+    from omegaconf import OmegaConf
+
+    from dgrn.datasets import build_dataset
+
+    spec = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / "kising.yaml"))["dataset"]
+    return build_dataset(spec.pop("name"), **spec)
+
+
 def kising_oracle(fraction: float, seed: int) -> float:
     """Test NLL (nats per observed neuron-bin) of the true kinetic-Ising model given the *full* previous state, hidden
     neurons included, on the observed neurons of the run with ``data.observed_fraction=fraction`` and
@@ -97,11 +109,9 @@ def kising_oracle(fraction: float, seed: int) -> float:
     from omegaconf import OmegaConf
 
     from dgrn.data.windows import block_split
-    from dgrn.datasets import build_dataset
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / "kising.yaml"))
-    spec = cfg["dataset"]
-    full = build_dataset(spec.pop("name"), **spec)
+    full = _kising_recording()
     observed = full.subsample(fraction, seed=seed, strategy=cfg["subsample_strategy"]).observed
     w = full.true_couplings
     w = (w.to_dense() if w.layout != torch.strided else w).double()
