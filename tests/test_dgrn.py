@@ -229,3 +229,40 @@ def test_init_glm_reproduces_the_glm_exactly_with_product_cores():
     torch.testing.assert_close(net(x)[..., 0], expected)
     with pytest.raises(ValueError, match="need bias"):
         net.init_glm(bias[:3], weight)
+    # init_noise=0 with rank 0 starts at that product state by construction
+    exact = MultiscaleBornMachine(n, [], order=[3, 1, 5, 0, 2, 4], bond_dim=3, rank=0, history=2, context=2,
+                                  init_noise=0.0).double()
+    exact.init_glm(bias, weight)
+    torch.testing.assert_close(exact(x)[..., 0], expected)
+    with pytest.raises(ValueError, match="init_noise"):
+        MultiscaleBornMachine(n, [], init_noise=-0.1)
+
+
+def test_factorized_epochs_train_the_fields_first_then_only_the_correlations(kising):
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20}, lr=0.02,
+                                 net={"bond_dim": 2, "hidden_size": 8, "context": 4, "init_noise": 0.05},
+                                 factorized_epochs=1)
+    dm.context = model.context
+    correlations = {id(p) for p in model.correlation_parameters()}
+    expected = {id(p) for dec in model.net.decoders for p in (dec.core, dec.left, dec.right, dec.modulation,
+                                                                dec.gate.weight)}
+    assert correlations == expected
+
+    snapshots = []
+
+    class Snapshot(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            snapshots.append({id(p): p.detach().clone() for p in module.parameters()})
+
+    start = {id(p): p.detach().clone() for p in model.parameters()}
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[Snapshot()]).fit(model, datamodule=dm)
+
+    def moved(a, b, which):
+        return [not torch.equal(a[k], b[k]) for k in a if (k in correlations) == which]
+
+    assert not any(moved(start, snapshots[0], True)) and all(moved(start, snapshots[0], False))
+    assert all(moved(snapshots[0], snapshots[1], True)) and not any(moved(snapshots[0], snapshots[1], False))
+    with pytest.raises(ValueError, match="factorized_epochs"):
+        DGRN(dm.n_neurons, net={"memberships": []}, factorized_epochs=0)

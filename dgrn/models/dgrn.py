@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dgrn.metrics import ColumnMean, SpikePredictionMetrics
 from dgrn.models.next_bin import NextBinModule
@@ -34,17 +34,27 @@ class DGRN(NextBinModule):
     Args:
         n_neurons: ``N``. net: keyword arguments of :class:`dgrn.nn.MultiscaleBornMachine` (``name: dgrn``
             optional), including ``memberships`` and ``order``. level_weights: ``L + 1`` weights, fine first.
-        lr, weight_decay: Adam. hierarchy_info: how the hierarchy was built (recorded, not used).
+        lr, weight_decay: Adam.
+        factorized_epochs: train in two stages (default ``None``: everything together). For the first
+            ``factorized_epochs`` epochs the decoders' correlation parameters (:meth:`correlation_parameters`) stay
+            at their initial values, so with a small ``net.init_noise`` the model trains as a product of Bernoullis
+            given the context; afterwards the context networks and fields are frozen and only the correlations
+            train. Joint training lets the fields overfit short recordings while the cores are still learning;
+            staged, the correlations add to an early-stopped factorized model.
+        hierarchy_info: how the hierarchy was built (recorded, not used).
     """
 
     _unused_hparams = ("l1",)  # no coupling matrix to penalize
 
     def __init__(self, n_neurons: int, net: dict, level_weights: list[float] | None = None, lr: float = 5e-3,
-                 weight_decay: float = 0.0, hierarchy_info: dict | None = None) -> None:
+                 weight_decay: float = 0.0, factorized_epochs: int | None = None,
+                 hierarchy_info: dict | None = None) -> None:
         net = {"name": "dgrn", **net}
         if net["name"] != "dgrn":
             raise ValueError(f"DGRN needs net.name 'dgrn', got {net['name']!r}")
         super().__init__(n_neurons=n_neurons, net=net, lr=lr, weight_decay=weight_decay)
+        if factorized_epochs is not None and (int(factorized_epochs) != factorized_epochs or factorized_epochs < 1):
+            raise ValueError(f"factorized_epochs must be a positive integer or null, got {factorized_epochs!r}")
         n_levels = self.net.n_levels + 1
         weights = [1.0] * n_levels if level_weights is None else [float(w) for w in level_weights]
         if len(weights) != n_levels or min(weights) < 0 or sum(weights) == 0:
@@ -88,6 +98,21 @@ class DGRN(NextBinModule):
         if init == "glm":
             model.net.init_glm(glm["bias"], glm["weight"])
         return model
+
+    def correlation_parameters(self) -> list[nn.Parameter]:
+        """The parameters that make the decoders more than a product of Bernoullis: every level's cores, boundary
+        vectors and (rank > 0) context-gated modulations with their gates."""
+        names = ("core", "left", "right", "modulation", "gate.weight")
+        return [p for dec in self.net.decoders for n, p in dec.named_parameters() if n in names]
+
+    def on_train_epoch_start(self) -> None:
+        stage = self.hparams.factorized_epochs
+        if stage is None:
+            return
+        correlations = {id(p) for p in self.correlation_parameters()}
+        second = self.current_epoch >= stage
+        for p in self.parameters():  # frozen parameters get no gradient, and Adam skips them
+            p.requires_grad_(second == (id(p) in correlations))
 
     def _level_nll(self, x: Tensor) -> Tensor:
         """Negative exact log-probability of every level, ``(B, W - context, L + 1)``."""

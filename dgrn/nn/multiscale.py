@@ -152,7 +152,9 @@ class MultiscaleBornMachine(nn.Module):
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
         order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
         hidden_size: GRU width. history: lag bins in the context (``0 <= history <= context``).
-        context: warm-up bins of a window, not scored (>= 1). Extra keys (``taus``, ``n_units``) are accepted and
+        context: warm-up bins of a window, not scored (>= 1). init_noise: random part of the decoders' initial
+        cores (:class:`~dgrn.tn.ConditionalMPS`; 0 would start at a product state, which is a saddle point of the
+        cores, so keep it small but positive to start near the factorized model). Extra keys (``taus``, ``n_units``) are accepted and
         ignored, so the dict of :func:`build_hierarchy` can be passed as is.
 
     Shapes:
@@ -164,8 +166,10 @@ class MultiscaleBornMachine(nn.Module):
 
     def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
                  rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
-                 **hierarchy_info: Any) -> None:
+                 init_noise: float = 0.3, **hierarchy_info: Any) -> None:
         super().__init__()
+        if init_noise < 0:
+            raise ValueError(f"init_noise must be >= 0, got {init_noise}")
         if n_neurons < 1 or bond_dim < 1 or rank < 0 or hidden_size < 1 or context < 1 or not 0 <= history <= context:
             raise ValueError("need n_neurons, bond_dim, hidden_size, context >= 1, rank >= 0 and 0 <= history <= "
                              f"context; got {n_neurons}, {bond_dim}, {hidden_size}, {context}, {rank}, {history}")
@@ -183,7 +187,8 @@ class MultiscaleBornMachine(nn.Module):
                 groups[ix] = index[lvl + 1]
                 self.register_buffer(f"groups_{lvl}", torch.as_tensor(groups), persistent=False)
         self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
-        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons, bond_dim, rank=rank)
+        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons, bond_dim, rank=rank,
+                                                    init_noise=init_noise)
                                       for n in self.n_units)
         self.reset_parameters()
 
