@@ -205,7 +205,8 @@ def test_dgrn_experiments_and_search_space_compose(tmp_path):
         cfg = compose("train", [f"experiment={experiment}", "hparams_search=dgrn_optuna"], tmp_path / experiment)
         assert cfg.model._target_ == "dgrn.models.DGRN.from_datamodule" and cfg.data.dataset.name == data
         assert cfg.model.levels == cfg.renorm.levels == 2 and cfg.data.observed_fraction == 0.5
-        assert set(cfg.hydra.sweeper.params) == {"model.net.bond_dim", "renorm.levels", "renorm.tau", "model.lr"}
+        assert set(cfg.hydra.sweeper.params) == {"model.net.bond_dim", "renorm.levels", "renorm.tau", "model.lr",
+                                                "model.factorized_epochs"}
     cfg = compose("train", ["experiment=dgrn_kising", "renorm=none"], tmp_path / "none")
     assert cfg.model.levels == 0  # the fine-scale ConditionalMPS baseline
 
