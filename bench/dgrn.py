@@ -9,8 +9,8 @@ Every number comes from the real pipeline: ``train.py`` in subprocesses (two at 
 data file and contiguous-block splits for every model, the best-validation checkpoint scored on the test split.
 Seeds vary which neurons are observed (``data.subsample_seed``) and the training seed. Models: ``independent``,
 ``glm``, ``gru`` (factorized Bernoulli read-out), ``factorized`` (DGRN's fine-scale context network, GRU + the
-neurons' last bins, with a factorized Bernoulli read-out, trained in one stage), ``cmps`` (DGRN's decoder at the fine scale only: ``renorm=none``)
-and ``dgrn`` (the experiment's renormalization levels). Writes ``bench/results/dgrn.json`` and
+neurons' last bins, with a factorized Bernoulli read-out, trained in one stage), ``cmps`` (DGRN's decoder at the
+fine scale only: ``renorm=none``) and ``dgrn`` (the experiment's renormalization levels). Writes ``bench/results/dgrn.json`` and
 ``bench/results/dgrn_entropy.png``.
 """
 from __future__ import annotations
@@ -320,7 +320,8 @@ def report(results: dict, out_dir: Path) -> None:
                 if refs:
                     print(f"{'':7s} {'':>4s} observed-data references fitted by L-BFGS (kising_reference): lag-1 GLM "
                           f"{fmt([o['glm_lag1'] for o in refs])}; GLM - (lag-1 + within-bin couplings) "
-                          f"{fmt([o['glm_lag1'] - o['glm_lag1_within_bin'] for o in refs])}; GLM - (lag-5 + within-bin) "
+                          f"{fmt([o['glm_lag1'] - o['glm_lag1_within_bin'] for o in refs])}; "
+                          f"GLM - (lag-5 + within-bin) "
                           f"{fmt([o['glm_lag1'] - o['glm_lag5_within_bin'] for o in refs])}")
             if all("dgrn" in v for v in by_seed.values()):
                 c2f = [(r["metrics"]["test/c2f_nll"], r["independent"]["c2f_nll"]) for r in sel if r["model"] == "dgrn"]

@@ -265,5 +265,6 @@ def test_factorized_epochs_train_the_fields_first_then_only_the_correlations(kis
 
     assert not any(moved(start, snapshots[0], True)) and all(moved(start, snapshots[0], False))
     assert all(moved(snapshots[0], snapshots[1], True)) and not any(moved(snapshots[0], snapshots[1], False))
+    assert all(p.requires_grad for p in model.parameters())  # nothing stays frozen after training
     with pytest.raises(ValueError, match="factorized_epochs"):
         DGRN(dm.n_neurons, net={"memberships": []}, factorized_epochs=0)

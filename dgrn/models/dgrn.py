@@ -114,6 +114,9 @@ class DGRN(NextBinModule):
         for p in self.parameters():  # frozen parameters get no gradient, and Adam skips them
             p.requires_grad_(second == (id(p) in correlations))
 
+    def on_train_end(self) -> None:
+        self.requires_grad_(True)  # the stages freeze parameters only while this module trains
+
     def _level_nll(self, x: Tensor) -> Tensor:
         """Negative exact log-probability of every level, ``(B, W - context, L + 1)``."""
         return -self.net.level_log_probs(x)

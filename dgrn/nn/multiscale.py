@@ -153,9 +153,9 @@ class MultiscaleBornMachine(nn.Module):
         order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
         hidden_size: GRU width. history: lag bins in the context (``0 <= history <= context``).
         context: warm-up bins of a window, not scored (>= 1). init_noise: random part of the decoders' initial
-        cores (:class:`~dgrn.tn.ConditionalMPS`; 0 would start at a product state, which is a saddle point of the
-        cores, so keep it small but positive to start near the factorized model). Extra keys (``taus``, ``n_units``) are accepted and
-        ignored, so the dict of :func:`build_hierarchy` can be passed as is.
+        cores (:class:`~dgrn.tn.ConditionalMPS`; 0 starts at a product state, which is a saddle point of the cores,
+        so keep it small but positive to start near the factorized model). Extra keys (``taus``, ``n_units``) are
+        accepted and ignored, so the dict of :func:`build_hierarchy` can be passed as is.
 
     Shapes:
         ``forward(x)``: windows ``(B, W, N)`` -> conditional log-probabilities ``(B, W - context, L + 1)``; column
