@@ -10,8 +10,8 @@ data file and contiguous-block splits for every model, the best-validation check
 Seeds vary which neurons are observed (``data.subsample_seed``) and the training seed. Models: ``independent``,
 ``glm``, ``gru`` (factorized Bernoulli read-out), ``factorized`` (DGRN's fine-scale context network, GRU + the
 neurons' last bins, with a factorized Bernoulli read-out, trained in one stage), ``cmps`` (DGRN's decoder at the
-fine scale only: ``renorm=none``) and ``dgrn`` (the experiment's renormalization levels). Writes ``bench/results/dgrn.json`` and
-``bench/results/dgrn_entropy.png``.
+fine scale only: ``renorm=none``) and ``dgrn`` (the experiment's renormalization levels). Writes
+``bench/results/dgrn.json`` and ``bench/results/dgrn_entropy.png``.
 """
 from __future__ import annotations
 
