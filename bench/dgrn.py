@@ -100,6 +100,20 @@ def _kising_recording():
     return build_dataset(spec.pop("name"), **spec)
 
 
+def _kising_run_split(fraction: float, seed: int):
+    """The full recording of ``data=kising``, the neurons observed by the run with ``data.observed_fraction=fraction``
+    and ``data.subsample_seed=seed``, and that config's contiguous-block splits (``{split: [(start, stop)]}``)."""
+    from omegaconf import OmegaConf
+
+    from dgrn.data.windows import block_split
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / "kising.yaml"))
+    full = _kising_recording()
+    observed = full.subsample(fraction, seed=seed, strategy=cfg["subsample_strategy"]).observed
+    segments = block_split(full.n_bins, cfg["val_fraction"], cfg["test_fraction"], cfg["n_blocks"], cfg["split_seed"])
+    return full, observed, segments
+
+
 def kising_oracle(fraction: float, seed: int) -> float:
     """Test NLL (nats per observed neuron-bin) of the true kinetic-Ising model given the *full* previous state, hidden
     neurons included, on the observed neurons of the run with ``data.observed_fraction=fraction`` and
@@ -108,22 +122,16 @@ def kising_oracle(fraction: float, seed: int) -> float:
     Scored on every test bin after the first of each test block (the models skip their context bins of each window,
     a few bins fewer)."""
     import torch
-    from omegaconf import OmegaConf
 
-    from dgrn.data.windows import block_split
-
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / "kising.yaml"))
-    full = _kising_recording()
-    observed = full.subsample(fraction, seed=seed, strategy=cfg["subsample_strategy"]).observed
+    full, observed, segments = _kising_run_split(fraction, seed)
     w = full.true_couplings
     w = (w.to_dense() if w.layout != torch.strided else w).double()
     bias = torch.tensor(full.meta["bias"], dtype=torch.float64)
     x = full.spikes.double()
-    segments = block_split(full.n_bins, cfg["val_fraction"], cfg["test_fraction"], cfg["n_blocks"],
-                           cfg["split_seed"])["test"]
     # P(x_i(t+1) = 1 | x(t)) = sigmoid(h_i + sum_j W_ij x_j(t)), the simulator's own dynamics
     nll = [torch.nn.functional.binary_cross_entropy_with_logits(
-        x[a: b - 1] @ w[observed].T + bias[observed], x[a + 1: b, observed], reduction="none") for a, b in segments]
+        x[a: b - 1] @ w[observed].T + bias[observed], x[a + 1: b, observed], reduction="none")
+        for a, b in segments["test"]]
     return float(torch.cat(nll).mean())
 
 
@@ -138,14 +146,9 @@ def kising_reference(fraction: float, seed: int, history: int, within_bin: bool,
     a model of the observed past can gain over the GLM on these data (the full-state bound is far lower, but the
     hidden neurons' states are not recoverable from the observed past)."""
     import torch
-    from omegaconf import OmegaConf
 
-    from dgrn.data.windows import block_split
-
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / "kising.yaml"))
-    full = _kising_recording()
-    x = full.spikes.double()[:, full.subsample(fraction, seed=seed, strategy=cfg["subsample_strategy"]).observed]
-    segments = block_split(full.n_bins, cfg["val_fraction"], cfg["test_fraction"], cfg["n_blocks"], cfg["split_seed"])
+    full, observed, segments = _kising_run_split(fraction, seed)
+    x = full.spikes.double()[:, observed]
 
     def design(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = [x[a:b] for a, b in segments[split]]

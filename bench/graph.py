@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -251,7 +252,7 @@ def report(results: dict) -> None:
     print("| observed | method | AMI | K found | seconds |\n|---|---|---|---|---|")
     for key, row in results["communities"].items():
         fraction, name = key.split("|")
-        k_found = [k for k in row["k"] if k == k]
+        k_found = [k for k in row["k"] if not math.isnan(k)]
         failed = f" ({len(row['errors'])} failed)" if row.get("errors") else ""
         print(f"| {float(fraction):.0%} | {name} | {fmt(row['ami'])}{failed} | "
               f"{statistics.mean(k_found) if k_found else float('nan'):.1f} | {statistics.mean(row['seconds']):.1f} |")

@@ -80,11 +80,11 @@ def shared_driver_false_positive_rate(coupling: Tensor, true_coupling: Tensor, o
     r"""False positives caused by hidden common input.
 
     ``coupling`` ``(n, n)`` is estimated among the ``observed`` neurons of a network with true couplings
-    ``true_coupling`` ``(M, M)`` (dense or sparse). As many ordered pairs as there are true edges among the observed neurons are
-    called edges (the largest ``|coupling|``, off the diagonal), so every estimator is judged at the same number
-    of calls whatever its scale. Among the ordered non-edges ``(i, j)`` (``W[i, j] == 0``) whose two neurons
-    receive input from a common *hidden* neuron ``h`` (``W[i, h] != 0`` and ``W[j, h] != 0``), returns the fraction
-    called edges (``"shared_driver"``), the same fraction over all non-edges (``"all"``) and the number of
+    ``true_coupling`` ``(M, M)`` (dense or sparse). As many ordered pairs as there are true edges among the observed
+    neurons are called edges (the largest ``|coupling|``, off the diagonal), so every estimator is judged at the
+    same number of calls whatever its scale. Among the ordered non-edges ``(i, j)`` (``W[i, j] == 0``) whose two
+    neurons receive input from a common *hidden* neuron ``h`` (``W[i, h] != 0`` and ``W[j, h] != 0``), returns the
+    fraction called edges (``"shared_driver"``), the same fraction over all non-edges (``"all"``) and the number of
     shared-driver pairs (``"n_pairs"``).
     """
     n = observed.numel()
