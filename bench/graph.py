@@ -66,6 +66,21 @@ def dmon_labels(spikes, graph, k: int, seed: int, steps: int = 300):
     return s[0].argmax(1)
 
 
+def ablations(encoder, seed: int) -> dict:
+    """The pretrained encoder and two ablations: its weights without the modularity refinement, and the
+    refinement (+ modularity-selected K) from an untrained GNN of the same architecture (seeded)."""
+    from dgrn.nn import CommunityEncoder
+
+    kwargs = {k: getattr(encoder, k) for k in ("in_channels", "hidden_channels", "num_layers", "max_communities",
+                                               "refine_steps", "refine_rate", "beta", "n_iter")}
+    no_refine = CommunityEncoder(**{**kwargs, "refine_steps": 0}).eval()
+    no_refine.load_state_dict(encoder.state_dict())
+    torch.manual_seed(seed)
+    untrained = CommunityEncoder(**kwargs).eval()
+    return {"dgrn gnn pretrained (ML graph)": encoder, "gnn pretrained, no refinement (ablation)": no_refine,
+            "gnn untrained weights + refinement (ablation)": untrained}
+
+
 def simulate(dataset: str, seed: int, lif_seconds: float):
     """The network of one seed: kinetic Ising (N neurons, K communities, T bins) or the clustered LIF ``small``
     preset (800 E in 10 clusters + 200 I; the inhibitory neurons form an 11th planted group), 5 ms bins."""
@@ -142,8 +157,8 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
             if "lrg" in COMMUNITY_METHODS:
                 methods["dgrn lrg (ML graph)"] = lambda: find_communities(ml, "lrg")
             if encoder is not None:
-                methods["dgrn gnn pretrained (ML graph)"] = lambda: find_communities(ml, "gnn", encoder=encoder,
-                                                                                      spikes=data)
+                for label, enc in ablations(encoder, seed).items():
+                    methods[label] = lambda enc=enc: find_communities(ml, "gnn", encoder=enc, spikes=data)
             for name, fn in methods.items():
                 start = time.perf_counter()
                 row = comms.setdefault(f"{fraction}|{name}", {"ami": [], "k": [], "seconds": [], "errors": []})

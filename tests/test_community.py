@@ -108,8 +108,44 @@ def test_bad_input():
         find_communities(torch.rand(5, 5), "gnn")
     with pytest.raises(ValueError, match="needs spikes"):
         find_communities(torch.rand(5, 5), "gnn", encoder=enc)
-    with pytest.raises(ValueError, match="seed_distance"):
-        CommunityEncoder(6, seed_distance=3.0)
+    with pytest.raises(ValueError, match="refine_steps"):
+        CommunityEncoder(6, refine_steps=-1)
+    with pytest.raises(ValueError, match="refine_rate"):
+        CommunityEncoder(6, refine_rate=0.0)
+
+
+def test_refinement_is_preconditioned_ascent_on_vector_modularity():
+    """One refinement step against autograd's gradient of the directed modularity of the unit embeddings."""
+    from dgrn.graph.quality import directed_modularity
+
+    torch.manual_seed(0)
+    x, ei, ew, _ = graph(30, 3, 7)
+    ew = ew * torch.where(torch.rand(ew.shape) < 0.2, -1.0, 1.0)  # negative edges are left out of the ascent
+    enc = CommunityEncoder(6, hidden_channels=8, num_layers=1, refine_steps=1, refine_rate=0.7)
+    _, z = enc(x, ei, ew)
+    z0 = torch.nn.functional.normalize(enc.embed(x, ei, ew), dim=1).detach().requires_grad_()
+    pos = ew > 0
+    q = directed_modularity(z0, ei[:, pos], ew[pos])
+    (grad,) = torch.autograd.grad(q.sum(), z0)
+    m = ew[pos].sum()
+    deg = torch.zeros(30).index_add_(0, ei[0, pos], ew[pos]).index_add_(0, ei[1, pos], ew[pos])
+    ref = torch.nn.functional.normalize(z0 + 0.7 * m * grad / deg[:, None], dim=1)
+    torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_number_of_communities_is_chosen_per_graph():
+    """Untrained weights: the modularity ascent and the modularity-selected K alone recover 2 and 5 planted
+    communities of two graphs in one batch; a graph without edges is one community."""
+    torch.manual_seed(0)
+    enc = CommunityEncoder(6, hidden_channels=16, num_layers=2, max_communities=8)
+    (x1, ei1, ew1, y1), (x2, ei2, ew2, y2) = graph(40, 2, 8), graph(100, 5, 9)
+    x3 = torch.randn(7, 6)
+    batch = torch.cat([torch.zeros(40), torch.ones(100), torch.full((7,), 2)]).long()
+    s, _ = enc(torch.cat([x1, x2, x3]), torch.cat([ei1, ei2 + 40], 1), torch.cat([ew1, ew2]), batch)
+    labels = s.argmax(1)
+    assert ami(y1, labels[:40]) == pytest.approx(1.0) and ami(y2, labels[40:140]) == pytest.approx(1.0)
+    assert labels[:40].unique().numel() == 2 and labels[40:140].unique().numel() == 5
+    assert labels[140:].unique().numel() == 1
 
 
 def test_reset_parameters_covers_every_parameter():

@@ -1,7 +1,7 @@
 """Direction-aware GNN that maps (graph, node features) to a soft community assignment, trained without labels."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,38 +69,53 @@ class CommunityEncoder(nn.Module):
 
     1. **Embedding.** ``num_layers`` :class:`DirectedGraphConv` blocks with residuals and LayerNorm map the node
        features to :math:`h_i \in \mathbb R^D`, then :math:`z_i = h_i / \lVert h_i\rVert`.
-    2. **Assignment (parameter-free, per graph).** Seeds are picked by farthest-point sampling on the sphere,
-       starting from the node closest to the graph's mean direction, and stop when no node lies farther than
-       ``seed_distance`` (cosine distance) from every seed, or at ``max_communities`` (DP-means, Kulis & Jordan
-       2012), so *the number of communities is decided per graph*. Then ``n_iter`` soft k-means steps:
-       :math:`S_{ic} = \mathrm{softmax}_c(\beta\, z_i^\top \mu_c)` over the graph's seeds,
-       :math:`\mu_c \propto \sum_i S_{ic} z_i`. Unused slots have :math:`S_{ic} = 0` exactly.
+    2. **Refinement (parameter-free, per graph).** ``refine_steps`` steps of projected ascent on the vector
+       modularity :math:`Q(Z)` of :func:`community_loss` over the positive edges, preconditioned by the degree:
 
-    Because the assignment has no weights tied to community identities, one set of weights serves networks of
-    any size and number of communities (it was trained on many, by :func:`community_loss`). Seeds, sums and
-    softmax of step 2 are computed in float32 even under float16/bfloat16 autocast; graphs of a batch are
-    separated by ``batch`` everywhere (seeds, means, normalizers).
+       .. math:: z_i \leftarrow \frac{z_i + \eta\, g_i / d_i}{\lVert\cdot\rVert},\quad
+          g_i = \sum_{j\to i} w_{ji} z_j + \sum_{i\to j} w_{ij} z_j
+          - \frac{k^{in}_i \sum_j k^{out}_j z_j + k^{out}_i \sum_j k^{in}_j z_j}{m},
+
+       :math:`d_i = k^{in}_i + k^{out}_i`, :math:`\eta` = ``refine_rate``. This is the Burer-Monteiro
+       (low-rank) ascent of the semidefinite relaxation of modularity (Javanmard, Montanari & Ricci-Tersenghi,
+       PNAS 2016) started from the GNN's embedding: the network learns the starting point, the ascent sharpens it
+       on the graph at hand. It is unrolled in training, so gradients reach the GNN through it.
+    3. **Assignment (parameter-free, per graph).** Up to ``max_communities`` seeds by farthest-point sampling on
+       the sphere, starting from the node closest to the graph's mean direction; for every prefix of ``K`` seeds,
+       ``n_iter`` soft k-means steps, :math:`S_{ic} = \mathrm{softmax}_c(\beta\, z_i^\top \mu_c)`,
+       :math:`\mu_c \propto \sum_i S_{ic} z_i`; each graph keeps the ``K`` whose hard assignment has the highest
+       directed modularity (:func:`~dgrn.graph.quality.directed_modularity`), so *the number of communities is
+       decided per graph* (one community for a graph without positive edges). Unused slots have
+       :math:`S_{ic} = 0` exactly.
+
+    Because nothing is tied to community identities, one set of weights serves networks of any size and number of
+    communities (it was trained on many, by :func:`community_loss`). Steps 2 and 3 are computed in float32 even
+    under float16/bfloat16 autocast; graphs of a batch are separated by ``batch`` everywhere (seeds, means,
+    degrees, normalizers).
 
     Args:
         in_channels: node feature size ``F`` (:func:`dgrn.graph.features.node_features` gives 24).
         hidden_channels: ``D``; num_layers: message-passing blocks; max_communities: ``K_max``.
-        seed_distance: DP-means threshold in cosine distance; beta: inverse temperature; n_iter: k-means steps.
+        refine_steps, refine_rate: modularity ascent steps (0: none) and :math:`\eta`.
+        beta: inverse temperature; n_iter: k-means steps.
 
     Shapes:
         ``x`` ``(N, F)``, ``edge_index`` ``(2, E)``, ``edge_weight`` ``(E,)`` (signed; default 1), ``batch``
         ``(N,)`` (default one graph), ``mask`` ``(N,)`` bool (False = padding node: no messages, zero row in
-        ``S``, never a seed). Returns ``S`` ``(N, K_max)`` and the embedding ``z`` ``(N, D)``.
+        ``S``, never a seed). Returns ``S`` ``(N, K_max)`` and the refined unit embedding ``z`` ``(N, D)``.
     """
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, num_layers: int = 4, max_communities: int = 16,
-                 seed_distance: float = 0.5, beta: float = 10.0, n_iter: int = 3) -> None:
+                 refine_steps: int = 10, refine_rate: float = 1.0, beta: float = 10.0, n_iter: int = 3) -> None:
         super().__init__()
         if in_channels < 1 or hidden_channels < 1 or num_layers < 1 or max_communities < 1 or n_iter < 0:
             raise ValueError("need in_channels, hidden_channels, num_layers, max_communities >= 1 and n_iter >= 0")
-        if not 0 < seed_distance < 2 or beta <= 0:
-            raise ValueError(f"need seed_distance in (0, 2) and beta > 0, got {seed_distance}, {beta}")
+        if refine_steps < 0 or refine_rate <= 0 or beta <= 0:
+            raise ValueError(f"need refine_steps >= 0, refine_rate > 0 and beta > 0, got {refine_steps}, "
+                             f"{refine_rate}, {beta}")
         self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden_channels, num_layers
-        self.max_communities, self.seed_distance, self.beta, self.n_iter = max_communities, seed_distance, beta, n_iter
+        self.max_communities, self.beta, self.n_iter = max_communities, beta, n_iter
+        self.refine_steps, self.refine_rate = refine_steps, refine_rate
         self.lin_in = nn.Linear(in_channels, hidden_channels)
         self.convs = nn.ModuleList(DirectedGraphConv(hidden_channels, hidden_channels) for _ in range(num_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
@@ -138,44 +153,81 @@ class CommunityEncoder(nn.Module):
             x = x * mask[:, None].to(x.dtype)
         h = self.embed(x, edge_index, edge_weight)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            z = F.normalize(h.float(), dim=1, eps=1e-6)
+            num_graphs = int(batch.max()) + 1
+            pos = edge_weight > 0
+            graph = _PositiveGraph(*edge_index[:, pos], edge_weight[pos].float(), batch, num_graphs)
+            z = self._refine(F.normalize(h.float(), dim=1, eps=1e-6), graph)
             valid = torch.ones(n, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-            s = self._assign(z, batch, valid)
+            s = self._assign(z, graph, valid)
         return s, z
 
-    def _assign(self, z: Tensor, batch: Tensor, valid: Tensor) -> Tensor:
-        num_graphs = int(batch.max()) + 1
-        k_max = self.max_communities
+    def _refine(self, z: Tensor, graph: _PositiveGraph) -> Tensor:
+        src, dst, w, batch = graph.src, graph.dst, graph.weight, graph.batch
+        n, g = z.shape[0], graph.num_graphs
+        k_in = scatter(w, dst, 0, dim_size=n, reduce="sum")
+        k_out = scatter(w, src, 0, dim_size=n, reduce="sum")
+        m = scatter(w, batch[src], 0, dim_size=g, reduce="sum").clamp_min(1e-12)[batch, None]
+        step = self.refine_rate / (k_in + k_out).clamp_min(1e-12)[:, None]  # nodes without edges do not move
+        for _ in range(self.refine_steps):  # a loop over ascent steps, not nodes
+            agg = (scatter(w[:, None] * z[src], dst, 0, dim_size=n, reduce="sum")
+                   + scatter(w[:, None] * z[dst], src, 0, dim_size=n, reduce="sum"))
+            sum_in = scatter(k_in[:, None] * z, batch, 0, dim_size=g, reduce="sum")[batch]
+            sum_out = scatter(k_out[:, None] * z, batch, 0, dim_size=g, reduce="sum")[batch]
+            grad = agg - (k_in[:, None] * sum_out + k_out[:, None] * sum_in) / m
+            z = F.normalize(z + step * grad, dim=1, eps=1e-6)
+        return z
+
+    def _assign(self, z: Tensor, graph: _PositiveGraph, valid: Tensor) -> Tensor:
+        batch, num_graphs, k_max = graph.batch, graph.num_graphs, self.max_communities
         neg_inf = torch.finfo(z.dtype).min
-        counts = scatter(valid.to(z.dtype), batch, 0, dim_size=num_graphs, reduce="sum")
+        counts = scatter(valid.long(), batch, 0, dim_size=num_graphs, reduce="sum")
         mean_dir = F.normalize(scatter(z * valid[:, None], batch, 0, dim_size=num_graphs, reduce="sum"), dim=1)
         # farthest-point seeding, one seed per graph per step (a loop over K_max slots, not over nodes)
         score = (z * mean_dir[batch]).sum(1).masked_fill(~valid, neg_inf)
         mins = torch.full((z.shape[0],), 2.0, dtype=z.dtype, device=z.device)
         seeds = torch.zeros(num_graphs, k_max, z.shape[1], dtype=z.dtype, device=z.device)
-        active = torch.zeros(num_graphs, k_max, dtype=torch.bool, device=z.device)
-        for c in range(k_max):
-            best, idx = scatter_argmax(score, batch, num_graphs)
-            take = counts > c
-            if c > 0:
-                take &= best > self.seed_distance
-            if not take.any():
-                break
-            seeds[:, c] = torch.where(take[:, None], z[idx], seeds[:, c])
-            active[:, c] = take
+        for c in range(min(k_max, int(counts.max()))):
+            _, idx = scatter_argmax(score, batch, num_graphs)
+            seeds[:, c] = z[idx]
             dist = 1.0 - (z * seeds[batch, c]).sum(1)
-            mins = torch.where(take[batch], torch.minimum(mins, dist), mins)
+            mins = torch.minimum(mins, dist)
             score = mins.masked_fill(~valid, neg_inf)
+        best_q = torch.full((num_graphs,), -torch.inf, dtype=z.dtype, device=z.device)
+        best = torch.zeros(z.shape[0], k_max, dtype=z.dtype, device=z.device)
+        slots = torch.arange(k_max, device=z.device)
+        for k in range(1, min(k_max, int(counts.max())) + 1):  # a loop over candidate K, batched over graphs
+            active = (slots[None] < k) & (slots[None] < counts[:, None])
+            s = self._kmeans(z, seeds, active, batch, valid)
+            with torch.no_grad():
+                hard = F.one_hot(s.argmax(1), k_max).to(z.dtype) * valid[:, None]
+                q = directed_modularity(hard, torch.stack([graph.src, graph.dst]), graph.weight, batch, num_graphs)
+            better = (q > best_q + 1e-6) & (counts >= k)
+            best = torch.where(better[batch, None], s, best)
+            best_q = torch.where(better, q, best_q)
+        return best
+
+    def _kmeans(self, z: Tensor, seeds: Tensor, active: Tensor, batch: Tensor, valid: Tensor) -> Tensor:
+        neg_inf = torch.finfo(z.dtype).min
         mu = seeds
         for it in range(self.n_iter + 1):  # soft k-means refinement; the last pass only assigns
             logits = self.beta * torch.einsum("nd,nkd->nk", z, mu[batch])
             logits = logits.masked_fill(~active[batch], neg_inf)
-            s = torch.softmax(logits, 1) * valid[:, None]
+            s = torch.softmax(logits, 1) * valid[:, None] * active[batch]
             if it < self.n_iter:
-                mu = F.normalize(scatter(s[:, :, None] * z[:, None, :], batch, 0, dim_size=num_graphs, reduce="sum"),
-                                 dim=2, eps=1e-6)
+                mu = F.normalize(scatter(s[:, :, None] * z[:, None, :], batch, 0, dim_size=seeds.shape[0],
+                                         reduce="sum"), dim=2, eps=1e-6)
                 mu = torch.where(active[:, :, None], mu, seeds)
         return s
+
+
+class _PositiveGraph(NamedTuple):
+    """The positive edges of a batch of graphs (what the refinement and the model selection of K look at)."""
+
+    src: Tensor
+    dst: Tensor
+    weight: Tensor
+    batch: Tensor
+    num_graphs: int
 
 
 def scatter_argmax(score: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
@@ -200,7 +252,8 @@ def community_loss(s: Tensor, z: Tensor, edge_index: Tensor, edge_weight: Tensor
       the embeddings (the seeding of the assignment is not), rewards aligned embeddings across edges and, through
       the null model, spreads unrelated nodes apart; its optimum puts communities on mutually distant directions,
       which the distance-threshold assignment then separates.
-    - :math:`R_g(S) = rac{\sqrt{K_g}}{n_g}\lVert\sum_i S_iVert - 1` is DMoN's collapse regularizer
+    - :math:`R_g(S) = rac{\sqrt{K_g}}{n_g}\lVert\sum_i S_i
+Vert - 1` is DMoN's collapse regularizer
       (Tsitsulin et al. 2023) on the assignment, ``K_g`` the communities in use: 0 for equal sizes,
       :math:`\sqrt{K_g} - 1` when one community takes everything.
 
