@@ -247,13 +247,12 @@ def community_loss(s: Tensor, z: Tensor, edge_index: Tensor, edge_weight: Tensor
     .. math:: \mathcal L = -\overline{Q_g(Z)} + \lambda\,\overline{R_g(S)}
 
     - :math:`Q_g(Z)` is the directed modularity (:func:`directed_modularity`) of the unit embeddings ``z`` used
-      as a *vector* assignment: :math:`rac1m[\sum_{j	o i} w_{ji} z_i^	op z_j - rac1m
-      (\sum_i k^{out}_i z_i)^	op(\sum_i k^{in}_i z_i)]`, the vector relaxation of modularity. It is smooth in
-      the embeddings (the seeding of the assignment is not), rewards aligned embeddings across edges and, through
-      the null model, spreads unrelated nodes apart; its optimum puts communities on mutually distant directions,
-      which the distance-threshold assignment then separates.
-    - :math:`R_g(S) = rac{\sqrt{K_g}}{n_g}\lVert\sum_i S_i
-Vert - 1` is DMoN's collapse regularizer
+      as a *vector* assignment: :math:`\frac1m[\sum_{j\to i} w_{ji} z_i^\top z_j - \frac1m
+      (\sum_i k^{out}_i z_i)^\top(\sum_i k^{in}_i z_i)]`, the vector (Burer-Monteiro) relaxation of modularity.
+      It is smooth in the embeddings (the seeding of the assignment is not), rewards aligned embeddings across
+      edges and, through the null model, spreads unrelated nodes apart; the encoder's refinement ascends the same
+      quantity, and its optimum puts communities on mutually distant directions, which the assignment separates.
+    - :math:`R_g(S) = \frac{\sqrt{K_g}}{n_g}\lVert\sum_i S_i\rVert - 1` is DMoN's collapse regularizer
       (Tsitsulin et al. 2023) on the assignment, ``K_g`` the communities in use: 0 for equal sizes,
       :math:`\sqrt{K_g} - 1` when one community takes everything.
 
