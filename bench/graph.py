@@ -10,7 +10,8 @@
    partial correlation (Ledoit-Wolf precision).
 2. Communities on the same data: AMI against the planted communities of the observed neurons for dgrn's
    ``leiden`` / ``markov_stability`` / ``lrg`` (when ``dgrn.renorm`` is importable) on the ML couplings, the
-   pretrained ``gnn`` (zoo ``community_encoder_kising``, never fitted to these networks), and the baselines
+   pretrained ``gnn`` (zoo ``community_encoder_kising``, never fitted to these networks; with two ablations: no
+   refinement, untrained weights), ``markov_stability`` and ``gnn`` on the correlation graph, and the baselines
    correlation + Leiden, correlation + spectral clustering (told the true K) and PyG DMoN on the correlation graph
    (fitted per network, told the true K).
 3. Scale: ``infer_couplings`` on 1,000 neurons x 100,000 bins (full batch, L-BFGS), wall time and peak RSS of
@@ -149,6 +150,9 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
             methods = {
                 "dgrn leiden (ML graph)": lambda: find_communities(ml, "leiden"),
                 "dgrn markov_stability (ML graph)": lambda: find_communities(ml, "markov_stability"),
+                # dgrn's methods on the baselines' graph: where communities show in co-activity, not couplings
+                "dgrn markov_stability (correlation graph)": lambda: find_communities(graphs["correlation"],
+                                                                                      "markov_stability"),
                 "correlation + leiden": lambda: find_communities(graphs["correlation"], "leiden"),
                 "correlation + spectral (true K)": lambda: find_communities(graphs["correlation"], "spectral",
                                                                              n_communities=n_planted),
@@ -159,6 +163,8 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
             if encoder is not None:
                 for label, enc in ablations(encoder, seed).items():
                     methods[label] = lambda enc=enc: find_communities(ml, "gnn", encoder=enc, spikes=data)
+                methods["dgrn gnn pretrained (correlation graph)"] = lambda: find_communities(
+                    graphs["correlation"], "gnn", encoder=encoder, spikes=data)
             for name, fn in methods.items():
                 start = time.perf_counter()
                 row = comms.setdefault(f"{fraction}|{name}", {"ami": [], "k": [], "seconds": [], "errors": []})
