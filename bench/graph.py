@@ -6,7 +6,8 @@
 1. Couplings. Kinetic Ising, 200 neurons, 8 communities, 100,000 bins (network seed = seed), observed fraction
    100 / 50 / 20 % (observed set seeded by the seed): edge AUROC and AUPRC among observed neurons, and the
    false-positive rate among pairs that share a hidden driver (``dgrn.metrics.shared_driver_false_positive_rate``:
-   as many pairs called edges as there are true edges) for ML, ML + latent (rank 2), nMF, TAP, correlation and
+   as many pairs called edges as there are true edges) for ML, ML + latent (rank 2, and rank chosen among 0, 1, 2, 4,
+   8 by held-out likelihood: ``latent_rank="auto"``), nMF, TAP, correlation and
    partial correlation (Ledoit-Wolf precision).
 2. Communities on the same data: AMI against the planted communities of the observed neurons for dgrn's
    ``leiden`` / ``markov_stability`` / ``lrg`` (when ``dgrn.renorm`` is importable) on the ML couplings, the
@@ -110,6 +111,7 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
     estimators = {
         "ML": lambda d: infer_couplings(d, max_iter=15),
         "ML + latent": lambda d: infer_couplings(d, max_iter=15, latent_rank=2),
+        "ML + latent (rank by held-out NLL)": lambda d: infer_couplings(d, max_iter=15, latent_rank="auto"),
         "nMF": lambda d: mean_field_couplings(d, "nmf"),
         "TAP": lambda d: mean_field_couplings(d, "tap"),
         "correlation": correlation,

@@ -8,7 +8,7 @@ from sklearn.metrics import adjusted_mutual_info_score as ami
 
 from dgrn.graph import (
     community_hierarchy, community_order, correlation, find_communities, infer_couplings, mean_field_couplings,
-    metagraph, partial_correlation, relabel,
+    metagraph, partial_correlation, relabel, select_latent_rank,
 )
 from dgrn.graph.baselines import _solve_tap
 from dgrn.graph.quality import directed_modularity
@@ -61,6 +61,38 @@ def test_params_load_into_bernoulli_glm(kising):
     nll = torch.nn.functional.binary_cross_entropy_with_logits(glm(x), x[:, glm.context:])
     assert float(nll.detach()) == pytest.approx(params["nll"], rel=1e-4)
     assert float(params["latent_out"].abs().sum()) > 0  # the latent input was fitted
+
+
+def hidden_driver_spikes(t: int = 20000, n: int = 20, seed: int = 0) -> torch.Tensor:
+    """Independent neurons whose rates follow a slow hidden two-state switch (up for neurons 0..9, down for the
+    others), with no couplings among them: all their shared structure comes from the hidden driver."""
+    gen = torch.Generator().manual_seed(seed)
+    flips = torch.rand(t, generator=gen) < 0.01
+    state = (flips.long().cumsum(0) % 2).float()  # (T,), switches every ~100 bins
+    drive = torch.where(torch.arange(n) < n // 2, 1.5, -1.5)
+    logits = -2.0 + (2 * state[:, None] - 1) * drive
+    return (torch.rand(t, n, generator=gen) < torch.sigmoid(logits)).to(torch.uint8)
+
+
+def test_latent_rank_selection_by_held_out_likelihood():
+    """A slow hidden driver is worth a latent input on held-out bins; independent neurons are not."""
+    rank, scores = select_latent_rank(hidden_driver_spikes(), ranks=(0, 1, 2), max_iter=20)
+    assert rank >= 1 and scores[rank] < scores[0] - 1e-3 and set(scores) == {0, 1, 2}
+    gen = torch.Generator().manual_seed(1)
+    independent = (torch.rand(20000, 20, generator=gen) < 0.1).to(torch.uint8)
+    rank, scores = select_latent_rank(independent, ranks=(0, 1), max_iter=20)
+    assert rank == 0
+    # "auto" refits all bins with the chosen rank: exactly infer_couplings at that rank
+    x = hidden_driver_spikes(8000, seed=2)
+    w_auto, params = infer_couplings(x, latent_rank="auto", max_iter=15, return_params=True)
+    torch.testing.assert_close(w_auto, infer_couplings(x, latent_rank=params["latent_rank"], max_iter=15))
+    assert set(params["latent_rank_nll"]) == {0, 1, 2, 4, 8}
+    with pytest.raises(ValueError, match="latent_rank must be"):
+        infer_couplings(x, latent_rank="best")
+    with pytest.raises(ValueError, match="ranks must be"):
+        select_latent_rank(x, ranks=(0, -1))
+    with pytest.raises(ValueError, match="val_fraction"):
+        select_latent_rank(x, val_fraction=1.0)
 
 
 def test_l1_is_sparser_than_l2(kising):

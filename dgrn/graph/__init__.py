@@ -18,10 +18,10 @@ from dgrn.graph.communities import (
 )
 from dgrn.graph.convert import as_adjacency, to_edge_index
 from dgrn.graph.glm import glm_logits
-from dgrn.graph.inference import binary_spikes, infer_couplings
+from dgrn.graph.inference import binary_spikes, infer_couplings, select_latent_rank
 
 __all__ = [
-    "infer_couplings", "binary_spikes", "glm_logits", "correlation", "partial_correlation", "mean_field_couplings",
+    "infer_couplings", "select_latent_rank", "binary_spikes", "glm_logits", "correlation", "partial_correlation", "mean_field_couplings",
     "BASELINES", "find_communities", "community_hierarchy", "community_order", "metagraph", "relabel",
     "register_community_method", "COMMUNITY_METHODS", "as_adjacency", "to_edge_index",
 ]

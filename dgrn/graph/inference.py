@@ -15,10 +15,11 @@ from torch import Tensor
 from dgrn.data import SpikeData
 from dgrn.graph.glm import glm_context, glm_logits
 
-__all__ = ["binary_spikes", "infer_couplings", "PENALTIES", "MODES"]
+__all__ = ["binary_spikes", "infer_couplings", "select_latent_rank", "PENALTIES", "MODES", "LATENT_RANKS"]
 
 PENALTIES = ("l1", "l2")
 MODES = ("full", "minibatch")
+LATENT_RANKS = (0, 1, 2, 4, 8)  # candidates of latent_rank="auto"
 _L1_SMOOTHING = 1e-3  # pseudo-Huber width: |w| ~ sqrt(w^2 + eps^2) - eps keeps the objective smooth for L-BFGS
 
 
@@ -118,7 +119,7 @@ def infer_couplings(
     *,
     penalty: str = "l2",
     strength: float = 1e-4,
-    latent_rank: int = 0,
+    latent_rank: int | str = 0,
     latent_history: int = 20,
     latent_tau: float = 5.0,
     history: int = 1,
@@ -157,14 +158,17 @@ def infer_couplings(
     Args:
         spikes: ``(T, N)`` counts (tensor, array or :class:`~dgrn.data.SpikeData`); counts above 1 are clipped.
         penalty: ``"l1"`` or ``"l2"``; strength: :math:`\lambda` (per bin, so it does not scale with ``T``).
-        latent_rank, latent_history, latent_tau: the latent input (``r``, ``H_z``, initial ``tau`` in bins).
+        latent_rank, latent_history, latent_tau: the latent input (``r``, ``H_z``, initial ``tau`` in bins);
+            ``latent_rank="auto"`` picks ``r`` from :data:`LATENT_RANKS` by held-out likelihood
+            (:func:`select_latent_rank`, five extra fits on 80 % of the bins), then fits all bins with it.
         history: ``H``, lags of the coupling filter; the returned matrix is :math:`\sum_k W^{(k)}`.
         mode: ``"full"`` (L-BFGS, ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
         device, dtype: where and in which precision to fit (default: CPU, float32).
         seed: seeds the latent initialization and the mini-batch order.
         return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
             ``latent_out``, ``log_latent_tau`` — the ``state_dict`` of a :class:`dgrn.nn.BernoulliGLM` of the same
-            shape — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted).
+            shape — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted); with
+            ``latent_rank="auto"`` also ``latent_rank`` and ``latent_rank_nll`` (held-out NLL of each candidate).
 
     Returns:
         ``W`` ``(N, N)`` on ``device``, ``W[i, j]`` = influence of ``j`` on ``i`` (diagonal: self-coupling).
@@ -174,6 +178,16 @@ def infer_couplings(
     couplings; fewer scored bins than neurons warns and raises :math:`\lambda` to at least ``1e-2`` (ridge or
     lasso), because the likelihood alone does not identify ``W`` then.
     """
+    if latent_rank == "auto":
+        options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
+                       history=history, mode=mode, max_iter=max_iter, epochs=epochs, batch_bins=batch_bins, lr=lr,
+                       chunk_bins=chunk_bins, device=device, dtype=dtype, seed=seed)
+        rank, scores = select_latent_rank(spikes, **options)
+        coupling, params = infer_couplings(spikes, latent_rank=rank, return_params=True, **options)
+        params.update(latent_rank=rank, latent_rank_nll=scores)
+        return (coupling, params) if return_params else coupling
+    if isinstance(latent_rank, str) or int(latent_rank) != latent_rank:
+        raise ValueError(f"latent_rank must be an integer >= 0 or 'auto', got {latent_rank!r}")
     if penalty not in PENALTIES:
         raise ValueError(f"unknown penalty {penalty!r}; valid: {list(PENALTIES)}")
     if mode not in MODES:
@@ -281,3 +295,47 @@ def infer_couplings(
                 out[key] = full
             out["log_latent_tau"] = latent["log_latent_tau"].detach().clone()
         return coupling, out
+
+
+def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_fraction: float = 0.2,
+                       **options: Any) -> tuple[int, dict[int, float]]:
+    """The latent rank of :func:`infer_couplings` with the best held-out likelihood.
+
+    Every rank in ``ranks`` is fitted (``infer_couplings(..., **options)``) on the first ``1 - val_fraction`` of
+    the bins and scored on the rest: the same held-out bins for every rank (their history comes from the bins
+    before them), mean NLL per neuron-bin over the neurons that vary in the fitted part. A larger rank is kept only
+    if it lowers that NLL by more than 1e-6, so without hidden drive (everything observed) the answer is 0.
+
+    Returns ``(rank, {rank: held-out NLL})``.
+    """
+    if not ranks or any(int(r) != r or r < 0 for r in ranks):
+        raise ValueError(f"ranks must be integers >= 0, got {ranks!r}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    options.pop("return_params", None)
+    x = binary_spikes(spikes)
+    n_train = x.shape[0] - int(round(val_fraction * x.shape[0]))
+    if n_train >= x.shape[0]:
+        raise ValueError(f"{x.shape[0]} bins leave none for validation at val_fraction={val_fraction}")
+    dtype = options.get("dtype", torch.float32)
+    scores: dict[int, float] = {}
+    best = None
+    for rank in sorted(int(r) for r in ranks):  # a loop over the few candidate ranks
+        _, params = infer_couplings(x[:n_train], latent_rank=rank, return_params=True, **options)
+        latent = {}
+        if rank:
+            latent = dict(latent_in=params["latent_in"], latent_out=params["latent_out"],
+                          log_latent_tau=params["log_latent_tau"],
+                          latent_history=options.get("latent_history", 20))
+        context = glm_context(params["weight"].shape[0], latent.get("latent_history", 0))
+        if n_train <= context:
+            raise ValueError(f"the fitted part ({n_train} bins) is shorter than the model's context ({context})")
+        held = x[n_train - context:].to(device=params["bias"].device, dtype=dtype)[None]
+        with torch.no_grad():
+            logits = glm_logits(held, params["bias"], params["weight"], context=context, **latent)
+            active = params["active"].to(logits.device)
+            nll = F.binary_cross_entropy_with_logits(logits[..., active], held[:, context:][..., active])
+        scores[rank] = float(nll)
+        if best is None or scores[rank] < scores[best] - 1e-6:
+            best = rank
+    return best, scores
