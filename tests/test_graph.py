@@ -93,6 +93,8 @@ def test_latent_rank_selection_by_held_out_likelihood():
         select_latent_rank(x, ranks=(0, -1))
     with pytest.raises(ValueError, match="val_fraction"):
         select_latent_rank(x, val_fraction=1.0)
+    with pytest.raises(ValueError, match="blocks"):
+        select_latent_rank(x, blocks=1)
 
 
 def test_l1_is_sparser_than_l2(kising):

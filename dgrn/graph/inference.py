@@ -298,13 +298,15 @@ def infer_couplings(
 
 
 def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_fraction: float = 0.2,
-                       **options: Any) -> tuple[int, dict[int, float]]:
+                       z: float = 2.0, blocks: int = 50, **options: Any) -> tuple[int, dict[int, float]]:
     """The latent rank of :func:`infer_couplings` with the best held-out likelihood.
 
     Every rank in ``ranks`` is fitted (``infer_couplings(..., **options)``) on the first ``1 - val_fraction`` of
     the bins and scored on the rest: the same held-out bins for every rank (their history comes from the bins
-    before them), mean NLL per neuron-bin over the neurons that vary in the fitted part. A larger rank is kept only
-    if it lowers that NLL by more than 1e-6, so without hidden drive (everything observed) the answer is 0.
+    before them), NLL per neuron-bin over the neurons that vary in the fitted part. Going up the ranks, a larger
+    rank replaces the current choice only if its NLL is lower by more than ``z`` standard errors of the paired
+    difference, the error taken over ``blocks`` contiguous blocks of held-out bins (bins are autocorrelated, blocks
+    much less): a latent input has to earn its parameters, so without hidden drive the answer is 0.
 
     Returns ``(rank, {rank: held-out NLL})``.
     """
@@ -312,6 +314,8 @@ def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_f
         raise ValueError(f"ranks must be integers >= 0, got {ranks!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not (z >= 0 and blocks >= 2):
+        raise ValueError(f"need z >= 0 and blocks >= 2, got {z}, {blocks}")
     options.pop("return_params", None)
     x = binary_spikes(spikes)
     n_train = x.shape[0] - int(round(val_fraction * x.shape[0]))
@@ -334,8 +338,14 @@ def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_f
         with torch.no_grad():
             logits = glm_logits(held, params["bias"], params["weight"], context=context, **latent)
             active = params["active"].to(logits.device)
-            nll = F.binary_cross_entropy_with_logits(logits[..., active], held[:, context:][..., active])
-        scores[rank] = float(nll)
-        if best is None or scores[rank] < scores[best] - 1e-6:
-            best = rank
+            per_bin = F.binary_cross_entropy_with_logits(logits[0][:, active], held[0, context:][:, active],
+                                                         reduction="none").mean(1).double().cpu()
+        scores[rank] = float(per_bin.mean())
+        block_means = torch.stack([b.mean() for b in per_bin.tensor_split(min(blocks, per_bin.shape[0]))])
+        if best is None:
+            best, best_blocks = rank, block_means
+            continue
+        gain = best_blocks - block_means  # > 0: this rank predicts the held-out blocks better
+        if gain.shape[0] > 1 and float(gain.mean()) > z * float(gain.std()) / math.sqrt(gain.shape[0]):
+            best, best_blocks = rank, block_means
     return best, scores
