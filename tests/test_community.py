@@ -53,6 +53,8 @@ def test_batched_graphs_do_not_leak():
     s, z = enc(x, ei, ew, batch)
     torch.testing.assert_close(s[:30], s1, atol=1e-5, rtol=0)
     torch.testing.assert_close(s[30:], s2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:30], z1, atol=1e-5, rtol=0)  # the refinement's degrees and m are per graph too
+    torch.testing.assert_close(z[30:], z2, atol=1e-5, rtol=0)
     loss, parts = community_loss(s, z, ei, ew, batch)
     loss1, _ = community_loss(s1, z1, *g1[1:3])
     loss2, _ = community_loss(s2, z2, *g2[1:3])
@@ -72,6 +74,8 @@ def test_mask_isolated_nodes_and_edgeless_graphs_stay_finite():
     s, _ = enc(pad_x, pad_ei, pad_ew, mask=mask)
     torch.testing.assert_close(s[:30], ref, atol=1e-5, rtol=0)
     assert torch.all(s[30:] == 0)
+    s_int, _ = enc(pad_x, pad_ei, pad_ew, mask=mask.long())  # an integer mask means the same
+    torch.testing.assert_close(s_int, s)
     # isolated nodes, and a second graph with no edges at all, in one batch
     x2 = torch.randn(5, 6)
     s, z = enc(torch.cat([x, x2]), ei, ew, torch.cat([torch.zeros(30), torch.ones(5)]).long())
@@ -146,6 +150,9 @@ def test_number_of_communities_is_chosen_per_graph():
     assert ami(y1, labels[:40]) == pytest.approx(1.0) and ami(y2, labels[40:140]) == pytest.approx(1.0)
     assert labels[:40].unique().numel() == 2 and labels[40:140].unique().numel() == 5
     assert labels[140:].unique().numel() == 1
+    # only inhibitory (negative) edges: nothing to ascend or to gain modularity on, one community
+    s, z = enc(x1, ei1, -ew1.abs())
+    assert s.argmax(1).unique().numel() == 1 and torch.isfinite(z).all()
 
 
 def test_reset_parameters_covers_every_parameter():

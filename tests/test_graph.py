@@ -95,6 +95,15 @@ def test_latent_rank_selection_by_held_out_likelihood():
         select_latent_rank(x, val_fraction=1.0)
     with pytest.raises(ValueError, match="blocks"):
         select_latent_rank(x, blocks=1)
+    with pytest.raises(ValueError, match="fewer than blocks"):
+        select_latent_rank(x[:200], val_fraction=0.05)
+    with pytest.raises(ValueError, match="chooses latent_rank"):
+        select_latent_rank(x, latent_rank=2)
+    with pytest.warns(UserWarning, match="latent rank 1 skipped"):  # 20 bins of latent history do not fit in 20
+        rank, scores = select_latent_rank(x[:25], ranks=(0, 1), blocks=4, max_iter=5)
+    assert rank == 0 and set(scores) == {0}
+    torch.testing.assert_close(infer_couplings(x, latent_rank=1.0, max_iter=5), infer_couplings(x, latent_rank=1,
+                                                                                                 max_iter=5))
 
 
 def test_l1_is_sparser_than_l2(kising):

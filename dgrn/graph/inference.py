@@ -186,8 +186,9 @@ def infer_couplings(
         coupling, params = infer_couplings(spikes, latent_rank=rank, return_params=True, **options)
         params.update(latent_rank=rank, latent_rank_nll=scores)
         return (coupling, params) if return_params else coupling
-    if isinstance(latent_rank, str) or int(latent_rank) != latent_rank:
+    if isinstance(latent_rank, bool) or not isinstance(latent_rank, (int, float)) or int(latent_rank) != latent_rank:
         raise ValueError(f"latent_rank must be an integer >= 0 or 'auto', got {latent_rank!r}")
+    latent_rank = int(latent_rank)
     if penalty not in PENALTIES:
         raise ValueError(f"unknown penalty {penalty!r}; valid: {list(PENALTIES)}")
     if mode not in MODES:
@@ -306,46 +307,62 @@ def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_f
     before them), NLL per neuron-bin over the neurons that vary in the fitted part. Going up the ranks, a larger
     rank replaces the current choice only if its NLL is lower by more than ``z`` standard errors of the paired
     difference, the error taken over ``blocks`` contiguous blocks of held-out bins (bins are autocorrelated, blocks
-    much less): a latent input has to earn its parameters, so without hidden drive the answer is 0.
+    much less): a latent input has to earn its parameters, so without hidden drive the answer is usually 0 (a
+    one-sided test repeated over the ranks still accepts a spurious rank now and then). Ranks whose history does
+    not fit in the fitted part are skipped with a warning.
 
     Returns ``(rank, {rank: held-out NLL})``.
     """
-    if not ranks or any(int(r) != r or r < 0 for r in ranks):
+    if not ranks or any(isinstance(r, bool) or not isinstance(r, (int, float)) or int(r) != r or r < 0
+                        for r in ranks):
         raise ValueError(f"ranks must be integers >= 0, got {ranks!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if not (z >= 0 and blocks >= 2):
-        raise ValueError(f"need z >= 0 and blocks >= 2, got {z}, {blocks}")
+    if not (z >= 0 and int(blocks) == blocks and blocks >= 2):
+        raise ValueError(f"need z >= 0 and an integer blocks >= 2, got {z}, {blocks}")
+    if "latent_rank" in options:
+        raise ValueError("select_latent_rank chooses latent_rank itself; do not pass it")
     options.pop("return_params", None)
     x = binary_spikes(spikes)
-    n_train = x.shape[0] - int(round(val_fraction * x.shape[0]))
-    if n_train >= x.shape[0]:
-        raise ValueError(f"{x.shape[0]} bins leave none for validation at val_fraction={val_fraction}")
+    n_held = int(round(val_fraction * x.shape[0]))
+    n_train = x.shape[0] - n_held
+    if n_held < blocks:
+        raise ValueError(f"{n_held} held-out bins (val_fraction={val_fraction} of {x.shape[0]}) are fewer than "
+                         f"blocks={blocks}: the ranks cannot be compared")
     dtype = options.get("dtype", torch.float32)
+    chunk = int(options.get("chunk_bins", 16384))
+    history = int(options.get("history", 1))
+    latent_history = int(options.get("latent_history", 20))
     scores: dict[int, float] = {}
-    best = None
-    for rank in sorted(int(r) for r in ranks):  # a loop over the few candidate ranks
+    best, best_blocks = None, None
+    for rank in sorted({int(r) for r in ranks}):  # a loop over the few candidate ranks
+        context = glm_context(history, latent_history if rank else 0)
+        if n_train <= context + 1:
+            warnings.warn(f"latent rank {rank} skipped: its {context} bins of history do not fit in the "
+                          f"{n_train} fitted bins", stacklevel=2)
+            continue
         _, params = infer_couplings(x[:n_train], latent_rank=rank, return_params=True, **options)
         latent = {}
         if rank:
             latent = dict(latent_in=params["latent_in"], latent_out=params["latent_out"],
-                          log_latent_tau=params["log_latent_tau"],
-                          latent_history=options.get("latent_history", 20))
-        context = glm_context(params["weight"].shape[0], latent.get("latent_history", 0))
-        if n_train <= context:
-            raise ValueError(f"the fitted part ({n_train} bins) is shorter than the model's context ({context})")
-        held = x[n_train - context:].to(device=params["bias"].device, dtype=dtype)[None]
+                          log_latent_tau=params["log_latent_tau"], latent_history=latent_history)
+        active = params["active"].to(params["bias"].device)
+        per_bin = []
         with torch.no_grad():
-            logits = glm_logits(held, params["bias"], params["weight"], context=context, **latent)
-            active = params["active"].to(logits.device)
-            per_bin = F.binary_cross_entropy_with_logits(logits[0][:, active], held[0, context:][:, active],
-                                                         reduction="none").mean(1).double().cpu()
+            for s in range(n_train, x.shape[0], chunk):  # chunks over time bound the memory, as in the fit
+                held = x[s - context: min(s + chunk, x.shape[0])].to(device=params["bias"].device, dtype=dtype)[None]
+                logits = glm_logits(held, params["bias"], params["weight"], context=context, **latent)
+                per_bin.append(F.binary_cross_entropy_with_logits(
+                    logits[0][:, active], held[0, context:][:, active], reduction="none").mean(1).double().cpu())
+        per_bin = torch.cat(per_bin)
         scores[rank] = float(per_bin.mean())
-        block_means = torch.stack([b.mean() for b in per_bin.tensor_split(min(blocks, per_bin.shape[0]))])
+        block_means = torch.stack([b.mean() for b in per_bin.tensor_split(int(blocks))])
         if best is None:
             best, best_blocks = rank, block_means
             continue
         gain = best_blocks - block_means  # > 0: this rank predicts the held-out blocks better
-        if gain.shape[0] > 1 and float(gain.mean()) > z * float(gain.std()) / math.sqrt(gain.shape[0]):
+        if float(gain.mean()) > z * float(gain.std()) / math.sqrt(gain.shape[0]):
             best, best_blocks = rank, block_means
+    if best is None:
+        raise ValueError(f"no latent rank fits: the fitted part has {n_train} bins, too few for any rank's history")
     return best, scores

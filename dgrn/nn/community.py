@@ -148,6 +148,7 @@ class CommunityEncoder(nn.Module):
             raise ValueError("node features or edge weights contain NaN or infinite values")
         batch = torch.zeros(n, dtype=torch.long, device=x.device) if batch is None else batch
         if mask is not None:
+            mask = mask.bool()  # an integer mask would index edge columns instead of selecting them
             keep = mask[edge_index[0]] & mask[edge_index[1]]
             edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
             x = x * mask[:, None].to(x.dtype)
@@ -157,7 +158,7 @@ class CommunityEncoder(nn.Module):
             pos = edge_weight > 0
             graph = _PositiveGraph(*edge_index[:, pos], edge_weight[pos].float(), batch, num_graphs)
             z = self._refine(F.normalize(h.float(), dim=1, eps=1e-6), graph)
-            valid = torch.ones(n, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+            valid = torch.ones(n, dtype=torch.bool, device=x.device) if mask is None else mask
             s = self._assign(z, graph, valid)
         return s, z
 
