@@ -103,15 +103,18 @@ def _penalty(weight: Tensor, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def _nll_sum(x: Tensor, bias: Tensor, weight: Tensor, latent: dict, context: int, starts: list[int],
-             chunk: int, dtype: torch.dtype) -> float:
-    total = 0.0
-    for s in starts:
-        e = min(s + chunk, x.shape[0])
-        xc = x[s - context: e].to(dtype)[None]
-        logits = glm_logits(xc, bias, weight, context=context, **latent)
-        total += float(F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="sum"))
-    return total
+def _nll_per_bin(x: Tensor, bias: Tensor, weight: Tensor, latent: dict, context: int, first: int, chunk: int,
+                 dtype: torch.dtype, neurons: Tensor | None = None) -> Tensor:
+    """NLL of bins ``first..T-1`` of ``x`` summed over the neurons (or over the ``neurons`` mask), ``(T - first,)``
+    float64 on the CPU; time goes in chunks of ``chunk`` bins, each with its ``context`` bins of history."""
+    out = []
+    for s in range(first, x.shape[0], chunk):  # chunks over time bound the memory of the float copy
+        xc = x[s - context: min(s + chunk, x.shape[0])].to(device=bias.device, dtype=dtype)[None]
+        logits, target = glm_logits(xc, bias, weight, context=context, **latent)[0], xc[0, context:]
+        if neurons is not None:
+            logits, target = logits[:, neurons], target[:, neurons]
+        out.append(F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1).double().cpu())
+    return torch.cat(out)
 
 
 def infer_couplings(
@@ -278,7 +281,8 @@ def infer_couplings(
 
     with torch.no_grad():
         weight, bias = rep.weight_bias()
-        nll = _nll_sum(x, bias, weight, latent, context, starts, chunk_bins, dtype) / (n_scored * n)
+        nll = float(_nll_per_bin(x, bias, weight, latent, context, context, chunk_bins, dtype).sum())
+        nll /= n_scored * n
         idx = active.nonzero().squeeze(1).to(device)
         full_weight = torch.zeros(history, n_total, n_total, dtype=dtype, device=device)
         full_weight[:, idx[:, None], idx[None, :]] = weight
@@ -347,14 +351,8 @@ def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_f
             latent = dict(latent_in=params["latent_in"], latent_out=params["latent_out"],
                           log_latent_tau=params["log_latent_tau"], latent_history=latent_history)
         active = params["active"].to(params["bias"].device)
-        per_bin = []
-        with torch.no_grad():
-            for s in range(n_train, x.shape[0], chunk):  # chunks over time bound the memory, as in the fit
-                held = x[s - context: min(s + chunk, x.shape[0])].to(device=params["bias"].device, dtype=dtype)[None]
-                logits = glm_logits(held, params["bias"], params["weight"], context=context, **latent)
-                per_bin.append(F.binary_cross_entropy_with_logits(
-                    logits[0][:, active], held[0, context:][:, active], reduction="none").mean(1).double().cpu())
-        per_bin = torch.cat(per_bin)
+        per_bin = _nll_per_bin(x, params["bias"], params["weight"], latent, context, n_train, chunk, dtype,
+                               active) / int(active.sum())
         scores[rank] = float(per_bin.mean())
         block_means = torch.stack([b.mean() for b in per_bin.tensor_split(int(blocks))])
         if best is None:

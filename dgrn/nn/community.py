@@ -187,7 +187,8 @@ class CommunityEncoder(nn.Module):
         score = (z * mean_dir[batch]).sum(1).masked_fill(~valid, neg_inf)
         mins = torch.full((z.shape[0],), 2.0, dtype=z.dtype, device=z.device)
         seeds = torch.zeros(num_graphs, k_max, z.shape[1], dtype=z.dtype, device=z.device)
-        for c in range(min(k_max, int(counts.max()))):
+        n_slots = min(k_max, int(counts.max()))  # one host sync for both loops
+        for c in range(n_slots):
             _, idx = scatter_argmax(score, batch, num_graphs)
             seeds[:, c] = z[idx]
             dist = 1.0 - (z * seeds[batch, c]).sum(1)
@@ -196,7 +197,7 @@ class CommunityEncoder(nn.Module):
         best_q = torch.full((num_graphs,), -torch.inf, dtype=z.dtype, device=z.device)
         best = torch.zeros(z.shape[0], k_max, dtype=z.dtype, device=z.device)
         slots = torch.arange(k_max, device=z.device)
-        for k in range(1, min(k_max, int(counts.max())) + 1):  # a loop over candidate K, batched over graphs
+        for k in range(1, n_slots + 1):  # a loop over candidate K, batched over graphs
             active = (slots[None] < k) & (slots[None] < counts[:, None])
             s = self._kmeans(z, seeds, active, batch, valid)
             with torch.no_grad():
