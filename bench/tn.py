@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, ising_enumerate,  # noqa: E402
                             ising_sample_exact, ising_transfer, ising_transfer_sample, square_lattice_couplings)
-from dgrn.tn import MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree  # noqa: E402
+from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree  # noqa: E402
 from dgrn.tn.readouts import compression_report, truncation_curve  # noqa: E402
 
 N_TRAIN, N_TEST, N_CORR = 20_000, 10_000, 20_000
@@ -134,11 +134,13 @@ def chain(args) -> dict:
     return {"chain": out}
 
 
-def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int, args, order=None) -> dict:
+def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int, args, order=None,
+            mera_bond: int | None = None) -> dict:
     """MPS (site order ``order``) vs TTN (``tree``) at equal parameters on one exactly solved model.
 
     Both are trained by sweeps at fixed bond dimension (MPS: two-site, TTN: single-node), early-stopped on the last
-    ``N_VAL`` training samples; ``--adam`` adds both trained by Adam."""
+    ``N_VAL`` training samples; ``--adam`` adds both trained by Adam; ``mera_bond`` adds a binary MERA of that bond
+    dimension over the chain, trained by Adam (its only training here) at ``--mera-lr``."""
     order = torch.arange(n) if order is None else torch.as_tensor(order)
     x = sample_fn(N_TRAIN + N_TEST + N_CORR, seed=11).long()
     train, test, fresh = x[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], x[N_TRAIN + N_TEST:]
@@ -164,6 +166,11 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
             torch.manual_seed(0)
             models[label] = fit_adam(model, data, args.epochs, args.lr)
             seconds[label] = time.perf_counter() - start
+    if mera_bond is not None:  # exact through its full state vector: chains of at most 24 sites
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        models["MERA (Adam)"] = fit_adam(MERA(n, mera_bond), train, args.epochs, args.mera_lr)
+        seconds["MERA (Adam)"] = time.perf_counter() - start
     inverse = torch.argsort(order)
     rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "models": {}}
     for label, m in models.items():
@@ -198,7 +205,7 @@ def longrange(args) -> dict:
         exact = ising_enumerate(w, beta)
         res, _ = compare(f"Long-range chain J/r^{alpha}, 20 spins, beta = {beta:.3f} (specific-heat peak)", n,
                          lambda k, seed: ising_sample_exact(w, beta, k, seed=seed), exact, dist, balanced_tree(n),
-                         args.ttn_bond_1d, args)
+                         args.ttn_bond_1d, args, mera_bond=args.mera_bond or None)
         res.update(beta=beta)
         results[f"alpha={alpha}"] = res
     return results
@@ -366,6 +373,10 @@ def main() -> None:
     parser.add_argument("--adam", action="store_true", help="also train both networks by Adam (same data)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--mera-bond", type=int, default=4,
+                        help="bond dimension of the MERA on the long-range chains (0: no MERA)")
+    parser.add_argument("--mera-lr", type=float, default=0.003,
+                        help="Adam learning rate of the MERA (0.01 oscillates on these chains)")
     parser.add_argument("--tols", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
