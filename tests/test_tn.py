@@ -232,6 +232,21 @@ def test_ttn_isometric_form_and_truncation():
     assert 2 - 2 * abs(float(psi @ (trunc / trunc.norm()))) <= 2 * report["total_discarded"] + 1e-9
 
 
+def test_ttn_truncation_where_a_bond_loses_rank_below_it():
+    """Truncating a child's subtree can leave it fewer rows than its upward bond; the QR that moves the center
+    back up then shrinks that bond too (a regression: this used to raise a reshape error on the 4x4 lattice tree)."""
+    torch.manual_seed(0)
+    m = TTN(16, 12, tree=lattice_tree(4), init_noise=3.0).double()
+    psi = dense_ttn(m)
+    psi = psi / psi.norm()
+    report = m.truncate(0.3)
+    assert report["n_params_after"] < report["n_params_before"]
+    assert all(t.shape[-1] == d for t, d in zip(m.tensors, report["bond_dims_after"]))
+    trunc = dense_ttn(m)
+    assert 2 - 2 * abs(float(psi @ (trunc / trunc.norm()))) <= 2 * report["total_discarded"] + 1e-9
+    torch.testing.assert_close(m.log_prob(all_states(16)).exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
 def test_ttn_trains_and_reports_nan():
     data = ising_sample_exact(chain_couplings(8), 0.8, 2000, seed=1).long()
     torch.manual_seed(0)

@@ -124,11 +124,12 @@ def _parse_tree(tree, n_sites: int | None) -> tuple[list[list[tuple[bool, int]]]
 
 
 def _apply_on_axis(t: Tensor, m: Tensor, axis: int) -> Tensor:
-    """Contract matrix ``m`` (``(..., D, D)``, batch broadcast) with axis ``axis`` of ``t`` (``(batch, ...)``)."""
+    """Contract matrix ``m`` (``(..., D', D)``, batch broadcast) with axis ``axis`` of ``t`` (``(batch, ...)``), whose
+    size becomes ``D'`` (a QR factor ``r`` is ``D' x D`` with ``D' < D`` when the bond's exact rank is smaller)."""
     moved = t.movedim(axis, 1)
     shape = moved.shape
     out = m @ moved.reshape(shape[0], shape[1], -1)
-    return out.reshape(out.shape[0], *shape[1:]).movedim(1, axis)
+    return out.reshape(out.shape[0], m.shape[-2], *shape[2:]).movedim(1, axis)
 
 
 class TTN(BornMachine):
