@@ -151,7 +151,7 @@ def directed() -> dict:
 
 
 def magnetic_reference(mean_degree: float, charge: float = 0.25, n_blocks: int = 4) -> dict:
-    """Bench-only reference for the direction-only blocks: the magnetic Laplacian (Fanuel et al. 2017), Hermitian,
+    r"""Bench-only reference for the direction-only blocks: the magnetic Laplacian (Fanuel et al. 2017), Hermitian,
     :math:`L = D_s - A_s \circ e^{2\pi i q (A - A^T)}`; at q = 1/4 its off-diagonal part is Cucuringu et al.'s
     (AISTATS 2020) Hermitian adjacency :math:`i(A - A^T)` for flow-defined clusters. Direction enters as phases.
     Reports the best AMI over a tau grid of LRG supernodes built from :math:`|\rho_{ij}|` (the gauge-invariant

@@ -481,18 +481,25 @@ def test_mera_state_matches_a_kronecker_product_reference():
     psi = _kron(eye2, *dis[0], eye2) @ (_kron(*iso[0]) @ psi)  # layer 1: 4 sites -> 8 binary sites
     torch.testing.assert_close(mera.state().detach(), psi)
     for u in dis[0] + dis[1] + iso[0] + iso[1]:  # exact isometries: the state is normalized by construction
-        torch.testing.assert_close(u.T @ u, torch.eye(u.shape[1], dtype=torch.float64))
+        torch.testing.assert_close(u.T @ u, torch.eye(u.shape[1], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_sites, bond_dim", [(8, 3), (16, 4), (20, 4), (12, 2)])
+def test_mera_starts_uniform_at_zero_noise(n_sites, bond_dim):
+    mera = MERA(n_sites, bond_dim, init_noise=0.0).double()
+    torch.testing.assert_close(mera.state() ** 2, torch.full((2**n_sites,), 2.0**-n_sites, dtype=torch.float64))
 
 
 def test_mera_is_normalized_samples_exactly_and_has_gradients():
     torch.manual_seed(1)
-    mera = MERA(10, 3, init_noise=1.0).double()
-    x = torch.tensor(list(itertools.product([0, 1], repeat=10)))
-    log_p = mera.log_prob(x)
+    mera = MERA(8, 3, top_sites=2, init_noise=1.0).double()
+    x = torch.tensor(list(itertools.product([0, 1], repeat=8)))
+    log_p = mera.log_prob(x)  # every configuration maps to its own amplitude: the probabilities sum to 1
     torch.testing.assert_close(log_p.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
-    draws = mera.sample(100_000, generator=torch.Generator().manual_seed(0))
-    freq = torch.bincount((draws * 2 ** torch.arange(9, -1, -1)).sum(1), minlength=1024).double() / 100_000
-    assert 0.5 * (freq - log_p.exp()).abs().sum() < 0.04  # total variation; 1024 cells at 100k draws
+    draws = mera.sample(200_000, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount((draws * 2 ** torch.arange(7, -1, -1)).sum(1), minlength=256).double() / 200_000
+    # total variation; its sampling noise is at most ~0.5 * 256 * sqrt(2 / (pi * 256 * 200k)) = 0.013
+    assert 0.5 * (freq - log_p.exp()).abs().sum() < 0.03
     small = MERA(6, 2, top_sites=3, init_noise=1.0).double()
     batch = torch.randint(0, 2, (5, 6))
     names = [name for name, _ in small.named_parameters()]
@@ -514,4 +521,12 @@ def test_mera_bad_input_and_size_limit():
         MERA(8, 0)
     with pytest.raises(ValueError, match="too large"):
         MERA(26, 2)
+    with pytest.raises(ValueError, match="no coarse-graining layer"):
+        MERA(23, 2)
+    x = torch.randint(0, 2, (16, 8))
+    reference = mera.log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # contracted in float32 all the same
+        under_autocast = mera.log_prob(x)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference)
     assert mera.log_prob(torch.zeros(3, 8)).dtype == torch.float32

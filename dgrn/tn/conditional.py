@@ -132,14 +132,14 @@ class ConditionalMPS(nn.Module):
 
     @staticmethod
     def _transfer(env: Tensor, ai: Tensor) -> Tensor:
-        """:math:`\sum_s A[s]^\top E A[s]` per context over the physical values present in ``ai``:
+        r""":math:`\sum_s A[s]^\top E A[s]` per context over the physical values present in ``ai``:
         ``env (B, D, D)``, ``ai (B, D, k, D)`` (a view; its last three dimensions contiguous)."""
         batch, dim, k, _ = ai.shape
         half = (env @ ai.reshape(batch, dim, k * dim)).reshape(batch, dim * k, dim)
         return ai.reshape(batch, dim * k, dim).transpose(1, 2) @ half
 
     def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None) -> Tensor:
-        """:math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
+        r""":math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
         configurations consistent with ``active`` when ``groups`` is given."""
         left, right = self.left.to(a.dtype), self.right.to(a.dtype)
         env = (left[:, None] * left[None, :]).expand(a.shape[0], -1, -1)

@@ -20,14 +20,13 @@ def _isometry(generator: Tensor, base: Tensor, columns: int) -> Tensor:
     return (base @ torch.linalg.matrix_exp(generator - generator.transpose(-1, -2)))[..., :columns]
 
 
-def _uniform_first_basis(k: int) -> Tensor:
-    """An orthogonal ``(k, k)`` matrix whose first column is the uniform vector (a Householder reflection)."""
-    v = torch.full((k,), 1.0 / math.sqrt(k), dtype=torch.float64)
+def _uniform_first_basis(k: int, like: Tensor) -> Tensor:
+    """An orthogonal ``(k, k)`` matrix whose first column is the uniform vector (a Householder reflection), in the
+    dtype and on the device of ``like``."""
+    v = torch.full((k,), 1.0 / math.sqrt(k), dtype=like.dtype, device=like.device)
     v[0] -= 1.0
-    if v.norm() < 1e-12:
-        return torch.eye(k, dtype=torch.float64)
     v = v / v.norm()
-    return torch.eye(k, dtype=torch.float64) - 2.0 * torch.outer(v, v)
+    return torch.eye(k, dtype=like.dtype, device=like.device) - 2.0 * torch.outer(v, v)
 
 
 def _apply(state: Tensor, mat: Tensor, dims: list[int], start: int, count: int) -> Tensor:
@@ -45,7 +44,8 @@ class MERA(nn.Module):
     d_\ell^2`) on the pairs :math:`(1,2), (3,4), \dots`, then isometries :math:`W` (:math:`d_\ell^2 \to
     d_{\ell+1} = \min(D, d_\ell^2)`) on the pairs :math:`(0,1), (2,3), \dots`, so
     :math:`m_{\ell+1} = m_\ell / 2`; layers stop when the chain has at most ``top_sites`` sites or an odd count,
-    and a top tensor holds the state of the remaining sites. Generating the state top down,
+    and a top tensor holds the state of the remaining sites (``n`` = top sites times a power of 2, e.g. 16, 20 or
+    24, gives a deep network; an ``n`` that cannot be halved once is refused). Generating the state top down,
 
     .. math:: |\psi\rangle = \prod_\ell \Big(\bigotimes U\Big)\Big(\bigotimes W\Big)\, |T\rangle,
         \qquad p(x) = \psi(x)^2 / \|\psi\|^2,
@@ -56,9 +56,11 @@ class MERA(nn.Module):
     :math:`\log p`. **Exact, but exponential in n**: the likelihood contracts the whole state vector,
     :math:`d^n` amplitudes (a MERA's causal cones are wider than a tree's, and Ferris & Vidal's sequential
     sampling would be the route to large ``n``), so ``n`` is limited by :data:`MAX_MERA_STATES` amplitudes at any
-    layer: 24 binary sites. One contraction serves the whole batch. Initialized near a tree (disentanglers near
-    the identity) and near the uniform distribution (the isometries' first channel the uniform superposition of their
-    two sites, the top tensor near that channel). ``n_params`` counts the entries of the network's tensors
+    layer: 24 binary sites (there, autograd keeps about ``n`` state-sized intermediates: a forward and backward pass
+    took 17 s and 2.4 GB on one CPU thread). One contraction serves the whole batch. Initialized near a tree
+    (disentanglers near the identity) and near the uniform distribution (at ``init_noise=0`` exactly: channel 0 of
+    every coarse site stands for the uniform superposition of the binary sites below it, and the top tensor starts
+    near channel 0 everywhere). ``n_params`` counts the entries of the network's tensors
     (:math:`U`, :math:`W`, top), as for :class:`MPS` and :class:`TTN`, not the square generators behind them.
 
     Args:
@@ -88,6 +90,10 @@ class MERA(nn.Module):
             sites, dim = sites // 2, coarse
             largest = max(largest, dim**sites)
         self.top_shape = (dim,) * sites
+        if not self.layer_dims:
+            raise ValueError(f"n_sites={self.n_sites} with top_sites={self.top_sites} gives no coarse-graining layer "
+                             "(the chain is halved only while its length is even and above top_sites): that would "
+                             "be a dense state vector, not a MERA")
         if largest > MAX_MERA_STATES:
             raise ValueError(f"the exact MERA likelihood would hold {largest:.3g} amplitudes (> {MAX_MERA_STATES}): "
                              f"n_sites={self.n_sites} with phys_dim={self.phys_dim} is too large for the full state "
@@ -97,8 +103,6 @@ class MERA(nn.Module):
             nn.Parameter(torch.empty((sites - 2) // 2, dim * dim, dim * dim)) for sites, dim, _ in self.layer_dims)
         self.isometries = nn.ParameterList(
             nn.Parameter(torch.empty(sites // 2, dim * dim, dim * dim)) for sites, dim, _ in self.layer_dims)
-        for i, (_, dim, _) in enumerate(self.layer_dims):
-            self.register_buffer(f"basis_{i}", _uniform_first_basis(dim * dim).float(), persistent=False)
         self.top = nn.Parameter(torch.empty(math.prod(self.top_shape)))
         self.reset_parameters()
 
@@ -119,22 +123,20 @@ class MERA(nn.Module):
         return sum(per_layer) + self.top.numel()
 
     def isometry_matrices(self) -> tuple[list[Tensor], list[Tensor]]:
-        """The layers' disentanglers ``(count, k, k)`` and isometries ``(count, k, d_(l+1))``, bottom up."""
+        """The layers' disentanglers ``(count, k, k)`` and isometries ``(count, k, d_(l+1))``, bottom up. The bottom
+        isometries start (at zero generator) with their first channel the uniform superposition of their two
+        sites, the higher ones with it the first channel of both sites below, so channel 0 all the way up is the
+        uniform distribution."""
         us, ws = [], []
-        for i, (_, _, coarse) in enumerate(self.layer_dims):
-            basis = getattr(self, f"basis_{i}").to(self.top.dtype)
-            us.append(_isometry(self.disentanglers[i], torch.eye(basis.shape[0], dtype=basis.dtype,
-                                                                 device=basis.device), basis.shape[0]))
-            ws.append(_isometry(self.isometries[i], basis, coarse))
+        for i, (_, dim, coarse) in enumerate(self.layer_dims):
+            eye = torch.eye(dim * dim, dtype=self.top.dtype, device=self.top.device)
+            us.append(_isometry(self.disentanglers[i], eye, dim * dim))
+            ws.append(_isometry(self.isometries[i], _uniform_first_basis(dim * dim, self.top) if i == 0 else eye,
+                                coarse))
         return us, ws
 
-    @property
-    def bond_dims(self) -> list[int]:
-        """Dimension of the coarse sites made by each layer, bottom up."""
-        return [coarse for _, _, coarse in self.layer_dims]
-
     def state(self) -> Tensor:
-        """The unnormalized amplitudes :math:`\\psi(x)` of every configuration, ``(d^n,)``."""
+        """The amplitudes :math:`\\psi(x)` of every configuration, ``(d^n,)`` (unit norm up to rounding)."""
         psi = self.top / self.top.norm()
         dims = list(self.top_shape)
         us, ws = self.isometry_matrices()
@@ -151,9 +153,11 @@ class MERA(nn.Module):
         return (x * powers).sum(1)
 
     def log_prob(self, x) -> Tensor:
-        r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)``: ``(B,)``."""
+        r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)``: ``(B,)``. Contracted in the parameters' dtype
+        even under autocast (a low-precision state vector would lose the small probabilities)."""
         x = check_states(x, self.n_sites, self.phys_dim, self.top.device)
-        psi = self.state()
+        with torch.autocast(device_type=self.top.device.type, enabled=False):
+            psi = self.state()
         log_z = (psi * psi).sum().log()
         check_finite(self, log_z, "MERA")
         amp = psi[self._index(x)]
@@ -166,7 +170,8 @@ class MERA(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` independent exact samples ``(n, n_sites)`` long, drawn from the full distribution."""
         n = check_size("n", n)
-        psi = self.state()
+        with torch.autocast(device_type=self.top.device.type, enabled=False):
+            psi = self.state()
         idx = torch.multinomial((psi * psi).double(), n, replacement=True, generator=generator)
         powers = self.phys_dim ** torch.arange(self.n_sites - 1, -1, -1, device=idx.device)
         return (idx[:, None] // powers) % self.phys_dim
