@@ -471,7 +471,7 @@ def test_mera_state_matches_a_kronecker_product_reference():
     Kronecker products of the layers' operators (identity on the chain's unpaired end sites)."""
     torch.manual_seed(0)
     mera = MERA(8, 3, top_sites=2, init_noise=1.0).double()
-    assert mera.layer_dims == [(8, 2, 3), (4, 3, 3)] and mera.top_shape == (3, 3)
+    assert mera.layer_dims == [(8, 2, 3), (4, 3, 3)] and mera.top_shape == (3, 3) and mera.bond_dims == [3, 3]
     assert mera.n_params == 3 * 16 + 4 * 4 * 3 + 1 * 81 + 2 * 9 * 3 + 9
     us, ws = mera.isometry_matrices()
     iso, dis = [list(w.detach()) for w in ws], [list(u.detach()) for u in us]

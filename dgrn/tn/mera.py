@@ -122,6 +122,11 @@ class MERA(nn.Module):
                      for sites, dim, coarse in self.layer_dims]
         return sum(per_layer) + self.top.numel()
 
+    @property
+    def bond_dims(self) -> list[int]:
+        """Dimension of the coarse sites made by each layer, bottom up."""
+        return [coarse for _, _, coarse in self.layer_dims]
+
     def isometry_matrices(self) -> tuple[list[Tensor], list[Tensor]]:
         """The layers' disentanglers ``(count, k, k)`` and isometries ``(count, k, d_(l+1))``, bottom up. The bottom
         isometries start (at zero generator) with their first channel the uniform superposition of their two
