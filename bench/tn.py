@@ -55,9 +55,21 @@ def fit_adam(model, x, epochs: int, lr: float, batch: int = 500, seed: int = 0):
     return model
 
 
+def early_stopped(model, val, step, rounds: int):
+    """Call ``step()`` (one round of training of ``model``) ``rounds`` times; return a copy of the state with the best
+    NLL on the validation samples (the initial state included)."""
+    best, best_val = copy.deepcopy(model), per_spin_nll(model, val)
+    for _ in range(rounds):
+        step()
+        score = per_spin_nll(model, val)
+        if score < best_val:
+            best, best_val = copy.deepcopy(model), score
+    return best
+
+
 def fit_lbfgs_early_stop(model, fit, val, chunks: int, iters: int = 20):
-    """Full-batch L-BFGS (strong Wolfe line search) on the NLL of ``fit``, ``chunks`` rounds of ``iters`` iterations;
-    keep the state with the best NLL on the validation samples."""
+    """Full-batch L-BFGS (strong Wolfe line search) on the NLL of ``fit``, ``chunks`` rounds of ``iters`` iterations,
+    early-stopped on the validation samples."""
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=iters, history_size=50,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
 
@@ -67,13 +79,7 @@ def fit_lbfgs_early_stop(model, fit, val, chunks: int, iters: int = 20):
         loss.backward()
         return loss
 
-    best, best_val = copy.deepcopy(model), per_spin_nll(model, val)
-    for _ in range(chunks):
-        opt.step(closure)
-        score = per_spin_nll(model, val)
-        if score < best_val:
-            best, best_val = copy.deepcopy(model), score
-    return best
+    return early_stopped(model, val, lambda: opt.step(closure), chunks)
 
 
 def fit_sweeps(n: int, x, bond: int, grow: int, restarts: int, seed: int = 0):
@@ -93,14 +99,8 @@ def fit_sweeps(n: int, x, bond: int, grow: int, restarts: int, seed: int = 0):
 
 
 def fit_sweeps_early_stop(model, fit, val, max_sweeps: int, **kwargs):
-    """Sweeps at fixed bond dimension; keep the state with the best NLL on the validation samples."""
-    best, best_val = copy.deepcopy(model), per_spin_nll(model, val)
-    for _ in range(max_sweeps):
-        model.sweep(fit, **kwargs)
-        score = per_spin_nll(model, val)
-        if score < best_val:
-            best, best_val = copy.deepcopy(model), score
-    return best
+    """Sweeps at fixed bond dimension, early-stopped on the validation samples."""
+    return early_stopped(model, val, lambda: model.sweep(fit, **kwargs), max_sweeps)
 
 
 def corr_curve(samples, dist):

@@ -153,9 +153,9 @@ class MERA(nn.Module):
                 psi = _apply(psi, u[j], dims, 2 * j + 1, 2)
         return psi
 
-    def _index(self, x: Tensor) -> Tensor:
-        powers = self.phys_dim ** torch.arange(self.n_sites - 1, -1, -1, device=x.device)
-        return (x * powers).sum(1)
+    def _place_values(self, device: torch.device) -> Tensor:
+        """``d^(n-1), ..., d, 1``: configuration <-> index in the state vector (site 0 most significant)."""
+        return self.phys_dim ** torch.arange(self.n_sites - 1, -1, -1, device=device)
 
     def log_prob(self, x) -> Tensor:
         r"""Exact :math:`\log p(x)` of configurations ``x`` ``(B, n)``: ``(B,)``. Contracted in the parameters' dtype
@@ -165,7 +165,7 @@ class MERA(nn.Module):
             psi = self.state()
         log_z = (psi * psi).sum().log()
         check_finite(self, log_z, "MERA")
-        amp = psi[self._index(x)]
+        amp = psi[(x * self._place_values(x.device)).sum(1)]
         return (amp * amp).clamp_min(torch.finfo(psi.dtype).tiny).log() - log_z
 
     def forward(self, x) -> Tensor:
@@ -178,8 +178,7 @@ class MERA(nn.Module):
         with torch.autocast(device_type=self.top.device.type, enabled=False):
             psi = self.state()
         idx = torch.multinomial((psi * psi).double(), n, replacement=True, generator=generator)
-        powers = self.phys_dim ** torch.arange(self.n_sites - 1, -1, -1, device=idx.device)
-        return (idx[:, None] // powers) % self.phys_dim
+        return (idx[:, None] // self._place_values(idx.device)) % self.phys_dim
 
     def extra_repr(self) -> str:
         return (f"n_sites={self.n_sites}, bond_dim={self.bond_dim}, phys_dim={self.phys_dim}, "
