@@ -159,10 +159,12 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
             mera_bond: int | None = None) -> dict:
     """MPS (site order ``order``) vs TTN (``tree``) at equal parameters on one exactly solved model.
 
-    Both are trained by sweeps at fixed bond dimension (MPS: two-site, TTN: single-node), early-stopped on the last
-    ``N_VAL`` training samples; ``--adam`` adds both trained by Adam; ``mera_bond`` adds a binary MERA of that bond
-    dimension over the chain, trained by full-batch L-BFGS early-stopped on the same samples (``--mera-chunks``
-    rounds of 20 iterations; no sweeps exist for it), and with ``--adam`` by Adam at ``--mera-lr`` too."""
+    Both are trained by two protocols, each early-stopped on the last ``N_VAL`` training samples: sweeps at fixed
+    bond dimension (MPS: two-site, TTN: single-node) from a random start, and full-batch L-BFGS from the default
+    near-uniform start (``--lbfgs-chunks`` rounds of 20 iterations, validation checked after each); ``--adam`` adds
+    both trained by Adam on the same samples (no early stopping); ``mera_bond`` adds a binary MERA of that bond
+    dimension over the chain, trained by the same L-BFGS protocol (no sweeps exist for it), and with ``--adam`` by
+    Adam at ``--mera-lr`` too. For each network, the protocol of lowest validation NLL gives the verdict."""
     order = torch.arange(n) if order is None else torch.as_tensor(order)
     x = sample_fn(N_TRAIN + N_TEST + N_CORR, seed=11).long()
     train, test, fresh = x[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], x[N_TRAIN + N_TEST:]
@@ -181,38 +183,55 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     models["MPS (sweeps)"] = fit_sweeps_early_stop(MPS(n, mps_bond, init_noise=1.0), fit[:, order], val[:, order],
                                                    args.max_sweeps, max_bond=mps_bond)
     seconds["MPS (sweeps)"] = time.perf_counter() - start
+    lbfgs = (("TTN (L-BFGS)", lambda: TTN(n, ttn_bond, tree=tree), (fit, val)),
+             ("MPS (L-BFGS)", lambda: MPS(n, mps_bond), (fit[:, order], val[:, order])))
+    for label, model, data in lbfgs if args.lbfgs_chunks else ():
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        models[label] = fit_lbfgs_early_stop(model(), *data, args.lbfgs_chunks)
+        seconds[label] = time.perf_counter() - start
     if args.adam:
-        for label, model, data in (("TTN (Adam)", TTN(n, ttn_bond, tree=tree), train),
-                                   ("MPS (Adam)", MPS(n, mps_bond), train[:, order])):
+        for label, model, data in (("TTN (Adam)", TTN(n, ttn_bond, tree=tree), fit),
+                                   ("MPS (Adam)", MPS(n, mps_bond), fit[:, order])):
             start = time.perf_counter()
             torch.manual_seed(0)
             models[label] = fit_adam(model, data, args.epochs, args.lr)
             seconds[label] = time.perf_counter() - start
-    if mera_bond is not None:  # exact through its full state vector: chains of at most 24 sites
+    if mera_bond is not None and args.lbfgs_chunks:  # exact through its full state vector: chains of at most 24 sites
         start = time.perf_counter()
         torch.manual_seed(0)
-        models["MERA (L-BFGS)"] = fit_lbfgs_early_stop(MERA(n, mera_bond), fit, val, args.mera_chunks)
+        models["MERA (L-BFGS)"] = fit_lbfgs_early_stop(MERA(n, mera_bond), fit, val, args.lbfgs_chunks)
         seconds["MERA (L-BFGS)"] = time.perf_counter() - start
         if args.adam:
             start = time.perf_counter()
             torch.manual_seed(0)
-            models["MERA (Adam)"] = fit_adam(MERA(n, mera_bond), train, args.epochs, args.mera_lr)
+            models["MERA (Adam)"] = fit_adam(MERA(n, mera_bond), fit, args.epochs, args.mera_lr)
             seconds["MERA (Adam)"] = time.perf_counter() - start
     inverse = torch.argsort(order)
     rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "models": {}}
     for label, m in models.items():
         is_mps = label.startswith("MPS")
         gap = per_spin_nll(m, test[:, order] if is_mps else test) - s_exact
+        val_gap = per_spin_nll(m, val[:, order] if is_mps else val) - s_exact
         samples = m.sample(N_CORR, generator=torch.Generator().manual_seed(5))
         if is_mps:
             samples = samples[:, inverse]  # back to lattice order
         err = corr_error(corr_curve(samples, dist), c_exact)
         out["models"][label] = {"n_params": m.n_params, "max_bond": max(m.bond_dims), "kl_per_spin": gap,
-                                "corr_error": err, "train_seconds": seconds[label]}
-        rows.append([label, m.n_params, max(m.bond_dims), gap, err["max"], err["mean"], f"{seconds[label]:.0f}"])
-    rows.append(["exact samples (noise floor)", "-", "-", "-", floor["max"], floor["mean"], "-"])
+                                "val_nll_minus_s": val_gap, "corr_error": err, "train_seconds": seconds[label]}
+        rows.append([label, m.n_params, max(m.bond_dims), val_gap, gap, err["max"], err["mean"],
+                     f"{seconds[label]:.0f}"])
+    rows.append(["exact samples (noise floor)", "-", "-", "-", "-", floor["max"], floor["mean"], "-"])
     print_table(f"{name}: KL per spin = test NLL - S (S/N = {s_exact:.4f}), C(r) error from {N_CORR} samples",
-                ["model", "params", "max bond", "NLL - S", "max |dC(r)|", "mean |dC(r)|", "train s"], rows)
+                ["model", "params", "max bond", "val NLL - S", "test NLL - S", "max |dC(r)|", "mean |dC(r)|",
+                 "train s"], rows)
+    # each network with the training protocol of lowest validation NLL: the test verdict uses no test information
+    out["selected"] = {net: min((k for k in out["models"] if k.startswith(net)),
+                                key=lambda k: out["models"][k]["val_nll_minus_s"]) for net in ("TTN", "MPS")}
+    ttn, mps = (out["models"][out["selected"][net]] for net in ("TTN", "MPS"))
+    print(f"selected on validation: {out['selected']['TTN']} vs {out['selected']['MPS']}: KL/spin "
+          f"{ttn['kl_per_spin']:.4f} vs {mps['kl_per_spin']:.4f}, max |dC(r)| {ttn['corr_error']['max']:.4f} vs "
+          f"{mps['corr_error']['max']:.4f}")
     return out, {"models": models, "test": test, "order": order}
 
 
@@ -404,8 +423,9 @@ def main() -> None:
                         help="bond dimension of the MERA on the long-range chains (0: no MERA)")
     parser.add_argument("--mera-lr", type=float, default=0.003,
                         help="Adam learning rate of the MERA (0.01 oscillates on these chains)")
-    parser.add_argument("--mera-chunks", type=int, default=30,
-                        help="rounds of 20 full-batch L-BFGS iterations for the MERA (validation checked after each)")
+    parser.add_argument("--lbfgs-chunks", type=int, default=30,
+                        help="rounds of 20 full-batch L-BFGS iterations (validation checked after each); 0: no "
+                             "L-BFGS rows (and no MERA)")
     parser.add_argument("--tols", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
