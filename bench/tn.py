@@ -171,6 +171,7 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     s_exact = exact["entropy"] / n
     c_exact = correlation_by_distance(exact["correlation"], dist)[1]
     floor = corr_error(corr_curve(fresh, dist), c_exact)  # sampling noise of C(r) with N_CORR exact samples
+    torch.manual_seed(0)  # torch seeds its default generator at random per process
     ttn = TTN(n, ttn_bond, tree=tree, init_noise=1.0)
     mps_bond = equal_param_mps_bond(n, ttn.n_params)
     fit, val = train[:-N_VAL], train[-N_VAL:]
