@@ -184,30 +184,24 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     models["MPS (sweeps)"] = fit_sweeps_early_stop(MPS(n, mps_bond, init_noise=1.0), fit[:, order], val[:, order],
                                                    args.max_sweeps, max_bond=mps_bond)
     seconds["MPS (sweeps)"] = time.perf_counter() - start
-    lbfgs = (("TTN (L-BFGS)", lambda: TTN(n, ttn_bond, tree=tree), (fit, val)),
-             ("MPS (L-BFGS)", lambda: MPS(n, mps_bond), (fit[:, order], val[:, order])))
-    for label, model, data in lbfgs if args.lbfgs_chunks else ():
-        start = time.perf_counter()
-        torch.manual_seed(0)
-        models[label] = fit_lbfgs_early_stop(model(), *data, args.lbfgs_chunks)
-        seconds[label] = time.perf_counter() - start
+    # the gradient protocols, each network built after seeding (torch's default generator is seeded at random)
+    nets = {"TTN": (lambda: TTN(n, ttn_bond, tree=tree), fit, val),
+            "MPS": (lambda: MPS(n, mps_bond), fit[:, order], val[:, order])}
+    if mera_bond is not None:  # exact through its full state vector: chains of at most 24 sites
+        nets["MERA"] = (lambda: MERA(n, mera_bond), fit, val)
+    protocols = {}
+    if args.lbfgs_chunks:
+        protocols["L-BFGS"] = lambda m, f, v: fit_lbfgs_early_stop(m, f, v, args.lbfgs_chunks)
     if args.adam:
-        for label, model, data in (("TTN (Adam)", TTN(n, ttn_bond, tree=tree), fit),
-                                   ("MPS (Adam)", MPS(n, mps_bond), fit[:, order])):
+        protocols["Adam"] = lambda m, f, v: fit_adam(m, f, args.epochs,
+                                                     args.mera_lr if isinstance(m, MERA) else args.lr)
+    for protocol, train_fn in protocols.items():
+        for net, (build, net_fit, net_val) in nets.items():
+            label = f"{net} ({protocol})"
             start = time.perf_counter()
             torch.manual_seed(0)
-            models[label] = fit_adam(model, data, args.epochs, args.lr)
+            models[label] = train_fn(build(), net_fit, net_val)
             seconds[label] = time.perf_counter() - start
-    if mera_bond is not None and args.lbfgs_chunks:  # exact through its full state vector: chains of at most 24 sites
-        start = time.perf_counter()
-        torch.manual_seed(0)
-        models["MERA (L-BFGS)"] = fit_lbfgs_early_stop(MERA(n, mera_bond), fit, val, args.lbfgs_chunks)
-        seconds["MERA (L-BFGS)"] = time.perf_counter() - start
-        if args.adam:
-            start = time.perf_counter()
-            torch.manual_seed(0)
-            models["MERA (Adam)"] = fit_adam(MERA(n, mera_bond), fit, args.epochs, args.mera_lr)
-            seconds["MERA (Adam)"] = time.perf_counter() - start
     inverse = torch.argsort(order)
     rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "models": {}}
     for label, m in models.items():
@@ -426,7 +420,7 @@ def main() -> None:
                         help="Adam learning rate of the MERA (0.01 oscillates on these chains)")
     parser.add_argument("--lbfgs-chunks", type=int, default=30,
                         help="rounds of 20 full-batch L-BFGS iterations (validation checked after each); 0: no "
-                             "L-BFGS rows (and no MERA)")
+                             "L-BFGS rows")
     parser.add_argument("--tols", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
