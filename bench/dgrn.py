@@ -68,6 +68,7 @@ def independent_c2f(best_checkpoint: str, data_file: Path | None = None) -> dict
 
     from dgrn.models import DGRN, SpikeDataModule
     from dgrn.runner import load_checkpoint
+    from dgrn.tn import ConditionalMPS
 
     ckpt = load_checkpoint(best_checkpoint)
     model = DGRN(**ckpt["hyper_parameters"])
@@ -77,16 +78,20 @@ def independent_c2f(best_checkpoint: str, data_file: Path | None = None) -> dict
     dm = SpikeDataModule(**dm_hparams)
     rate = dm.split_spikes("train").double().mean(0).clamp(1e-6, 1 - 1e-6)
     test = dm.split_spikes("test").double()
-    member = model.net._index(1).cpu()  # level-1 unit of each neuron
-    log_fire = torch.where(test > 0, rate.log(), (-rate).log1p())
-    block_log = torch.zeros(test.shape[0], int(member.max()) + 1, dtype=torch.float64).index_add_(1, member, log_fire)
-    silent = torch.zeros(int(member.max()) + 1, dtype=torch.float64).index_add_(0, member, (-rate).log1p())
-    active = torch.zeros_like(block_log).index_add_(1, member, test) > 0
-    # p(block pattern | block active) = p(pattern) / (1 - p(all silent));
-    # a silent block is certain given the coarse state
-    cond = torch.where(active, block_log - torch.log1p(-silent.exp()), torch.zeros_like(block_log))
-    return {"c2f_nll": float(-cond.sum(1).mean() / test.shape[1]),
-            "nll": float(-log_fire.sum(1).mean() / test.shape[1])}
+    net = model.net
+    n = test.shape[1]
+    # independent neurons = a bond-dimension-1 conditional MPS with constant fields at the rates; its restricted
+    # log_prob conditions exactly on the coarse state (any pooling thresholds) in the run's decoder order
+    independent = ConditionalMPS(n, 1, 1, rank=0).double()
+    with torch.no_grad():
+        independent.core.fill_(1.0)
+        independent.field.bias.view(n, 2)[:, 1] = (rate / (1 - rate)).log()[torch.argsort(net._index(0).cpu())]
+    # (the decoder's field bound makes a neuron silent in training fire at e^-12, not at the 1e-6 clamp above)
+    with torch.no_grad():
+        x, context = net.pool(test)[:2], torch.zeros(test.shape[0], 1, dtype=torch.float64)
+        fine = (x[0] > 0).long()
+        cond = independent.log_prob(fine, context, net.groups_0.cpu(), x[1].bool(), net.thresholds[0])
+        return {"c2f_nll": float(-cond.mean() / n), "nll": float(-independent.log_prob(fine, context).mean() / n)}
 
 
 @functools.cache

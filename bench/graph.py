@@ -109,9 +109,9 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
 
     encoder = load_pretrained("community_encoder_kising") if "community_encoder_kising" in list_models() else None
     estimators = {
-        "ML": lambda d: infer_couplings(d, max_iter=15),
-        "ML + latent": lambda d: infer_couplings(d, max_iter=15, latent_rank=2),
-        "ML + latent (rank by held-out NLL)": lambda d: infer_couplings(d, max_iter=15, latent_rank="auto"),
+        "ML": lambda d: infer_couplings(d),
+        "ML + latent": lambda d: infer_couplings(d, latent_rank=2),
+        "ML + latent (rank by held-out NLL)": lambda d: infer_couplings(d, latent_rank="auto"),
         "nMF": lambda d: mean_field_couplings(d, "nmf"),
         "TAP": lambda d: mean_field_couplings(d, "tap"),
         "correlation": correlation,

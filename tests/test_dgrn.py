@@ -15,6 +15,9 @@ from dgrn.models import DGRN, NextBinModule, SpikeDataModule, module_for
 from dgrn.nn import MultiscaleBornMachine, build_hierarchy, nested_order
 
 MEMBERS = [[0, 1, 1, 2, 0, 2], [0, 1, 1, 0, 0, 0]]  # 6 neurons -> 3 units -> 2 units (nested)
+# count thresholds of each neuron's unit: level-1 unit 0 (neurons 0, 4) needs both; level-2 unit 0 (level-1 units 0, 2)
+# needs both of its children
+THRESHOLDS = [[2, 1, 1, 1, 2, 1], [2, 1, 1, 2, 2, 2]]
 
 
 def _net(**kw) -> MultiscaleBornMachine:
@@ -40,10 +43,12 @@ def test_nested_order_makes_children_contiguous():
         nested_order([0, 0, 1], [])
 
 
-def test_next_bin_distribution_is_exactly_normalized_at_every_level():
+@pytest.mark.parametrize("thresholds", [None, THRESHOLDS])
+def test_next_bin_distribution_is_exactly_normalized_at_every_level(thresholds):
     """Enumerate all 2^6 next bins after one history: the fine joint sums to 1, and summing it over the fine
-    patterns of each coarse state gives the level's marginal computed by the coarse-to-fine chain."""
-    net = _net()
+    patterns of each coarse state gives the level's marginal computed by the coarse-to-fine chain (OR pooling and
+    count thresholds)."""
+    net = _net(thresholds=thresholds)
     history = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]], dtype=torch.float64)
     nxt = torch.tensor(list(itertools.product([0, 1], repeat=6)), dtype=torch.float64)
     x = torch.cat([history[None].expand(64, -1, -1), nxt[:, None]], 1)  # (64, 3, 6): context 2, one scored bin
@@ -60,8 +65,9 @@ def test_next_bin_distribution_is_exactly_normalized_at_every_level():
         torch.testing.assert_close(summed.sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
-def test_samples_are_consistent_across_levels_and_follow_the_model():
-    net = _net()
+@pytest.mark.parametrize("thresholds", [None, THRESHOLDS])
+def test_samples_are_consistent_across_levels_and_follow_the_model(thresholds):
+    net = _net(thresholds=thresholds)
     history = torch.tensor([[[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]]], dtype=torch.float64)
     draws = net.sample(history, n_samples=20_000, generator=torch.Generator().manual_seed(0))
     assert [tuple(d.shape) for d in draws] == [(1, 20_000, 6), (1, 20_000, 3), (1, 20_000, 2)]
@@ -84,6 +90,12 @@ def test_multiscale_float32_dtype_and_bad_input():
         MultiscaleBornMachine(6, MEMBERS, context=2, history=3)
     with pytest.raises(TypeError, match="unexpected"):
         MultiscaleBornMachine(6, MEMBERS, colour="red")
+    with pytest.raises(ValueError, match="number of children"):  # level-1 unit 1 has two neurons, not three
+        MultiscaleBornMachine(6, MEMBERS, thresholds=[[1, 3, 3, 1, 1, 1], [1] * 6])
+    with pytest.raises(ValueError, match="one integer per unit"):  # neurons 0 and 4 share a unit
+        MultiscaleBornMachine(6, MEMBERS, thresholds=[[2, 1, 1, 1, 1, 1], [1] * 6])
+    with pytest.raises(ValueError, match="2 levels"):
+        MultiscaleBornMachine(6, MEMBERS, thresholds=[[1] * 6])
     with pytest.raises(ValueError):
         net(torch.zeros(2, 10, 5))
 
@@ -105,6 +117,36 @@ def test_build_hierarchy_levels_and_clear_errors(kising):
         build_hierarchy(w, kising.spikes, 3, communities="leiden", tau=10.0, laplacian="normalized")
     with pytest.raises(ValueError, match="merges none"):
         build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=1e-6)
+
+
+def test_median_thresholds_make_units_active_half_the_time(kising):
+    """unit_thresholds against a direct scan of every threshold of every unit, level by level (children of a
+    level-2 unit are level-1 units); MultiscaleBornMachine.pool reproduces the same unit states."""
+    from dgrn.graph import infer_couplings
+
+    w = infer_couplings(kising.spikes)
+    h = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=10.0, laplacian="normalized", pool="median")
+    net = MultiscaleBornMachine(40, h["memberships"], order=h["order"], thresholds=h["thresholds"])
+    pooled = net.pool(kising.spikes.float())
+    below = {i: kising.spikes[:, i].double() for i in range(40)}  # state of each unit of the level below
+    below_of = list(range(40))  # each neuron's unit of the level below
+    for lvl, (member, thr) in enumerate(zip(h["memberships"], h["thresholds"]), 1):
+        states = {}
+        for u in set(member):
+            children = {below_of[i] for i in range(40) if member[i] == u}
+            count = sum(below[c] for c in children)
+            closeness = [abs(float((count >= k).double().mean()) - 0.5) for k in range(1, len(children) + 1)]
+            k = len(children) - int(np.argmin(closeness[::-1]))  # ties: the larger threshold
+            assert {thr[i] for i in range(40) if member[i] == u} == {k}
+            states[u] = (count >= k).double()
+        for i in range(40):
+            assert torch.equal(pooled[lvl][:, net._index(lvl)[i]].double(), states[member[i]])
+        below, below_of = states, member
+    capped = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=10.0, laplacian="normalized",
+                             pool="median", max_threshold=1)
+    assert all(k == 1 for level in capped["thresholds"] for k in level)
+    with pytest.raises(ValueError, match="unknown pool"):
+        build_hierarchy(w, kising.spikes, 1, communities="leiden", pool="sum")
 
 
 def test_joint_loglik_metric_matches_the_factorized_path():

@@ -399,15 +399,20 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(cm.cuda().log_prob(xs.cuda(), c.cuda()).cpu(), cm.cpu().log_prob(xs, c))
 
 
-def _consistent(x: torch.Tensor, groups: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    fired = torch.stack([x[:, groups == g].any(1) for g in range(int(groups[-1]) + 1)], 1)
+def _consistent(x: torch.Tensor, groups: torch.Tensor, active: torch.Tensor, thresholds=None) -> torch.Tensor:
+    n_groups = int(groups[-1]) + 1
+    thresholds = [1] * n_groups if thresholds is None else thresholds
+    fired = torch.stack([(x[:, groups == g] > 0).sum(1) >= thresholds[g] for g in range(n_groups)], 1)
     return (fired == active).all(1)
 
 
-@pytest.mark.parametrize("active", [[1, 0, 1], [1, 1, 1], [0, 0, 0], [0, 1, 1]])
-def test_conditional_mps_coarse_constraint_matches_restricted_enumeration(active):
-    """log p(x | c, coarse) = the unconstrained Born weights restricted to the configurations whose OR over each
-    block equals the coarse state, renormalized (enumerated independently); sampling follows it exactly."""
+@pytest.mark.parametrize("active,thresholds", [([1, 0, 1], None), ([1, 1, 1], None), ([0, 0, 0], None),
+                                               ([0, 1, 1], None), ([1, 0, 1], [2, 2, 1]), ([0, 1, 0], [2, 3, 1]),
+                                               ([1, 1, 1], [1, 2, 1]), ([0, 0, 0], [2, 2, 1])])
+def test_conditional_mps_coarse_constraint_matches_restricted_enumeration(active, thresholds):
+    """log p(x | c, coarse) = the unconstrained Born weights restricted to the configurations whose count of
+    nonzero sites in each block reaches its threshold exactly where the coarse state is active (threshold 1: OR),
+    renormalized (enumerated independently); sampling follows it exactly."""
     torch.manual_seed(0)
     m = ConditionalMPS(6, 3, 3, rank=2, init_noise=1.0).double()
     with torch.no_grad():
@@ -417,16 +422,31 @@ def test_conditional_mps_coarse_constraint_matches_restricted_enumeration(active
     x = all_states(6)
     c = torch.randn(1, 3, dtype=torch.float64).expand(64, -1)
     act = torch.tensor([active], dtype=torch.bool).expand(64, -1)
-    ok = _consistent(x, groups, act)
+    ok = _consistent(x, groups, act, thresholds)
     free = m.log_prob(x, c)
     reference = free.masked_fill(~ok, -torch.inf)
     reference = reference - reference.logsumexp(0)
-    got = m.log_prob(x, c, groups, act)
+    got = m.log_prob(x, c, groups, act, thresholds)
     torch.testing.assert_close(got[ok], reference[ok], rtol=0, atol=1e-12)
     assert torch.isneginf(got[~ok]).all()
-    draws = m.sample(c[:1].expand(40_000, -1), torch.Generator().manual_seed(1), groups, act[:1].expand(40_000, -1))
-    assert _consistent(draws, groups, act[:1].expand(40_000, -1)).all()
+    act_draws = act[:1].expand(40_000, -1)
+    draws = m.sample(c[:1].expand(40_000, -1), torch.Generator().manual_seed(1), groups, act_draws, thresholds)
+    assert _consistent(draws, groups, act_draws, thresholds).all()
     assert total_variation(draws, reference) < 0.03
+
+
+def test_conditional_mps_count_constraint_three_states():
+    """phys_dim 3: a block's count is of its nonzero sites, whatever their value (enumerated over 3^5 states)."""
+    torch.manual_seed(3)
+    m = ConditionalMPS(5, 2, 3, phys_dim=3, rank=1, init_noise=1.0).double()
+    x = all_states(5, 3)
+    c = torch.randn(1, 2, dtype=torch.float64).expand(x.shape[0], -1)
+    groups, thresholds = torch.tensor([0, 0, 0, 1, 1]), [2, 1]
+    act = torch.tensor([[1, 0]], dtype=torch.bool).expand(x.shape[0], -1)
+    ok = _consistent(x, groups, act, thresholds)
+    reference = m.log_prob(x, c).masked_fill(~ok, -torch.inf)
+    got = m.log_prob(x, c, groups, act, thresholds)
+    torch.testing.assert_close(got[ok], (reference - reference.logsumexp(0))[ok], rtol=0, atol=1e-12)
 
 
 def test_conditional_mps_coarse_constraint_float32_and_bad_groups():
@@ -444,6 +464,12 @@ def test_conditional_mps_coarse_constraint_float32_and_bad_groups():
         m.log_prob(x, torch.zeros(3, 2), groups)
     with pytest.raises(ValueError, match="n_groups=5"):
         m.log_prob(x, torch.zeros(3, 2), groups, act[:, :4])
+    with pytest.raises(ValueError, match="from 1 to its block's size"):
+        m.log_prob(x, torch.zeros(3, 2), groups, act, [1, 1, 9, 1, 1])  # a block of 8 can never have 9
+    with pytest.raises(ValueError, match="from 1 to its block's size"):
+        m.log_prob(x, torch.zeros(3, 2), groups, act, [0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="thresholds need groups"):
+        m.log_prob(x, torch.zeros(3, 2), thresholds=[1] * 5)
 
 
 def test_conditional_mps_ignores_bf16_autocast():

@@ -69,10 +69,12 @@ class DGRN(NextBinModule):
     def from_datamodule(cls, datamodule, *, levels: int = 2, communities: str = "gnn",
                         encoder: str | None = "community_encoder_kising", graph: dict | None = None,
                         tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
-                        init: str = "rates", **kwargs: Any) -> DGRN:
+                        pool: str = "or", max_threshold: int | None = None, init: str = "rates",
+                        **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
-        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization) and return the model,
+        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
+        ``max_threshold``: when a coarse unit is active, thresholds set on the training split) and return the model,
         its decoders started at the training split's rates of every level (``init="glm"``: the fine level at the
         fitted GLM itself, :meth:`dgrn.nn.MultiscaleBornMachine.init_glm`).
         Other ``kwargs`` go to the constructor."""
@@ -88,11 +90,13 @@ class DGRN(NextBinModule):
         couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
-                                    shrink=shrink, laplacian=laplacian)
-        log.info("DGRN hierarchy: units per level %s, tau %s", hierarchy["n_units"], hierarchy["taus"])
+                                    shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold)
+        log.info("DGRN hierarchy: units per level %s, tau %s, thresholds per level %s", hierarchy["n_units"],
+                 hierarchy["taus"], [sorted(set(k)) for k in hierarchy["thresholds"]])
         net = dict(kwargs.pop("net", {}))
         info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
-                "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian}
+                "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian, "pool": pool,
+                "max_threshold": max_threshold}
         model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
         model.net.init_rates(spikes)
         if init == "glm":

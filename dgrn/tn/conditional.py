@@ -31,15 +31,16 @@ class ConditionalMPS(nn.Module):
     correlations between units of a bin instead of treating them as conditionally independent.
 
     **Coarse-to-fine constraint.** Given ``groups`` (the contiguous block of each site: the supernode of a coarser
-    level it belongs to, sites ordered block by block) and the coarse state ``active (B, K)`` (block ``k`` has at
-    least one nonzero site: OR pooling), ``log_prob(x, c, groups=..., active=...)`` is the exact
+    level it belongs to, sites ordered block by block), ``thresholds (K,)`` (default 1) and the coarse state
+    ``active (B, K)`` (block ``k`` has at least ``thresholds[k]`` nonzero sites; threshold 1 is OR pooling),
+    ``log_prob(x, c, groups=..., active=..., thresholds=...)`` is the exact
     :math:`\log p(x \mid c, x^{\rm coarse})` of the Born distribution *restricted to configurations consistent
-    with the coarse state* (silent blocks all zero, active blocks not all zero) and renormalized over them;
-    inconsistent ``x`` get :math:`-\infty`. The restricted norm is contracted with two environments per block,
-    "all zero so far" and "at least one nonzero so far", both sums of positive terms, so no cancellation occurs.
-    ``sample(c, groups=..., active=...)`` draws exactly from the restricted distribution. Chained over the levels
-    of a renormalization flow this gives an exactly normalized hierarchical likelihood
-    :math:`p(x^{0}) = p(x^{L})\prod_\ell p(x^{\ell} \mid x^{\ell+1})`.
+    with the coarse state* and renormalized over them; inconsistent ``x`` get :math:`-\infty`. The restricted norm
+    is contracted with one environment per count of nonzero sites so far in the block (``0 .. k``, the last one
+    meaning "``k`` or more"): ``k + 1`` sums of positive terms, so no cancellation occurs, at ``2(k + 1)`` transfer
+    products per site instead of 1. ``sample(c, groups=..., active=..., thresholds=...)`` draws exactly from the
+    restricted distribution. Chained over the levels of a renormalization flow this gives an exactly normalized
+    hierarchical likelihood :math:`p(x^{0}) = p(x^{L})\prod_\ell p(x^{\ell} \mid x^{\ell+1})`.
 
     Args:
         n_sites: number of units ``n``.
@@ -51,7 +52,8 @@ class ConditionalMPS(nn.Module):
     Shapes:
         ``log_prob(x, c)``: ``x (B, n)`` integers in ``{0..d-1}``, ``c (B, context_dim)`` -> ``(B,)``;
         ``sample(c)`` -> ``(B, n)`` long, one draw per context row; ``groups (n,)`` long, nondecreasing from 0 with
-        no gaps; ``active (B, K)`` bool with ``K = groups[-1] + 1``.
+        no gaps; ``active (B, K)`` bool with ``K = groups[-1] + 1``; ``thresholds (K,)`` integers from 1 to the
+        block's size.
     """
 
     def __init__(self, n_sites: int, context_dim: int, bond_dim: int, phys_dim: int = 2, *, rank: int = 1,
@@ -112,9 +114,11 @@ class ConditionalMPS(nn.Module):
         a = a * torch.exp(0.5 * (f - f.amax(-1, keepdim=True)))[:, :, None, :, None]
         return a / a.detach().abs().amax((2, 3, 4), keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
-    def _check_groups(self, groups, active, batch: int) -> tuple[Tensor, Tensor] | tuple[None, None]:
+    def _check_groups(self, groups, active, batch: int, thresholds=None) -> tuple[Tensor, Tensor, list[int]] | tuple[None, None, None]:
         if groups is None and active is None:
-            return None, None
+            if thresholds is not None:
+                raise ValueError("thresholds need groups and active")
+            return None, None, None
         if groups is None or active is None:
             raise ValueError("pass both groups (n_sites,) and active (batch, n_groups), or neither")
         groups = torch.as_tensor(groups, device=self.core.device).long()
@@ -128,17 +132,37 @@ class ConditionalMPS(nn.Module):
         n_groups = int(groups[-1]) + 1
         if active.shape != (batch, n_groups):
             raise ValueError(f"active must have shape (batch={batch}, n_groups={n_groups}), got {tuple(active.shape)}")
-        return groups, active.bool()
+        sizes = torch.bincount(groups).tolist()
+        if thresholds is None:
+            thresholds = [1] * n_groups
+        else:
+            thresholds = torch.as_tensor(thresholds).reshape(-1).tolist()
+            if len(thresholds) != n_groups or any(int(k) != k or not 1 <= k <= size
+                                                  for k, size in zip(thresholds, sizes)):
+                raise ValueError(f"thresholds must be {n_groups} integers, each from 1 to its block's size {sizes}; "
+                                 f"got {thresholds}")
+        return groups, active.bool(), [int(k) for k in thresholds]
 
     @staticmethod
     def _transfer(env: Tensor, ai: Tensor) -> Tensor:
         r""":math:`\sum_s A[s]^\top E A[s]` per context over the physical values present in ``ai``:
-        ``env (B, D, D)``, ``ai (B, D, k, D)`` (a view; its last three dimensions contiguous)."""
+        ``env (B, ..., D, D)`` (extra dimensions: count states), ``ai (B, D, k, D)`` (its last three dimensions
+        contiguous)."""
         batch, dim, k, _ = ai.shape
-        half = (env @ ai.reshape(batch, dim, k * dim)).reshape(batch, dim * k, dim)
-        return ai.reshape(batch, dim * k, dim).transpose(1, 2) @ half
+        a = ai.reshape(batch, *[1] * (env.dim() - 3), dim, k * dim)
+        half = (env @ a).reshape(*env.shape[:-2], dim * k, dim)
+        return a.reshape(*a.shape[:-2], dim * k, dim).transpose(-1, -2) @ half
 
-    def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None) -> Tensor:
+    @classmethod
+    def _count_step(cls, counts: Tensor, a_zero: Tensor, a_nonzero: Tensor) -> Tensor:
+        """One site of the count environments ``(B, k + 1, D, D)`` of a block: a zero value keeps the count, a
+        nonzero value moves it up by one, the last state (``k`` or more) absorbing."""
+        up = cls._transfer(counts, a_nonzero)
+        return cls._transfer(counts, a_zero) + torch.cat(
+            [torch.zeros_like(up[:, :1]), up[:, :-2], up[:, -2:].sum(1, keepdim=True)], 1)
+
+    def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None,
+                  thresholds: list[int] | None = None) -> Tensor:
         r""":math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
         configurations consistent with ``active`` when ``groups`` is given."""
         left, right = self.left.to(a.dtype), self.right.to(a.dtype)
@@ -154,15 +178,15 @@ class ConditionalMPS(nn.Module):
             if groups is None:
                 env = self._transfer(env, sites[i])
             else:
-                if i == 0 or block[i] != block[i - 1]:
-                    silent, fired = env, torch.zeros_like(env)  # block so far: all zero / some nonzero
-                fired, silent = (self._transfer(fired, a_zero[i]) + self._transfer(fired + silent, a_nonzero[i]),
-                                 self._transfer(silent, a_zero[i]))
+                k = thresholds[block[i]]
+                if i == 0 or block[i] != block[i - 1]:  # count environments of the block: 0, 1, .., k or more
+                    counts = torch.cat([env[:, None], env.new_zeros(env.shape[0], k, *env.shape[1:])], 1)
+                counts = self._count_step(counts, a_zero[i], a_nonzero[i])
                 if i == self.n_sites - 1 or block[i + 1] != block[i]:
-                    env = torch.where(active[:, block[i], None, None], fired, silent)
-                else:  # common scale for both environments, so their sum at the block end stays exact
-                    scale = (fired + silent).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
-                    fired, silent = fired / scale[:, None, None], silent / scale[:, None, None]
+                    env = torch.where(active[:, block[i], None, None], counts[:, k], counts[:, :k].sum(1))
+                else:  # common scale for all count environments, so their sum at the block end stays exact
+                    scale = counts.sum(1).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
+                    counts = counts / scale[:, None, None, None]
                     log_z = log_z + scale.log()
                     continue
             trace = env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
@@ -170,11 +194,11 @@ class ConditionalMPS(nn.Module):
             log_z = log_z + trace.log()
         return log_z + torch.einsum("bij,i,j->b", env, right, right).clamp_min(tiny).log()
 
-    def log_prob(self, x, c, groups=None, active=None) -> Tensor:
+    def log_prob(self, x, c, groups=None, active=None, thresholds=None) -> Tensor:
         r"""Exact :math:`\log p(x \mid c)` (or :math:`\log p(x \mid c, \text{active})` with ``groups``), ``(B,)``.
         Contracted in the parameters' dtype even under autocast (bf16 would cost the normalization its digits)."""
         with torch.autocast(device_type=self.core.device.type, enabled=False):
-            return self._log_prob(x, c, groups, active)
+            return self._log_prob(x, c, groups, active, thresholds)
 
     @property
     def _contract_dtype(self) -> torch.dtype:
@@ -184,14 +208,14 @@ class ConditionalMPS(nn.Module):
         even turn its weight negative."""
         return torch.float64 if self.core.dtype in (torch.float32, torch.float16, torch.bfloat16) else self.core.dtype
 
-    def _log_prob(self, x, c, groups, active) -> Tensor:
+    def _log_prob(self, x, c, groups, active, thresholds) -> Tensor:
         c = self._check_context(c)
         x = check_states(x, self.n_sites, self.phys_dim, self.core.device)
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but c has {c.shape[0]}: one context per configuration")
-        groups, active = self._check_groups(groups, active, x.shape[0])
+        groups, active, thresholds = self._check_groups(groups, active, x.shape[0], thresholds)
         a = self.site_tensors(c).to(self._contract_dtype)
-        log_z = self._log_norm(a, groups, active)
+        log_z = self._log_norm(a, groups, active, thresholds)
         check_finite(self, log_z, "ConditionalMPS")
         batch, dim = x.shape[0], self.bond_dim
         # the matrix of each site's observed value: n tensors (B, D, D)
@@ -206,69 +230,73 @@ class ConditionalMPS(nn.Module):
         log_psi = log_psi + (v.squeeze(1) @ self.right.to(a.dtype)).abs().clamp_min(torch.finfo(v.dtype).tiny).log()
         log_p = 2.0 * log_psi - log_z
         if groups is not None:
-            fired = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_reduce_(
-                1, groups.expand_as(x), (x > 0).long(), "amax")
-            log_p = log_p.masked_fill((fired.bool() != active).any(1), -torch.inf)
+            counts = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_add_(
+                1, groups.expand_as(x), (x > 0).long())
+            fired = counts >= torch.tensor(thresholds, device=x.device)
+            log_p = log_p.masked_fill((fired != active).any(1), -torch.inf)
         return log_p.to(c.dtype)
 
-    def forward(self, x, c, groups=None, active=None) -> Tensor:
-        return self.log_prob(x, c, groups, active)
+    def forward(self, x, c, groups=None, active=None, thresholds=None) -> Tensor:
+        return self.log_prob(x, c, groups, active, thresholds)
 
     @torch.no_grad()
-    def sample(self, c, generator: torch.Generator | None = None, groups=None, active=None) -> Tensor:
+    def sample(self, c, generator: torch.Generator | None = None, groups=None, active=None, thresholds=None) -> Tensor:
         r"""One exact sample per context row, ``(B, n)`` long (consistent with ``active`` when ``groups`` is given).
 
         Right environments per context, then left to right
         :math:`p(x_i \mid x_{<i}, c) \propto v A^{(i)}(c)[x_i] R A^{(i)}(c)[x_i]^\top v^\top`. With the constraint,
-        two right environments per site: ``free`` (the current block already has a nonzero site) and ``enter``
-        (it has none yet: an active block still needs one, a silent block stays zero), scaled together.
+        one right environment per count of nonzero sites so far in the current block (``0 .. k``), zero at the
+        block's end for the counts that contradict its coarse state, so inconsistent draws have weight 0.
         """
         c = self._check_context(c)
-        groups, active = self._check_groups(groups, active, c.shape[0])
+        groups, active, thresholds = self._check_groups(groups, active, c.shape[0], thresholds)
         a = self.site_tensors(c).to(self._contract_dtype)
         batch, n = c.shape[0], self.n_sites
-        block = groups.tolist() if groups is not None else [0] * n
-        last = [i == n - 1 or block[i + 1] != block[i] for i in range(n)]
-        on = active[:, groups] if groups is not None else None  # (B, n)
-        free, enter = [None] * (n + 1), [None] * (n + 1)
+        tiny = torch.finfo(a.dtype).tiny
         right = self.right.to(a.dtype)
-        free[n] = enter[n] = (right[:, None] * right[None, :]).expand(batch, -1, -1)
+        env = (right[:, None] * right[None, :]).expand(batch, -1, -1)
+        # after[i]: right environment of sites > i, (B, D, D), or (B, k + 1, D, D) per count in the block of site i
+        after: list[Tensor] = [None] * n  # type: ignore[list-item]
+        block = groups.tolist() if groups is not None else None
         for i in range(n - 1, -1, -1):
             # environments are transposed-contracted from the right: E_i = sum_s A[s] E_{i+1} A[s]^T
             at = a[:, i].permute(0, 3, 2, 1)  # (B, D_right, d, D_left)
             if groups is None:
-                free[i] = self._transfer(free[i + 1], at)
-                free[i] = enter[i] = free[i] / free[i].diagonal(dim1=1, dim2=2).sum(1)[:, None, None]
+                after[i] = env
+                env = self._transfer(env, at)
+                env = env / env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)[:, None, None]
                 continue
-            nxt_free, nxt_enter = (enter[i + 1], enter[i + 1]) if last[i] else (free[i + 1], enter[i + 1])
-            at_zero, at_nonzero = at[:, :, :1], at[:, :, 1:]
-            need = self._transfer(nxt_free, at_nonzero)
-            f = need + self._transfer(nxt_free, at_zero)
-            stay = self._transfer(nxt_enter, at_zero)
-            e = torch.where(on[:, i, None, None], need if last[i] else need + stay, stay)
-            scale = (f + e).diagonal(dim1=1, dim2=2).sum(1).clamp_min(torch.finfo(a.dtype).tiny)[:, None, None]
-            free[i], enter[i] = f / scale, e / scale
+            k = thresholds[block[i]]
+            if i == n - 1 or block[i + 1] != block[i]:  # block end: keep the counts consistent with its state
+                fired = torch.arange(k + 1, device=c.device) >= k
+                keep = (fired[None, :] == active[:, block[i], None]).to(a.dtype)
+                after[i] = keep[:, :, None, None] * env[:, None]
+            else:
+                after[i] = counts
+            up = torch.cat([torch.arange(1, k + 1), torch.tensor([k])]).to(c.device)  # count after a nonzero value
+            counts = self._transfer(after[i], at[:, :, :1]) + self._transfer(after[i][:, up], at[:, :, 1:])
+            counts = counts / counts.sum(1).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)[:, None, None, None]
+            env = counts[:, 0]  # entering a block: count 0
         out = torch.empty(batch, n, dtype=torch.long, device=c.device)
         v = self.left.to(a.dtype).expand(batch, -1)
         rows = torch.arange(batch, device=c.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=c.device)  # current block already has a nonzero site
+        count = torch.zeros(batch, dtype=torch.long, device=c.device)  # nonzero sites so far in the current block
         for i in range(n):
             w = torch.einsum("bl,blsr->bsr", v, a[:, i])  # (B, d, D)
             if groups is None:
-                weights = torch.einsum("bsr,brq,bsq->bs", w, free[i + 1], w)
+                weights = torch.einsum("bsr,brq,bsq->bs", w, after[i], w)
             else:
-                env_on = enter[i + 1] if last[i] else free[i + 1]
-                env_off = enter[i + 1] if last[i] else torch.where(done[:, None, None], free[i + 1], enter[i + 1])
-                weights = torch.cat([torch.einsum("br,brq,bq->b", w[:, 0], env_off, w[:, 0])[:, None],
-                                     torch.einsum("bsr,brq,bsq->bs", w[:, 1:], env_on, w[:, 1:])], 1)
-                weights[:, 1:] *= on[:, i, None]  # a silent block stays zero
-                if last[i]:
-                    weights[:, 0] *= ~(on[:, i] & ~done)  # an active block's last chance to fire
+                k = thresholds[block[i]]
+                if i == 0 or block[i] != block[i - 1]:
+                    count = torch.zeros_like(count)
+                env_zero, env_nonzero = after[i][rows, count], after[i][rows, (count + 1).clamp_max(k)]
+                weights = torch.cat([torch.einsum("br,brq,bq->b", w[:, 0], env_zero, w[:, 0])[:, None],
+                                     torch.einsum("bsr,brq,bsq->bs", w[:, 1:], env_nonzero, w[:, 1:])], 1)
             out[:, i] = sample_categorical(weights.clamp_min(0), generator)
             if groups is not None:
-                done = torch.zeros_like(done) if last[i] else done | (out[:, i] > 0)
+                count = (count + (out[:, i] > 0).long()).clamp_max(k)
             v = w[rows, out[:, i]]
-            v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
         return out
 
     def extra_repr(self) -> str:
