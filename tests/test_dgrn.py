@@ -142,9 +142,10 @@ def test_median_thresholds_make_units_active_half_the_time(kising):
         for i in range(40):
             assert torch.equal(pooled[lvl][:, net._index(lvl)[i]].double(), states[member[i]])
         below, below_of = states, member
-    capped = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=10.0, laplacian="normalized",
-                             pool="median", max_threshold=1)
-    assert all(k == 1 for level in capped["thresholds"] for k in level)
+    assert h["thresholds"][1] != [1] * 40  # level 2 pools 4 communities with a threshold above 1
+    for options in ({"pool": "or"}, {"pool": "median", "max_threshold": 1}):  # both are OR pooling at every level
+        flat = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=10.0, laplacian="normalized", **options)
+        assert flat["thresholds"] == [[1] * 40, [1] * 40]
     with pytest.raises(ValueError, match="unknown pool"):
         build_hierarchy(w, kising.spikes, 1, communities="leiden", pool="sum")
 

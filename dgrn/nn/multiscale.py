@@ -155,8 +155,8 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
         if t is None:
             raise ValueError(f"the level-{lvl - 1} graph has {k} unit(s) and no edges to diffuse on: it cannot be "
                              f"coarse-grained again; use levels <= {lvl - 1}")
-        pool = DiffusionRenormPooling(tau=t, mode="hard", learn_tau=False, laplacian=laplacian, self_loops=False)
-        out = pool(torch.eye(k, dtype=torch.float64)[None], adj=weights[None])
+        renorm_pool = DiffusionRenormPooling(tau=t, mode="hard", learn_tau=False, laplacian=laplacian, self_loops=False)
+        out = renorm_pool(torch.eye(k, dtype=torch.float64)[None], adj=weights[None])
         assign = out.assignment[0]
         if int(out.num_supernodes[0]) == k:
             raise ValueError(f"diffusion renormalization at tau={t:.4g} merges none of the {k} level-{lvl - 1} units; "
