@@ -111,7 +111,7 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     :func:`dgrn.graph.community_order`. ``pool`` says when a coarse unit is active: ``"or"`` when any of its children
     is; ``"median"`` when at least :math:`k_u` are, with :math:`k_u` set on ``spikes`` so that the unit is active about
     half of the time (:func:`unit_thresholds`, capped at ``max_threshold``). OR pooling of large communities is active
-    in nearly every bin (on the clustered LIF network, 34-156 neurons per community at 0.2 spikes per bin: 96-100 %
+    in nearly every bin (on the clustered LIF network, 45-153 neurons per community at 0.22 spikes per bin: 95-100 %
     of the bins) and then says nothing about the fine level.
 
     Args:
