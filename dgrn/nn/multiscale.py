@@ -89,8 +89,8 @@ def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | No
         ks = torch.arange(1, top + 1, dtype=torch.float64)
         distance = ((counts[:, :, None] >= ks).double().mean(0) - 0.5).abs()  # (units, k)
         distance[ks[None, :] > children[:, None]] = torch.inf  # a unit cannot need more children than it has
-        k = top - distance.flip(1).argmin(1)  # the largest of tied thresholds: a capped unit always active at
-        # every allowed threshold keeps the cap, not OR pooling
+        # the largest of tied thresholds: a capped unit active at every allowed threshold keeps the cap, not OR
+        k = top - distance.flip(1).argmin(1)
         states, below = (counts >= k).double(), lab
         out.append(k[lab].tolist())
     return out
@@ -194,13 +194,13 @@ class MultiscaleBornMachine(nn.Module):
 
     Args:
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
-        order: preferred order of the neurons (default ``0..N-1``). thresholds: ``L`` sequences of ``N`` integers,
-        the threshold :math:`k_u` of each neuron's level-``l`` unit, from 1 to the unit's number of children (default:
-        all 1, OR pooling; :func:`unit_thresholds`). bond_dim, rank: of each level's decoder.
+        order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
         hidden_size: GRU width. history: lag bins in the context (``0 <= history <= context``).
         context: warm-up bins of a window, not scored (>= 1). init_noise: random part of the decoders' initial
         cores (:class:`~dgrn.tn.ConditionalMPS`; 0 starts at a product state, which is a saddle point of the cores,
-        so keep it small but positive to start near the factorized model). Extra keys (``taus``, ``n_units``) are
+        so keep it small but positive to start near the factorized model). thresholds: ``L`` sequences of ``N``
+        integers, the threshold :math:`k_u` of each neuron's level-``l`` unit, from 1 to the unit's number of
+        children (default: all 1, OR pooling; :func:`unit_thresholds`). Extra keys (``taus``, ``n_units``) are
         accepted and ignored, so the dict of :func:`build_hierarchy` can be passed as is.
 
     Shapes:
@@ -210,10 +210,9 @@ class MultiscaleBornMachine(nn.Module):
         ``sample(x)`` -> list of ``L + 1`` tensors ``(B, n_samples, n_l)``: joint draws of the bin after each window.
     """
 
-    def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, thresholds: list | None = None,
-                 bond_dim: int = 4,
+    def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
                  rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
-                 init_noise: float = 0.3, **hierarchy_info: Any) -> None:
+                 init_noise: float = 0.3, thresholds: list | None = None, **hierarchy_info: Any) -> None:
         super().__init__()
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
@@ -360,7 +359,8 @@ class MultiscaleBornMachine(nn.Module):
             c = c.repeat_interleave(n_samples, 0)
             if lvl < self.n_levels:
                 active = draws[lvl + 1].reshape(c.shape[0], -1).bool()
-                s = self.decoders[lvl].sample(c, generator, getattr(self, f"groups_{lvl}"), active, self.thresholds[lvl])
+                s = self.decoders[lvl].sample(c, generator, getattr(self, f"groups_{lvl}"), active,
+                                              self.thresholds[lvl])
             else:
                 s = self.decoders[lvl].sample(c, generator)
             draws[lvl] = s.to(x.dtype).reshape(x.shape[0], n_samples, -1)

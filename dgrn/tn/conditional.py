@@ -114,7 +114,8 @@ class ConditionalMPS(nn.Module):
         a = a * torch.exp(0.5 * (f - f.amax(-1, keepdim=True)))[:, :, None, :, None]
         return a / a.detach().abs().amax((2, 3, 4), keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
-    def _check_groups(self, groups, active, batch: int, thresholds=None) -> tuple[Tensor, Tensor, list[int]] | tuple[None, None, None]:
+    def _check_groups(self, groups, active, batch: int, thresholds=None) -> tuple:
+        """``(groups, active, thresholds as a list)`` checked, or three ``None`` without a constraint."""
         if groups is None and active is None:
             if thresholds is not None:
                 raise ValueError("thresholds need groups and active")
