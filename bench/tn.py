@@ -184,7 +184,7 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     models["MPS (sweeps)"] = fit_sweeps_early_stop(MPS(n, mps_bond, init_noise=1.0), fit[:, order], val[:, order],
                                                    args.max_sweeps, max_bond=mps_bond)
     seconds["MPS (sweeps)"] = time.perf_counter() - start
-    # the gradient protocols, each network built after seeding (torch's default generator is seeded at random)
+    # the gradient protocols; each network is built right after its seed, just before its training
     nets = {"TTN": (lambda: TTN(n, ttn_bond, tree=tree), fit, val),
             "MPS": (lambda: MPS(n, mps_bond), fit[:, order], val[:, order])}
     if mera_bond is not None:  # exact through its full state vector: chains of at most 24 sites

@@ -308,7 +308,7 @@ class MultiscaleBornMachine(nn.Module):
     def pool(self, x: Tensor) -> list[Tensor]:
         """Activity of every level, ``[(..., n_0), ..., (..., n_L)]`` (level 0 is the neurons in decoder order; each
         coarser level counts the active units of the level below against its units' thresholds)."""
-        out = [x.index_select(-1, torch.argsort(self._index(0)))]
+        out = [torch.empty_like(x).scatter_(-1, self._index(0).expand(*x.shape[:-1], -1), x)]
         for lvl, n in enumerate(self.n_units[1:]):
             idx = getattr(self, f"groups_{lvl}").expand(*x.shape[:-1], -1)
             counts = x.new_zeros(*x.shape[:-1], n).scatter_add_(-1, idx, (out[-1] > 0).to(x.dtype))

@@ -272,9 +272,9 @@ class ConditionalMPS(nn.Module):
                 fired = torch.arange(k + 1, device=c.device) >= k
                 keep = (fired[None, :] == active[:, block[i], None]).to(a.dtype)
                 after[i] = keep[:, :, None, None] * env[:, None]
+                up = torch.cat([torch.arange(1, k + 1), torch.tensor([k])]).to(c.device)  # count after a nonzero value
             else:
                 after[i] = counts
-            up = torch.cat([torch.arange(1, k + 1), torch.tensor([k])]).to(c.device)  # count after a nonzero value
             counts = self._transfer(after[i], at[:, :, :1]) + self._transfer(after[i][:, up], at[:, :, 1:])
             counts = counts / counts.sum(1).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)[:, None, None, None]
             env = counts[:, 0]  # entering a block: count 0
