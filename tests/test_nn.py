@@ -16,20 +16,23 @@ def dense_reference(m: BernoulliGLM, x: torch.Tensor) -> torch.Tensor:
         for k in range(1, m.history + 1):
             eta = eta + x[:, t - k] @ m.weight[k - 1].to(x.dtype).T
         if m.latent_rank:
-            tau = float(m.log_latent_tau.exp())
-            kernel = torch.tensor([math.exp(-(k - 1) / tau) for k in range(1, m.latent_history + 1)], dtype=x.dtype)
+            tau, lags = float(m.log_latent_tau.detach().exp()), range(m.latent_delay, m.latent_history + 1)
+            kernel = torch.tensor([math.exp(-(k - m.latent_delay) / tau) for k in lags], dtype=x.dtype)
             kernel = kernel / kernel.sum()
-            xbar = sum(kernel[k - 1] * x[:, t - k] for k in range(1, m.latent_history + 1))
+            xbar = sum(w * x[:, t - k] for w, k in zip(kernel, lags))
             eta = eta + (xbar @ m.latent_in.to(x.dtype)) @ m.latent_out.to(x.dtype).T
         out[:, t - m.context] = eta
     return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("history, rank, latent_history", [(1, 0, 1), (3, 0, 1), (2, 2, 5), (4, 1, 3)])
-def test_glm_matches_the_dense_reference(dtype, history, rank, latent_history):
+@pytest.mark.parametrize("history, rank, latent_history, latent_delay",
+                         [(1, 0, 1, None), (3, 0, 1, None), (2, 2, 5, None), (4, 1, 3, 1), (1, 2, 4, 4), (2, 1, 3, 2)])
+def test_glm_matches_the_dense_reference(dtype, history, rank, latent_history, latent_delay):
     torch.manual_seed(0)
-    m = BernoulliGLM(7, history=history, latent_rank=rank, latent_history=latent_history).to(dtype)
+    m = BernoulliGLM(7, history=history, latent_rank=rank, latent_history=latent_history,
+                     latent_delay=latent_delay).to(dtype)
+    assert m.latent_delay == ((history + 1 if latent_delay is None else latent_delay) if rank else None)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_()
@@ -41,7 +44,7 @@ def test_glm_matches_the_dense_reference(dtype, history, rank, latent_history):
 
 
 def test_glm_gradcheck_float64():
-    m = BernoulliGLM(4, history=2, latent_rank=1, latent_history=3).double()
+    m = BernoulliGLM(4, history=2, latent_rank=1, latent_history=4).double()
     with torch.no_grad():
         m.latent_out.normal_()
     x = (torch.rand(2, 8, 4) < 0.4).double()
@@ -63,6 +66,10 @@ def test_context_and_shape_errors():
         m(torch.zeros(10, 5))
     with pytest.raises(ValueError, match="unknown network 'mlp'"):
         build_network("mlp", n_neurons=3)
+    with pytest.raises(ValueError, match="first lag latent_delay \\(4; default history \\+ 1\\)"):
+        BernoulliGLM(5, history=3, latent_rank=1, latent_history=3)
+    with pytest.raises(ValueError, match="latent_delay must be an integer >= 1"):
+        BernoulliGLM(5, latent_rank=1, latent_delay=0)
 
 
 def test_reset_parameters_restores_the_initial_state():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgrn.data import SpikeData
-from dgrn.graph.glm import glm_context, glm_logits
+from dgrn.graph.glm import glm_context, glm_logits, resolve_latent_delay
 
 __all__ = ["binary_spikes", "infer_couplings", "select_latent_rank", "PENALTIES", "MODES", "LATENT_RANKS"]
 
@@ -125,6 +125,7 @@ def infer_couplings(
     latent_rank: int | str = 0,
     latent_history: int = 20,
     latent_tau: float = 5.0,
+    latent_delay: int | None = None,
     history: int = 1,
     mode: str = "full",
     max_iter: int = 60,
@@ -144,14 +145,16 @@ def infer_couplings(
 
     .. math::
         P(x_i(t)=1 \mid \text{past}) = \sigma\Big(b_i + \sum_{k=1}^{H} \sum_j W^{(k)}_{ij} x_j(t-k)
-            + [U\,V^\top \textstyle\sum_k \kappa_k x(t-k)]_i\Big),
+            + [U\,V^\top \textstyle\sum_{k \ge d} \kappa_{k-d}\, x(t-k)]_i\Big),
 
     minimizing :math:`\frac1{T'}\sum_{t,i} \mathrm{NLL}_{it} + \lambda \sum_{kij} \rho(W^{(k)}_{ij})
     + \lambda (\lVert U\rVert^2 + \lVert V\rVert^2)` with :math:`\rho(w) = w^2` (``"l2"``) or the smooth lasso
     :math:`\sqrt{w^2+\epsilon^2}-\epsilon`, :math:`\epsilon = 10^{-3}` (``"l1"``). The rank-``r`` latent input
     (``latent_rank > 0``) is unpenalized by the lasso/ridge on ``W``, so slow, low-rank shared drive — the
     signature of hidden neurons acting on groups of observed ones (Dunn & Roudi 2013) — is absorbed there instead
-    of appearing as spurious pairwise couplings (a sparse + low-rank split).
+    of appearing as spurious pairwise couplings (a sparse + low-rank split). The latent sees the activity from lag
+    ``d = latent_delay`` on, by default ``history + 1``: a latent that also saw lag 1 would be a low-rank part of
+    :math:`W^{(1)}` and would absorb the community (low-rank) part of the true couplings along with the hidden drive.
 
     Optimization runs in preconditioned coordinates (inputs whitened by their covariance, rows scaled by
     :math:`1/\sqrt{p_i(1-p_i)}`), full-batch by L-BFGS with a strong-Wolfe line search (``mode="full"``, time
@@ -161,7 +164,8 @@ def infer_couplings(
     Args:
         spikes: ``(T, N)`` counts (tensor, array or :class:`~dgrn.data.SpikeData`); counts above 1 are clipped.
         penalty: ``"l1"`` or ``"l2"``; strength: :math:`\lambda` (per bin, so it does not scale with ``T``).
-        latent_rank, latent_history, latent_tau: the latent input (``r``, ``H_z``, initial ``tau`` in bins);
+        latent_rank, latent_history, latent_tau, latent_delay: the latent input (``r``, ``H_z``, initial ``tau``
+            in bins, first lag ``d``, default ``history + 1``);
             ``latent_rank="auto"`` picks ``r`` from :data:`LATENT_RANKS` by held-out likelihood
             (:func:`select_latent_rank`, five extra fits on 80 % of the bins), then fits all bins with it.
         history: ``H``, lags of the coupling filter; the returned matrix is :math:`\sum_k W^{(k)}`.
@@ -183,8 +187,8 @@ def infer_couplings(
     """
     if latent_rank == "auto":
         options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
-                       history=history, mode=mode, max_iter=max_iter, epochs=epochs, batch_bins=batch_bins, lr=lr,
-                       chunk_bins=chunk_bins, device=device, dtype=dtype, seed=seed)
+                       latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, epochs=epochs,
+                       batch_bins=batch_bins, lr=lr, chunk_bins=chunk_bins, device=device, dtype=dtype, seed=seed)
         rank, scores = select_latent_rank(spikes, **options)
         coupling, params = infer_couplings(spikes, latent_rank=rank, return_params=True, **options)
         params.update(latent_rank=rank, latent_rank_nll=scores)
@@ -201,6 +205,9 @@ def infer_couplings(
     if history < 1 or latent_rank < 0 or latent_history < 1 or latent_tau <= 0:
         raise ValueError("need history >= 1, latent_rank >= 0, latent_history >= 1 and latent_tau > 0; got "
                          f"{history}, {latent_rank}, {latent_history}, {latent_tau}")
+    if latent_rank and resolve_latent_delay(history, latent_delay) > latent_history:
+        raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
+                         f"({resolve_latent_delay(history, latent_delay)}; latent_delay, default history + 1)")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point type, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -228,7 +235,8 @@ def infer_couplings(
         lat_in = (torch.randn(n, latent_rank, generator=gen, dtype=dtype) / math.sqrt(n)).to(device).requires_grad_()
         lat_out = torch.zeros(n, latent_rank, dtype=dtype, device=device, requires_grad=True)
         log_tau = torch.tensor(math.log(latent_tau), dtype=dtype, device=device, requires_grad=True)
-        latent = dict(latent_in=lat_in, latent_out=lat_out, log_latent_tau=log_tau, latent_history=latent_history)
+        latent = dict(latent_in=lat_in, latent_out=lat_out, log_latent_tau=log_tau, latent_history=latent_history,
+                      latent_delay=latent_delay)
         params += [lat_in, lat_out, log_tau]
 
     def penalty_term(weight: Tensor) -> Tensor:
@@ -349,7 +357,8 @@ def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_f
         latent = {}
         if rank:
             latent = dict(latent_in=params["latent_in"], latent_out=params["latent_out"],
-                          log_latent_tau=params["log_latent_tau"], latent_history=latent_history)
+                          log_latent_tau=params["log_latent_tau"], latent_history=latent_history,
+                          latent_delay=options.get("latent_delay"))
         active = params["active"].to(params["bias"].device)
         per_bin = _nll_per_bin(x, params["bias"], params["weight"], latent, context, n_train, chunk, dtype,
                                active) / int(active.sum())

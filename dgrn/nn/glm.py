@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.graph.glm import glm_context, glm_logits
+from dgrn.graph.glm import glm_context, glm_logits, resolve_latent_delay
 
 __all__ = ["BernoulliGLM", "IndependentBernoulli"]
 
@@ -63,10 +63,12 @@ class BernoulliGLM(nn.Module):
         \qquad P(x_i(t)=1 \mid \text{past}) = \sigma(\eta_i(t)),
 
     with ``W^{(k)}`` the ``N x N`` coupling at lag ``k`` (``W[i, j]`` = influence of ``j`` on ``i``), and an optional
-    rank-``r`` latent input: :math:`\bar x(t) = \sum_{k=1}^{H_z} \kappa_k\, x(t-k)` is the population activity
-    filtered by a normalized exponential kernel :math:`\kappa_k \propto e^{-(k-1)/\tau}` (learned ``tau``), projected
-    to ``r`` latent factors by ``V`` and fed back by ``U``. The latent term carries slow shared drive (for example from
-    hidden neurons) through a low-rank channel so that it is not forced into the pairwise couplings.
+    rank-``r`` latent input: :math:`\bar x(t) = \sum_{k=d}^{H_z} \kappa_{k-d}\, x(t-k)` is the population activity
+    from lag ``d`` on (default ``d = H + 1``: the latent sees only the past beyond the coupling filter, so it cannot
+    stand in for part of ``W``), filtered by a normalized exponential kernel :math:`\kappa_j \propto e^{-j/\tau}`
+    (learned ``tau``), projected to ``r`` latent factors by ``V`` and fed back by ``U``. The latent term carries slow
+    shared drive (for example from hidden neurons) through a low-rank channel so that it is not forced into the
+    pairwise couplings.
 
     Args:
         n_neurons: ``N``.
@@ -74,6 +76,7 @@ class BernoulliGLM(nn.Module):
         latent_rank: ``r`` (0 disables the latent input).
         latent_history: ``H_z``, bins of activity the latent input integrates.
         latent_tau: initial kernel time constant in bins.
+        latent_delay: ``d``, the first lag of the latent input (default ``history + 1``; at most ``H_z``).
 
     Shapes:
         input ``(B, L, N)`` 0/1 spikes; output logits ``(B, L - context, N)`` for bins ``context .. L-1``, where
@@ -87,6 +90,7 @@ class BernoulliGLM(nn.Module):
         latent_rank: int = 0,
         latent_history: int = 20,
         latent_tau: float = 5.0,
+        latent_delay: int | None = None,
     ) -> None:
         super().__init__()
         if n_neurons < 1 or history < 1 or latent_rank < 0 or latent_history < 1 or latent_tau <= 0:
@@ -96,6 +100,10 @@ class BernoulliGLM(nn.Module):
             )
         self.n_neurons, self.history, self.latent_rank = int(n_neurons), int(history), int(latent_rank)
         self.latent_history = int(latent_history) if latent_rank else 0
+        self.latent_delay = resolve_latent_delay(history, latent_delay) if latent_rank else None
+        if latent_rank and self.latent_delay > self.latent_history:
+            raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
+                             f"latent_delay ({self.latent_delay}; default history + 1)")
         self.context = glm_context(self.history, self.latent_history)
         self._latent_tau0 = float(latent_tau)
         self.bias = nn.Parameter(torch.empty(n_neurons))
@@ -123,5 +131,5 @@ class BernoulliGLM(nn.Module):
         latent = {}
         if self.latent_rank:
             latent = dict(latent_in=self.latent_in, latent_out=self.latent_out, log_latent_tau=self.log_latent_tau,
-                          latent_history=self.latent_history)
+                          latent_history=self.latent_history, latent_delay=self.latent_delay)
         return glm_logits(x, self.bias, self.weight, context=self.context, **latent)
