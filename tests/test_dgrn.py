@@ -206,6 +206,24 @@ def test_dgrn_without_renormalization_logs_its_single_level(kising):
     assert metrics["val/nll_level0"] == pytest.approx(metrics["val/nll"], rel=1e-6)
 
 
+def test_dgrn_hierarchy_from_the_correlation_graph(kising):
+    """hierarchy_graph="correlation": the levels and the site order are those of the training split's equal-time
+    correlations, built by the same function as from the couplings."""
+    from dgrn.graph import correlation
+
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    net = {"bond_dim": 1, "hidden_size": 4, "context": 4}
+    model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 5}, net=net,
+                                 hierarchy_graph="correlation")
+    train = dm.split_spikes("train")
+    expected = build_hierarchy(correlation(train).fill_diagonal_(0.0), train, 1, communities="leiden")
+    assert model.hparams.net["memberships"] == expected["memberships"]
+    assert model.hparams.net["order"] == expected["order"]
+    assert model.hparams.hierarchy_info["hierarchy_graph"] == "correlation"
+    with pytest.raises(ValueError, match="unknown hierarchy_graph 'lagged'"):
+        DGRN.from_datamodule(dm, levels=1, communities="leiden", net=net, hierarchy_graph="lagged")
+
+
 def test_dgrn_refuses_too_few_neurons():
     data = SpikeData(spikes=torch.bernoulli(torch.full((500, 1), 0.2)), dt=0.01)
     with pytest.raises(ValueError, match="too few to form communities"):

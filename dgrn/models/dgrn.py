@@ -70,16 +70,19 @@ class DGRN(NextBinModule):
                         encoder: str | None = "community_encoder_kising", graph: dict | None = None,
                         tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
                         pool: str = "or", max_threshold: int | None = None, init: str = "rates",
-                        **kwargs: Any) -> DGRN:
+                        hierarchy_graph: str = "couplings", **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
         for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
         ``max_threshold``: when a coarse unit is active, thresholds set on the training split) and return the model,
         its decoders started at the training split's rates of every level (``init="glm"``: the fine level at the
-        fitted GLM itself, :meth:`dgrn.nn.MultiscaleBornMachine.init_glm`).
+        fitted GLM itself, :meth:`dgrn.nn.MultiscaleBornMachine.init_glm`). ``hierarchy_graph`` is the graph the
+        communities and the site order come from: ``"couplings"`` (the inferred ones) or ``"correlation"`` (equal-time
+        Pearson correlations of the training split: the within-bin co-activity the decoders model, which shows
+        communities where the lagged couplings are not identifiable, as on the clustered LIF network).
         Other ``kwargs`` go to the constructor."""
         from dgrn import zoo
-        from dgrn.graph import infer_couplings
+        from dgrn.graph import correlation, infer_couplings
         from dgrn.nn.multiscale import build_hierarchy
 
         spikes = datamodule.split_spikes("train")
@@ -87,7 +90,11 @@ class DGRN(NextBinModule):
             raise ValueError(f"the recording has {spikes.shape[1]} neuron(s): too few to form communities")
         if init not in ("rates", "glm"):
             raise ValueError(f"unknown init {init!r}; valid: 'rates', 'glm'")
+        if hierarchy_graph not in ("couplings", "correlation"):
+            raise ValueError(f"unknown hierarchy_graph {hierarchy_graph!r}; valid: 'couplings', 'correlation'")
         couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
+        if hierarchy_graph == "correlation":
+            couplings = correlation(spikes).fill_diagonal_(0.0)
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
                                     shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold)
@@ -96,7 +103,7 @@ class DGRN(NextBinModule):
         net = dict(kwargs.pop("net", {}))
         info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
                 "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian, "pool": pool,
-                "max_threshold": max_threshold}
+                "max_threshold": max_threshold, "hierarchy_graph": hierarchy_graph}
         model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
         model.net.init_rates(spikes)
         if init == "glm":
