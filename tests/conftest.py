@@ -15,6 +15,15 @@ TINY = ["data.dataset.t=4000", "data.n_blocks=10", "data.window=32", "trainer.ma
 
 
 @pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from the same global generator state: this torch build seeds it at random per process, so
+    an unseeded random input would otherwise differ between runs (and between running a test alone or in the suite)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path, monkeypatch):
     """Runs write under the test's tmp dir; torch-geometric and wandb temp files too."""
     monkeypatch.setenv("DGRN_LOG_DIR", str(tmp_path / "logs"))
