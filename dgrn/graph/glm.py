@@ -22,8 +22,8 @@ def resolve_latent_delay(history: int, delay: int | None = None) -> int:
 
     A latent input that also sees lags ``1..H`` is a low-rank term of the coupling matrices themselves; it then takes
     over the low-rank (community) part of the true couplings instead of the hidden drive, and the returned ``W`` loses
-    it (on kinetic Ising at 50 % observed, a rank-2 latent from lag 1 lowered the edge AUROC below plain ML; from lag 2
-    it raised it).
+    it (bench/graph.py, kinetic Ising at 50 % observed: a rank-2 latent from lag 1 lowered the mean edge AUROC below
+    plain ML's; from lag 2 it raised it).
     """
     delay = int(history) + 1 if delay is None else delay
     if isinstance(delay, bool) or int(delay) != delay or delay < 1:
