@@ -216,7 +216,7 @@ def test_dgrn_hierarchy_from_the_correlation_graph(kising):
     model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 5}, net=net,
                                  hierarchy_graph="correlation")
     train = dm.split_spikes("train")
-    expected = build_hierarchy(correlation(train).fill_diagonal_(0.0), train, 1, communities="leiden")
+    expected = build_hierarchy(correlation(train), train, 1, communities="leiden")
     assert model.hparams.net["memberships"] == expected["memberships"]
     assert model.hparams.net["order"] == expected["order"]
     assert model.hparams.hierarchy_info["hierarchy_graph"] == "correlation"

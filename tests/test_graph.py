@@ -53,8 +53,10 @@ def test_recovers_the_couplings_full_and_minibatch(kising):
 
 def test_params_load_into_bernoulli_glm(kising):
     """infer_couplings and BernoulliGLM share one model: the fitted parameters load as its state_dict."""
-    w, params = infer_couplings(kising, latent_rank=2, latent_history=5, max_iter=10, return_params=True)
-    glm = BernoulliGLM(30, latent_rank=2, latent_history=5)
+    w, params = infer_couplings(kising, latent_rank=2, latent_history=5, latent_delay=3, max_iter=10,
+                                return_params=True)
+    assert (params["latent_history"], params["latent_delay"]) == (5, 3)
+    glm = BernoulliGLM(30, latent_rank=2, latent_history=params["latent_history"], latent_delay=params["latent_delay"])
     glm.load_state_dict({k: params[k] for k in glm.state_dict()})
     torch.testing.assert_close(glm.coupling_matrix(), w)
     x = kising.spikes.float()[None]
@@ -80,6 +82,8 @@ def test_latent_starts_after_the_coupling_filter(kising):
         infer_couplings(kising, latent_rank=1, latent_history=2, history=2)
     with pytest.raises(ValueError, match="latent_delay must be an integer >= 1"):
         infer_couplings(kising, latent_rank=1, latent_delay=0)
+    with pytest.raises(ValueError, match="must be at least the latent input's first lag"):  # before any rank is fitted
+        infer_couplings(kising, latent_rank="auto", history=20, latent_history=20)
 
 
 def hidden_driver_spikes(t: int = 20000, n: int = 20, seed: int = 0) -> torch.Tensor:

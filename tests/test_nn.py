@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dgrn.metrics import SpikePredictionMetrics, bits_per_spike, edge_auroc
+from dgrn.graph.glm import glm_logits
 from dgrn.nn import BernoulliGLM, IndependentBernoulli, build_network
 
 
@@ -70,6 +71,8 @@ def test_context_and_shape_errors():
         BernoulliGLM(5, history=3, latent_rank=1, latent_history=3)
     with pytest.raises(ValueError, match="latent_delay must be an integer >= 1"):
         BernoulliGLM(5, latent_rank=1, latent_delay=0)
+    with pytest.raises(ValueError, match="context 2 is shorter than the model's 3 bins"):
+        glm_logits(torch.zeros(1, 10, 5), m.bias, m.weight, context=2)
 
 
 def test_reset_parameters_restores_the_initial_state():

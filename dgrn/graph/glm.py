@@ -72,8 +72,10 @@ def glm_logits(
     (the kernel is separable, so the ``N x N`` latent coupling is never formed).
     """
     history = weight.shape[0]
-    if context is None:
-        context = glm_context(history, latent_history if latent_in is not None else 0)
+    needed = glm_context(history, latent_history if latent_in is not None else 0)
+    context = needed if context is None else context
+    if context < needed:
+        raise ValueError(f"context {context} is shorter than the model's {needed} bins of history")
     length = x.shape[1]
     dtype = x.dtype
     eta = bias.to(dtype)

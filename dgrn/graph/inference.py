@@ -174,7 +174,7 @@ def infer_couplings(
         seed: seeds the latent initialization and the mini-batch order.
         return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
             ``latent_out``, ``log_latent_tau`` — the ``state_dict`` of a :class:`dgrn.nn.BernoulliGLM` of the same
-            shape — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted); with
+            shape, whose ``latent_history`` and (resolved) ``latent_delay`` are returned too — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted); with
             ``latent_rank="auto"`` also ``latent_rank`` and ``latent_rank_nll`` (held-out NLL of each candidate).
 
     Returns:
@@ -185,6 +185,9 @@ def infer_couplings(
     couplings; fewer scored bins than neurons warns and raises :math:`\lambda` to at least ``1e-2`` (ridge or
     lasso), because the likelihood alone does not identify ``W`` then.
     """
+    if latent_rank and resolve_latent_delay(history, latent_delay) > latent_history:
+        raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
+                         f"({resolve_latent_delay(history, latent_delay)}; latent_delay, default history + 1)")
     if latent_rank == "auto":
         options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
                        latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, epochs=epochs,
@@ -205,9 +208,6 @@ def infer_couplings(
     if history < 1 or latent_rank < 0 or latent_history < 1 or latent_tau <= 0:
         raise ValueError("need history >= 1, latent_rank >= 0, latent_history >= 1 and latent_tau > 0; got "
                          f"{history}, {latent_rank}, {latent_history}, {latent_tau}")
-    if latent_rank and resolve_latent_delay(history, latent_delay) > latent_history:
-        raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
-                         f"({resolve_latent_delay(history, latent_delay)}; latent_delay, default history + 1)")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point type, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -307,6 +307,8 @@ def infer_couplings(
                 full[idx] = latent[key].detach()
                 out[key] = full
             out["log_latent_tau"] = latent["log_latent_tau"].detach().clone()
+            out["latent_history"] = latent_history  # not in the state_dict: the BernoulliGLM is built with them
+            out["latent_delay"] = resolve_latent_delay(history, latent_delay)
         return coupling, out
 
 

@@ -92,9 +92,11 @@ class DGRN(NextBinModule):
             raise ValueError(f"unknown init {init!r}; valid: 'rates', 'glm'")
         if hierarchy_graph not in ("couplings", "correlation"):
             raise ValueError(f"unknown hierarchy_graph {hierarchy_graph!r}; valid: 'couplings', 'correlation'")
-        couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
+        couplings, glm = None, None
+        if hierarchy_graph == "couplings" or init == "glm":  # the correlation hierarchy with init="rates" needs no fit
+            couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
         if hierarchy_graph == "correlation":
-            couplings = correlation(spikes).fill_diagonal_(0.0)
+            couplings = correlation(spikes)  # zero diagonal
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
                                     shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold)
