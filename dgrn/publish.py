@@ -147,5 +147,6 @@ def publish_checkpoint(
         card=lambda config: CARD.format(**card, sha256=config["sha256"]) + (f"\n{notes.strip()}\n" if notes else ""),
         summary=card["summary"],
         n_neurons=hp["n_neurons"], dt=dt, data=data_hp, command=command,
+        **({"hierarchy": hp["hierarchy_info"]} if hp.get("hierarchy_info") else {}),  # DGRN: how its levels were built
         metrics={"train_run_test": train_metrics, "fresh_data": fresh_metrics, "fresh_sample_seed": sample_seed},
     )

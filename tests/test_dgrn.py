@@ -244,6 +244,7 @@ def test_train_publish_and_predict_a_dgrn_model(run_train, tmp_path, monkeypatch
     folder = publish_checkpoint(run_dir, "tiny_dgrn", command="pytest", out_dir=tmp_path / "zoo" / "tiny_dgrn")
     info = json.loads((folder / "config.json").read_text())
     assert info["architecture"] == "dgrn" and info["dt"] == pytest.approx(0.01) and "test/c2f_nll" in (folder / "README.md").read_text()
+    assert info["hierarchy"]["hierarchy_graph"] == "couplings" and info["hierarchy"]["n_units"][0] == 100
     monkeypatch.setenv("DGRN_CHECKPOINTS", str(tmp_path / "zoo"))
     rec, out = tmp_path / "rec.npz", tmp_path / "rec.pred.npz"
     run_script(["-m", "dgrn.cli", "simulate", "kinetic-ising", "--t", "300", "--sample-seed", "3", "--out", str(rec)])
