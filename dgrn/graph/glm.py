@@ -17,8 +17,9 @@ def glm_context(history: int, latent_history: int = 0) -> int:
     return max(int(history), int(latent_history))
 
 
-def resolve_latent_delay(history: int, delay: int | None = None) -> int:
-    """First lag the latent input sees: ``delay``, by default ``history + 1`` (the lags after the coupling filter).
+def resolve_latent_delay(history: int, delay: int | None = None, latent_history: int | None = None) -> int:
+    """First lag the latent input sees: ``delay``, by default ``history + 1`` (the lags after the coupling filter);
+    checked to be at least 1 and, given ``latent_history``, at most it.
 
     A latent input that also sees lags ``1..H`` is a low-rank term of the coupling matrices themselves; it then takes
     over the low-rank (community) part of the true couplings instead of the hidden drive, and the returned ``W`` loses
@@ -28,6 +29,9 @@ def resolve_latent_delay(history: int, delay: int | None = None) -> int:
     delay = int(history) + 1 if delay is None else delay
     if isinstance(delay, bool) or int(delay) != delay or delay < 1:
         raise ValueError(f"latent_delay must be an integer >= 1, got {delay!r}")
+    if latent_history is not None and delay > latent_history:
+        raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
+                         f"latent_delay ({int(delay)}; default history + 1)")
     return int(delay)
 
 
@@ -84,10 +88,7 @@ def glm_logits(
     if latent_in is not None:
         if latent_out is None or log_latent_tau is None or latent_history < 1:
             raise ValueError("the latent input needs latent_in, latent_out, log_latent_tau and latent_history >= 1")
-        delay = resolve_latent_delay(history, latent_delay)
-        if delay > latent_history:
-            raise ValueError(f"the latent input's first lag {delay} is beyond its history {latent_history}: use "
-                             f"latent_history >= {delay} or a smaller latent_delay")
+        delay = resolve_latent_delay(history, latent_delay, latent_history)
         rank, taps = latent_in.shape[1], latent_history - delay + 1
         kappa = latent_kernel(log_latent_tau, taps, dtype)
         proj = x[:, context - latent_history: length - delay] @ latent_in.to(dtype)  # (B, L - context + taps - 1, r)

@@ -174,7 +174,8 @@ def infer_couplings(
         seed: seeds the latent initialization and the mini-batch order.
         return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
             ``latent_out``, ``log_latent_tau`` — the ``state_dict`` of a :class:`dgrn.nn.BernoulliGLM` of the same
-            shape, whose ``latent_history`` and (resolved) ``latent_delay`` are returned too — plus ``nll`` (mean NLL per neuron-bin) and ``active`` (neurons that were fitted); with
+            shape, whose ``latent_history`` and (resolved) ``latent_delay`` are returned too — plus ``nll`` (mean NLL
+            per neuron-bin) and ``active`` (neurons that were fitted); with
             ``latent_rank="auto"`` also ``latent_rank`` and ``latent_rank_nll`` (held-out NLL of each candidate).
 
     Returns:
@@ -185,9 +186,8 @@ def infer_couplings(
     couplings; fewer scored bins than neurons warns and raises :math:`\lambda` to at least ``1e-2`` (ridge or
     lasso), because the likelihood alone does not identify ``W`` then.
     """
-    if latent_rank and resolve_latent_delay(history, latent_delay) > latent_history:
-        raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
-                         f"({resolve_latent_delay(history, latent_delay)}; latent_delay, default history + 1)")
+    if latent_rank:  # before "auto" fits anything
+        resolve_latent_delay(history, latent_delay, latent_history)
     if latent_rank == "auto":
         options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
                        latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, epochs=epochs,

@@ -100,10 +100,7 @@ class BernoulliGLM(nn.Module):
             )
         self.n_neurons, self.history, self.latent_rank = int(n_neurons), int(history), int(latent_rank)
         self.latent_history = int(latent_history) if latent_rank else 0
-        self.latent_delay = resolve_latent_delay(history, latent_delay) if latent_rank else None
-        if latent_rank and self.latent_delay > self.latent_history:
-            raise ValueError(f"latent_history ({latent_history}) must be at least the latent input's first lag "
-                             f"latent_delay ({self.latent_delay}; default history + 1)")
+        self.latent_delay = resolve_latent_delay(history, latent_delay, latent_history) if latent_rank else None
         self.context = glm_context(self.history, self.latent_history)
         self._latent_tau0 = float(latent_tau)
         self.bias = nn.Parameter(torch.empty(n_neurons))
