@@ -1,11 +1,12 @@
 """Tensor-network benchmark: Born machines against exact Ising references, compression, speed, conditional decoder.
 
-    python bench/tn.py [--sections chain longrange lattice speed conditional] [--threads N] [--quick]
+    python bench/tn.py [--sections chain longrange lattice speed conditional] [--threads N] [--seeds S ...]
 
 Every exact reference is computed in the same run (dgrn.sim.ising: closed forms, enumeration, transfer matrix), and
-every baseline too (the exact model's NLL on the same test set; C(r) from as many exact samples as the models get;
-tensorkrowch's MPS on the same input; a factorized Bernoulli decoder with the same context). NLLs are in nats per
-spin on held-out exact samples; ``NLL - S`` estimates KL(p || q) per spin. Writes ``bench/results/tn.json``.
+every baseline too (the exact model's NLL on the same test set; the C(r) error of 20,000 exact samples; tensorkrowch's
+MPS on the same input; a factorized Bernoulli decoder with the same context). NLLs are in nats per spin on held-out
+exact samples; ``NLL - S`` estimates KL(p || q) per spin; a model's C(r) is exact (pair marginals). Writes
+``bench/results/tn.json`` (``--out``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, ising_enumerate,  # noqa: E402
                             ising_sample_exact, ising_transfer, ising_transfer_sample, square_lattice_couplings)
 from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree  # noqa: E402
-from dgrn.tn.readouts import compression_report, truncation_curve  # noqa: E402
+from dgrn.tn.readouts import compression_report, pair_marginals, truncation_curve  # noqa: E402
 
 N_TRAIN, N_TEST, N_CORR = 20_000, 10_000, 20_000
 N_VAL = 2_000  # the last 2,000 training samples choose when to stop sweeping
@@ -155,6 +156,19 @@ def chain(args) -> dict:
     return {"chain": out}
 
 
+def exact_spin_correlation(model) -> torch.Tensor:
+    """<s_i s_j> (s = 2x - 1) of a trained network without sampling noise: exact pair marginals, or for the MERA
+    (no marginals) enumeration of its 2^n states."""
+    spin = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    if hasattr(model, "log_marginal"):
+        return torch.einsum("ijab,a,b->ij", pair_marginals(model), spin, spin)
+    with torch.no_grad():
+        states = torch.cartesian_prod(*[torch.arange(2)] * model.n_sites)
+        p = model.log_prob(states).double().exp()
+    s = spin[states]
+    return (s * p[:, None]).T @ s
+
+
 def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int, args, order=None,
             mera_bond: int | None = None) -> dict:
     """MPS (site order ``order``) vs TTN (``tree``) at equal parameters on one exactly solved model.
@@ -164,70 +178,87 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     near-uniform start (``--lbfgs-chunks`` rounds of 20 iterations, validation checked after each); ``--adam`` adds
     both trained by Adam on the same samples (no early stopping); ``mera_bond`` adds a binary MERA of that bond
     dimension over the chain, trained by the same L-BFGS protocol (no sweeps exist for it), and with ``--adam`` by
-    Adam at ``--mera-lr`` too. For each network, the protocol of lowest validation NLL gives the verdict."""
+    Adam at ``--mera-lr`` too. Every training runs once per initialization seed in ``--seeds`` (same data). C(r) of
+    a model is exact (pair marginals), so its error carries no sampling noise of the model. For each network, the
+    protocol of lowest mean validation NLL gives the verdict: means over seeds, and the number of seeds whose TTN
+    beats the MPS of the same seed."""
     order = torch.arange(n) if order is None else torch.as_tensor(order)
     x = sample_fn(N_TRAIN + N_TEST + N_CORR, seed=11).long()
     train, test, fresh = x[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], x[N_TRAIN + N_TEST:]
     s_exact = exact["entropy"] / n
     c_exact = correlation_by_distance(exact["correlation"], dist)[1]
-    floor = corr_error(corr_curve(fresh, dist), c_exact)  # sampling noise of C(r) with N_CORR exact samples
-    torch.manual_seed(0)  # torch seeds its default generator at random per process
-    ttn = TTN(n, ttn_bond, tree=tree, init_noise=1.0)
-    mps_bond = equal_param_mps_bond(n, ttn.n_params)
+    floor = corr_error(corr_curve(fresh, dist), c_exact)  # C(r) error of N_CORR exact samples: the data's own
+    mps_bond = equal_param_mps_bond(n, TTN(n, ttn_bond, tree=tree).n_params)
     fit, val = train[:-N_VAL], train[-N_VAL:]
-    models, seconds = {}, {}
-    start = time.perf_counter()
-    models["TTN (sweeps)"] = fit_sweeps_early_stop(ttn, fit, val, args.max_sweeps)
-    seconds["TTN (sweeps)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    models["MPS (sweeps)"] = fit_sweeps_early_stop(MPS(n, mps_bond, init_noise=1.0), fit[:, order], val[:, order],
-                                                   args.max_sweeps, max_bond=mps_bond)
-    seconds["MPS (sweeps)"] = time.perf_counter() - start
-    # the gradient protocols; each network is built right after its seed, just before its training
-    nets = {"TTN": (lambda: TTN(n, ttn_bond, tree=tree), fit, val),
-            "MPS": (lambda: MPS(n, mps_bond), fit[:, order], val[:, order])}
+    # every network is built right after its seed (torch seeds its default generator at random per process)
+    nets = {"TTN": (lambda **kw: TTN(n, ttn_bond, tree=tree, **kw), fit, val),
+            "MPS": (lambda **kw: MPS(n, mps_bond, **kw), fit[:, order], val[:, order])}
     if mera_bond is not None:  # exact through its full state vector: chains of at most 24 sites
         nets["MERA"] = (lambda: MERA(n, mera_bond), fit, val)
+    # protocol -> (networks, keyword arguments of their start, training function)
     protocols = {}
+    if args.max_sweeps:  # from a random start; the MPS sweeps keep its bond dimension (they would grow it)
+        protocols["sweeps"] = (("TTN", "MPS"), {"init_noise": 1.0}, lambda m, f, v: fit_sweeps_early_stop(
+            m, f, v, args.max_sweeps, **({"max_bond": m.bond_dim} if isinstance(m, MPS) else {})))
     if args.lbfgs_chunks:
-        protocols["L-BFGS"] = lambda m, f, v: fit_lbfgs_early_stop(m, f, v, args.lbfgs_chunks)
+        protocols["L-BFGS"] = (tuple(nets), {}, lambda m, f, v: fit_lbfgs_early_stop(m, f, v, args.lbfgs_chunks))
     if args.adam:
-        protocols["Adam"] = lambda m, f, v: fit_adam(m, f, args.epochs,
-                                                     args.mera_lr if isinstance(m, MERA) else args.lr)
-    for protocol, train_fn in protocols.items():
-        for net, (build, net_fit, net_val) in nets.items():
-            label = f"{net} ({protocol})"
-            start = time.perf_counter()
-            torch.manual_seed(0)
-            models[label] = train_fn(build(), net_fit, net_val)
-            seconds[label] = time.perf_counter() - start
+        protocols["Adam"] = (tuple(nets), {}, lambda m, f, v: fit_adam(
+            m, f, args.epochs, args.mera_lr if isinstance(m, MERA) else args.lr))
     inverse = torch.argsort(order)
-    rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "models": {}}
-    for label, m in models.items():
-        is_mps = label.startswith("MPS")
-        gap = per_spin_nll(m, test[:, order] if is_mps else test) - s_exact
-        val_gap = per_spin_nll(m, val[:, order] if is_mps else val) - s_exact
-        samples = m.sample(N_CORR, generator=torch.Generator().manual_seed(5))
-        if is_mps:
-            samples = samples[:, inverse]  # back to lattice order
-        err = corr_error(corr_curve(samples, dist), c_exact)
-        out["models"][label] = {"n_params": m.n_params, "max_bond": max(m.bond_dims), "kl_per_spin": gap,
-                                "val_nll_minus_s": val_gap, "corr_error": err, "train_seconds": seconds[label]}
-        rows.append([label, m.n_params, max(m.bond_dims), val_gap, gap, err["max"], err["mean"],
-                     f"{seconds[label]:.0f}"])
-    rows.append(["exact samples (noise floor)", "-", "-", "-", "-", floor["max"], floor["mean"], "-"])
-    print_table(f"{name}: KL per spin = test NLL - S (S/N = {s_exact:.4f}), C(r) error from {N_CORR} samples",
-                ["model", "params", "max bond", "val NLL - S", "test NLL - S", "max |dC(r)|", "mean |dC(r)|",
-                 "train s"], rows)
+    runs, first_models = {}, {}
+    for protocol, (net_names, start_kwargs, train_fn) in protocols.items():
+        for net in net_names:
+            label = f"{net} ({protocol})"
+            build, net_fit, net_val = nets[net]
+            for seed in args.seeds:
+                start = time.perf_counter()
+                torch.manual_seed(seed)
+                m = train_fn(build(**start_kwargs), net_fit, net_val)
+                seconds = time.perf_counter() - start
+                is_mps = net == "MPS"
+                g = exact_spin_correlation(m)
+                if is_mps:
+                    g = g[inverse][:, inverse]  # back to lattice order
+                runs.setdefault(label, []).append({
+                    "seed": seed, "n_params": m.n_params, "max_bond": max(m.bond_dims),
+                    "kl_per_spin": per_spin_nll(m, test[:, order] if is_mps else test) - s_exact,
+                    "val_nll_minus_s": per_spin_nll(m, net_val) - s_exact,
+                    "corr_error": corr_error(correlation_by_distance(g, dist)[1], c_exact), "train_seconds": seconds})
+                first_models.setdefault(label, m)
+    rows, out = [], {"n_spins": n, "entropy_per_spin": s_exact, "corr_noise_floor": floor, "seeds": list(args.seeds),
+                     "models": {}}
+
+    def spread(values):
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 \
+            else f"{values[0]:.4f}"
+
+    for label, per_seed in runs.items():
+        kl, val_gap = [r["kl_per_spin"] for r in per_seed], [r["val_nll_minus_s"] for r in per_seed]
+        cmax, cmean = [r["corr_error"]["max"] for r in per_seed], [r["corr_error"]["mean"] for r in per_seed]
+        out["models"][label] = {"n_params": per_seed[0]["n_params"], "max_bond": per_seed[0]["max_bond"],
+                                "kl_per_spin": statistics.mean(kl), "val_nll_minus_s": statistics.mean(val_gap),
+                                "corr_error": {"max": statistics.mean(cmax), "mean": statistics.mean(cmean)},
+                                "runs": per_seed}
+        rows.append([label, per_seed[0]["n_params"], per_seed[0]["max_bond"], statistics.mean(val_gap), spread(kl),
+                     spread(cmax), statistics.mean(cmean),
+                     f"{statistics.mean(r['train_seconds'] for r in per_seed):.0f}"])
+    rows.append([f"{N_CORR} exact samples (data C(r) error)", "-", "-", "-", "-", floor["max"], floor["mean"], "-"])
+    print_table(f"{name}: KL per spin = test NLL - S (S/N = {s_exact:.4f}), exact C(r) error; mean ± sd over seeds "
+                f"{list(args.seeds)}", ["model", "params", "max bond", "val NLL - S", "test NLL - S", "max |dC(r)|",
+                                         "mean |dC(r)|", "train s / seed"], rows)
     # each network with the training protocol of lowest validation NLL: the test verdict uses no test information
     out["selected"] = {net: min((k for k in out["models"] if k.startswith(net)),
                                 key=lambda k: out["models"][k]["val_nll_minus_s"]) for net in ("TTN", "MPS")}
     ttn, mps = (out["models"][out["selected"][net]] for net in ("TTN", "MPS"))
+    wins = {measure: sum(get(a) < get(b) for a, b in zip(ttn["runs"], mps["runs"])) for measure, get in
+            (("kl", lambda r: r["kl_per_spin"]), ("corr", lambda r: r["corr_error"]["max"]))}
+    out["ttn_wins"] = wins
     print(f"selected on validation: {out['selected']['TTN']} vs {out['selected']['MPS']}: KL/spin "
-          f"{ttn['kl_per_spin']:.4f} vs {mps['kl_per_spin']:.4f}, max |dC(r)| {ttn['corr_error']['max']:.4f} vs "
-          f"{mps['corr_error']['max']:.4f}")
-    return out, {"models": models, "test": test, "order": order}
+          f"{ttn['kl_per_spin']:.4f} vs {mps['kl_per_spin']:.4f} (TTN smaller for {wins['kl']} of "
+          f"{len(args.seeds)} seeds), max |dC(r)| {ttn['corr_error']['max']:.4f} vs {mps['corr_error']['max']:.4f} "
+          f"(TTN smaller for {wins['corr']})")
+    return out, {"models": first_models, "test": test, "order": order}
 
 
 def longrange(args) -> dict:
@@ -410,7 +441,10 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--ttn-bond-1d", type=int, default=8)
     parser.add_argument("--ttn-bond-2d", type=int, default=12)
-    parser.add_argument("--max-sweeps", type=int, default=4)
+    parser.add_argument("--max-sweeps", type=int, default=4, help="sweeps at fixed bond dimension, early-stopped on "
+                        "validation; 0: no sweep rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="initialization seeds: every TTN/MPS/MERA training runs once per seed on the same data")
     parser.add_argument("--adam", action="store_true", help="also train both networks by Adam (same data)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -425,6 +459,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
     parser.add_argument("--cond-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tn.json",
+                        help="results file; a run of some sections updates them in it and keeps the others")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -437,7 +473,7 @@ def main() -> None:
         start = time.perf_counter()
         results[name] = sections[name](args)
         results[name + "_seconds"] = time.perf_counter() - start
-    path = ROOT / "bench" / "results" / "tn.json"
+    path = args.out
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # a run of some sections updates them and keeps the others
         results = {**json.loads(path.read_text()), **results}

@@ -7,7 +7,7 @@ import torch
 
 from dgrn.sim.ising import chain_couplings, ising_sample_exact
 from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree, tree_from_labels
-from dgrn.tn.readouts import compression_report, truncation_curve
+from dgrn.tn.readouts import compression_report, pair_marginals, truncation_curve
 
 TREE = [[0, [1, 2, 5]], [[3], 4], 6]  # ternary node, single-child node and a site joining the root
 
@@ -382,6 +382,22 @@ def test_compression_readouts():
     assert curve[2]["nll"] == pytest.approx(-m.log_prob(data).mean().item(), abs=1e-9)
     assert m.n_params == report["n_params"]  # the model itself is left untouched
 
+
+
+@pytest.mark.parametrize("make", [lambda: MPS(7, 3, phys_dim=3, init_noise=1.0),
+                                  lambda: TTN(7, 3, phys_dim=3, tree=TREE, init_noise=1.0)])
+def test_pair_marginals_match_enumeration(make):
+    torch.manual_seed(0)
+    m = make().double()
+    x = all_states(7, 3)
+    p = m.log_prob(x).exp()
+    pairs = pair_marginals(m)
+    assert pairs.shape == (7, 7, 3, 3)
+    for i, j in [(0, 6), (2, 3), (5, 1), (4, 4)]:
+        ref = torch.zeros(3, 3, dtype=torch.float64).index_put_((x[:, i], x[:, j]), p, accumulate=True)
+        torch.testing.assert_close(pairs[i, j], ref, atol=1e-12, rtol=1e-10)
+    with pytest.raises(TypeError, match="log_marginal"):
+        pair_marginals(MERA(8, 2))
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
