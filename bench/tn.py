@@ -251,13 +251,15 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     out["selected"] = {net: min((k for k in out["models"] if k.startswith(net)),
                                 key=lambda k: out["models"][k]["val_nll_minus_s"]) for net in ("TTN", "MPS")}
     ttn, mps = (out["models"][out["selected"][net]] for net in ("TTN", "MPS"))
-    wins = {measure: sum(get(a) < get(b) for a, b in zip(ttn["runs"], mps["runs"])) for measure, get in
-            (("kl", lambda r: r["kl_per_spin"]), ("corr", lambda r: r["corr_error"]["max"]))}
-    out["ttn_wins"] = wins
+    # paired by seed: TTN - MPS of the same initialization seed, on the same data
+    diffs = {measure: [get(a) - get(b) for a, b in zip(ttn["runs"], mps["runs"])] for measure, get in
+             (("kl", lambda r: r["kl_per_spin"]), ("corr", lambda r: r["corr_error"]["max"]))}
+    out["ttn_wins"] = {measure: sum(d < 0 for d in values) for measure, values in diffs.items()}
+    out["ttn_minus_mps"] = diffs
     print(f"selected on validation: {out['selected']['TTN']} vs {out['selected']['MPS']}: KL/spin "
-          f"{ttn['kl_per_spin']:.4f} vs {mps['kl_per_spin']:.4f} (TTN smaller for {wins['kl']} of "
-          f"{len(args.seeds)} seeds), max |dC(r)| {ttn['corr_error']['max']:.4f} vs {mps['corr_error']['max']:.4f} "
-          f"(TTN smaller for {wins['corr']})")
+          f"{ttn['kl_per_spin']:.4f} vs {mps['kl_per_spin']:.4f} (TTN - MPS {spread(diffs['kl'])}, TTN smaller for "
+          f"{out['ttn_wins']['kl']} of {len(args.seeds)} seeds), max |dC(r)| {ttn['corr_error']['max']:.4f} vs "
+          f"{mps['corr_error']['max']:.4f} (TTN - MPS {spread(diffs['corr'])}, smaller for {out['ttn_wins']['corr']})")
     return out, {"models": first_models, "test": test, "order": order}
 
 
