@@ -383,7 +383,6 @@ def test_compression_readouts():
     assert m.n_params == report["n_params"]  # the model itself is left untouched
 
 
-
 @pytest.mark.parametrize("make", [lambda: MPS(7, 3, phys_dim=3, init_noise=1.0),
                                   lambda: TTN(7, 3, phys_dim=3, tree=TREE, init_noise=1.0)])
 def test_pair_marginals_match_enumeration(make):
@@ -398,6 +397,7 @@ def test_pair_marginals_match_enumeration(make):
         torch.testing.assert_close(pairs[i, j], ref, atol=1e-12, rtol=1e-10)
     with pytest.raises(TypeError, match="log_marginal"):
         pair_marginals(MERA(8, 2))
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
