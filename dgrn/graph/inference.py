@@ -186,8 +186,8 @@ def infer_couplings(
     couplings; fewer scored bins than neurons warns and raises :math:`\lambda` to at least ``1e-2`` (ridge or
     lasso), because the likelihood alone does not identify ``W`` then.
     """
-    if latent_rank:  # before "auto" fits anything
-        resolve_latent_delay(history, latent_delay, latent_history)
+    if latent_rank:  # checked and resolved once, before "auto" fits anything
+        latent_delay = resolve_latent_delay(history, latent_delay, latent_history)
     if latent_rank == "auto":
         options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
                        latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, epochs=epochs,
@@ -308,7 +308,7 @@ def infer_couplings(
                 out[key] = full
             out["log_latent_tau"] = latent["log_latent_tau"].detach().clone()
             out["latent_history"] = latent_history  # not in the state_dict: the BernoulliGLM is built with them
-            out["latent_delay"] = resolve_latent_delay(history, latent_delay)
+            out["latent_delay"] = latent_delay
         return coupling, out
 
 
