@@ -77,11 +77,12 @@ def write_scale_readouts(model, datamodule, metrics: dict[str, float], output_di
     import json
     from pathlib import Path
 
+    from dgrn.data import atomic_write
     from dgrn.plots import plot_entropy_per_unit, plot_participation_ratio
 
     out = model.scale_readouts(datamodule, metrics)
     folder = Path(output_dir)
-    (folder / "readouts.json").write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write(folder / "readouts.json", json.dumps(out, indent=2) + "\n")
     plot_entropy_per_unit(out["levels"], folder / "entropy_per_unit.png")
     plot_participation_ratio(out["levels"], folder / "participation_ratio.png")
     print(f"[dgrn] entropy production {out['entropy_production_per_bin']:.5f} nats/bin; read-outs per level: "

@@ -31,7 +31,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = runner.instantiate_group(cfg.get("callbacks"))
     loggers = runner.instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          strategy=runner.fit_strategy(cfg.trainer.get("strategy", "auto"), model))
     for logger in loggers:
         logger.log_hyperparams(runner.plain(cfg))
 
@@ -68,9 +69,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from dgrn.runner import sweep_objective
+
     metrics = train(cfg)
     key = cfg.get("optimized_metric")
-    return metrics.get(f"best/{key}", metrics.get(key)) if key else None
+    return sweep_objective(metrics, key) if key else None
 
 
 if __name__ == "__main__":

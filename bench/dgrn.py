@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgrn.data import atomic_write  # noqa: E402
+
 DATASETS = {  # the data of experiment=dgrn_kising / dgrn_lif; the LIF network is simulated once and read from a file
     "kising": ["data=kising"],
     "lif": {"name": "clustered_lif", "preset": "small", "duration_s": 40.0, "dt": 0.005, "seed": 0},
@@ -262,7 +264,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             results["rows"] = list(pool.map(work, jobs))
     results["oracle"] = oracles(results["rows"])
-    (out_dir / "dgrn.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out_dir / "dgrn.json", json.dumps(results, indent=2))
     report(results, out_dir)
 
 
@@ -287,7 +289,7 @@ def collect(folder: Path) -> None:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"collected_from": str(folder), "rows": rows, "oracle": oracles(rows)}
-    (out_dir / "dgrn.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out_dir / "dgrn.json", json.dumps(results, indent=2))
     report(results, out_dir)
 
 

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dgrn.data import atomic_write  # noqa: E402
 
 
 def run_train(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
@@ -63,8 +66,7 @@ def main() -> None:
                 rows.append({"fraction": fraction, "model": model, "runs": per_seed})
     results["rows"] = rows
     out = ROOT / "bench" / "results" / "foundation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    atomic_write(out, json.dumps(results, indent=2))
 
     print(f"dgrn --help: {results['cli_seconds']['dgrn --help']:.2f} s, "
           f"dgrn zoo list: {results['cli_seconds']['dgrn zoo list']:.2f} s, "

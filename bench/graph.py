@@ -10,7 +10,7 @@
    8 by held-out likelihood: ``latent_rank="auto"``), nMF, TAP, correlation and
    partial correlation (Ledoit-Wolf precision).
 2. Communities on the same data: AMI against the planted communities of the observed neurons for dgrn's
-   ``leiden`` / ``markov_stability`` / ``lrg`` (when ``dgrn.renorm`` is importable) on the ML couplings, the
+   ``leiden`` / ``markov_stability`` / ``lrg`` on the ML couplings, the
    pretrained ``gnn`` (zoo ``community_encoder_kising``, never fitted to these networks; with two ablations: no
    refinement, untrained weights), ``markov_stability`` and ``gnn`` on the correlation graph, and the baselines
    correlation + Leiden, correlation + spectral clustering (told the true K) and PyG DMoN on the correlation graph
@@ -37,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from dgrn.data import atomic_write  # noqa: E402
 
 N, K, T = 200, 8, 100_000
 
@@ -96,16 +98,9 @@ def simulate(dataset: str, seed: int, lif_seconds: float):
 def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_seconds: float = 100.0) -> dict:
     from sklearn.metrics import adjusted_mutual_info_score as ami
 
-    import dgrn.nn  # noqa: F401  (registers method="gnn")
     from dgrn.graph import correlation, find_communities, infer_couplings, mean_field_couplings, partial_correlation
     from dgrn.metrics import edge_auprc, edge_auroc, shared_driver_false_positive_rate
     from dgrn.zoo import list_models, load_pretrained
-
-    try:
-        import dgrn.renorm  # noqa: F401  (registers method="lrg" when it provides it)
-    except ImportError:
-        pass
-    from dgrn.graph.communities import COMMUNITY_METHODS
 
     encoder = load_pretrained("community_encoder_kising") if "community_encoder_kising" in list_models() else None
     estimators = {
@@ -159,9 +154,8 @@ def couplings_and_communities(seeds, fractions, dataset: str = "kising", lif_sec
                 "correlation + spectral (true K)": lambda: find_communities(graphs["correlation"], "spectral",
                                                                              n_communities=n_planted),
                 "DMoN on correlation (true K)": lambda: dmon_labels(data, graphs["correlation"], n_planted, seed),
+                "dgrn lrg (ML graph)": lambda: find_communities(ml, "lrg"),
             }
-            if "lrg" in COMMUNITY_METHODS:
-                methods["dgrn lrg (ML graph)"] = lambda: find_communities(ml, "lrg")
             if encoder is not None:
                 for label, enc in ablations(encoder, seed).items():
                     methods[label] = lambda enc=enc: find_communities(ml, "gnn", encoder=enc, spikes=data)
@@ -258,8 +252,7 @@ def main() -> None:
               f"{scale['rate_per_bin']:.3f} per bin): {scale['infer_seconds']:.0f} s (goal < 300 s), peak RSS "
               f"{scale['peak_rss_gib']:.2f} GiB ({scale['rss_before_fit_gib']:.2f} GiB after loading the data), "
               f"edge AUROC {scale['edge_auroc']:.3f}, {scale['threads']} threads")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    atomic_write(path, json.dumps(results, indent=2))
     print(f"\nwrote {path}")
 
 

@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgrn.data import atomic_write  # noqa: E402
 from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, ising_enumerate, ising_transfer,  # noqa: E402
                             ising_transfer_sample, kaufman_log_z, square_lattice_couplings, wolff_sample)
 
@@ -58,8 +59,7 @@ def main() -> None:
           f"(pilot tau_int E {info['pilot_tau_energy']:.2f}, |M| {info['pilot_tau_abs_m']:.2f}; on the kept samples "
           f"{info['tau_energy']:.2f}, {info['tau_abs_m']:.2f}), mean cluster {info['mean_cluster_size']:.0f} spins")
     path = ROOT / "bench" / "results" / "ising.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
+    atomic_write(path, json.dumps(res, indent=1))
     print(f"wrote {path}")
 
 

@@ -29,6 +29,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgrn.data import atomic_write  # noqa: E402
 from dgrn.renorm import HeatKernel, rg_flow, spectral_curves  # noqa: E402
 from dgrn.renorm.coarse import coarse_grain_kernel, select_tau  # noqa: E402
 from dgrn.renorm.laplacian import perron_vector  # noqa: E402
@@ -238,8 +239,7 @@ def main() -> None:
               f"{mres['kmeans_magnetic_eigenvectors_ami']:.3f} (symmetrized: "
               f"{mres['kmeans_symmetrized_eigenvectors_ami']:.3f})")
     out = ROOT / "bench" / "results" / "renorm.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float))
+    atomic_write(out, json.dumps(results, indent=2, default=float))
     print(f"written to {out}")
 
 

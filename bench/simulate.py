@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.brian2_lif import export_network, run_brian2  # noqa: E402
-from dgrn.data import SpikeData  # noqa: E402
+from dgrn.data import SpikeData, atomic_write  # noqa: E402
 from dgrn.sim.lif import LIF_PRESETS, SpikeTimes, clustered_activity_summary, clustered_lif_network, simulate_lif  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulate.json"
@@ -106,8 +106,7 @@ def main() -> None:
         print(f"{name:14s}" + "".join(f"{s[k]:16.3f}" for k in keys))
     for name, s in rows:
         print(f"{name}: active-state durations {s['active_durations_histogram']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    atomic_write(RESULTS, json.dumps(results, indent=2))
     print(f"wrote {RESULTS}")
 
 

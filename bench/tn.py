@@ -25,6 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgrn.data import atomic_write  # noqa: E402
 from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, ising_enumerate,  # noqa: E402
                             ising_sample_exact, ising_transfer, ising_transfer_sample, square_lattice_couplings)
 from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree  # noqa: E402
@@ -476,10 +477,9 @@ def main() -> None:
         results[name] = sections[name](args)
         results[name + "_seconds"] = time.perf_counter() - start
     path = args.out
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # a run of some sections updates them and keeps the others
         results = {**json.loads(path.read_text()), **results}
-    path.write_text(json.dumps(results, indent=1, default=_json_default))
+    atomic_write(path, json.dumps(results, indent=1, default=_json_default))
     print(f"\nwrote {path}")
 
 

@@ -1,12 +1,19 @@
-"""The ``dgrn`` command: ``dgrn zoo list``, ``dgrn simulate``, ``dgrn predict``, ``dgrn renorm``.
+"""The ``dgrn`` command: ``dgrn zoo list|card``, ``dgrn simulate``, ``dgrn predict``, ``dgrn publish``,
+``dgrn renorm``.
 
 Heavy libraries are imported inside the commands, so ``dgrn --help`` and ``dgrn zoo list`` answer at once.
+User errors (bad input: :data:`USER_ERRORS`) print one ``error:`` line and exit with status 2; ``dgrn --debug``
+prints their traceback too. Any other exception is a bug and propagates with its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
+
+#: Exceptions that report bad input (arguments, files) rather than a bug: one line, exit status 2.
+USER_ERRORS = (ValueError, OSError)
 
 
 def _zoo_list(args: argparse.Namespace) -> int:
@@ -20,6 +27,15 @@ def _zoo_list(args: argparse.Namespace) -> int:
     for name in names:
         info = json.loads((checkpoint_dir() / name / "config.json").read_text())
         print(f"{name:24s} {info.get('architecture', '?'):12s} {info.get('summary', '')}")
+    return 0
+
+
+def _zoo_card(args: argparse.Namespace) -> int:
+    from dgrn.publish import rewrite_card
+    from dgrn.zoo import list_models
+
+    for name in args.names or list_models():
+        print(f"wrote {rewrite_card(name)}")
     return 0
 
 
@@ -45,7 +61,9 @@ def _simulate(args: argparse.Namespace) -> int:
                                    sample_seed=args.sample_seed, spectral_radius_target=args.spectral_radius)
     if args.observed_fraction < 1.0:
         data = data.subsample(args.observed_fraction, seed=args.seed, strategy=args.subsample)
-    path = data.save(args.out)
+    from dgrn.data import write_nwb
+
+    path = write_nwb(data, args.out) if Path(args.out).suffix == ".nwb" else data.save(args.out)
     rate = float(data.spikes.float().mean() / data.dt)
     print(f"wrote {path}: {data.n_bins} bins x {data.n_neurons} observed neurons (of {data.n_network}), "
           f"mean rate {rate:.2f} Hz")
@@ -56,20 +74,18 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from dgrn.data import SpikeData, atomic_write
-    from dgrn.zoo import load_pretrained
-
-    from dgrn.zoo import model_info
+    from dgrn.data import atomic_write, load_recording
+    from dgrn.zoo import load_pretrained, model_info
 
     net = load_pretrained(args.model)
-    data = SpikeData.load(args.spikes)
+    data = load_recording(args.spikes)
     if data.n_neurons != net.n_neurons:
-        raise SystemExit(f"error: {args.model} models {net.n_neurons} neurons; {args.spikes} has {data.n_neurons}")
+        raise ValueError(f"{args.model} models {net.n_neurons} neurons; {args.spikes} has {data.n_neurons}")
     if data.n_bins <= net.context:
-        raise SystemExit(f"error: {args.spikes} has {data.n_bins} bins; {args.model} needs more than {net.context}")
+        raise ValueError(f"{args.spikes} has {data.n_bins} bins; {args.model} needs more than {net.context}")
     trained_dt = model_info(args.model).get("dt")
     if trained_dt is not None and not np.isclose(data.dt, trained_dt, rtol=1e-6, atol=0):
-        raise SystemExit(f"error: {args.model} was trained on {trained_dt * 1e3:g} ms bins; {args.spikes} has "
+        raise ValueError(f"{args.model} was trained on {trained_dt * 1e3:g} ms bins; {args.spikes} has "
                          f"{data.dt * 1e3:g} ms bins (rebin the recording: its dynamics are per bin)")
     out = Path(args.out) if args.out else Path(args.spikes).with_suffix(".pred.npz")
     if getattr(net, "n_levels", None) is not None:
@@ -111,7 +127,7 @@ def _renorm(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dgrn import plots
-    from dgrn.data import SpikeData, atomic_write
+    from dgrn.data import atomic_write, load_recording
     from dgrn.renorm import HeatKernel, pool_activity, rg_flow
     from dgrn.renorm.graphs import load_graph
 
@@ -153,7 +169,7 @@ def _renorm(args: argparse.Namespace) -> int:
     summary = {"graph": str(args.graph), "n_nodes": n, "levels": [lv.summary() for lv in flow]}
     atomic_write(out / "levels.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     if args.spikes:
-        data = SpikeData.load(args.spikes)
+        data = load_recording(args.spikes)
         if data.n_neurons != n:
             raise ValueError(f"{args.spikes} has {data.n_neurons} neurons; the graph has {n} nodes")
         for lv in flow:
@@ -166,10 +182,14 @@ def _renorm(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgrn", description="Diffusion-guided renormalization of neural systems.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     zoo = sub.add_parser("zoo", help="pretrained models").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list pretrained models").set_defaults(func=_zoo_list)
+    card = zoo.add_parser("card", help="rewrite model cards (README.md) from config.json; weights are only read")
+    card.add_argument("names", nargs="*", help="zoo names (default: all)")
+    card.set_defaults(func=_zoo_card)
 
     sim = sub.add_parser("simulate", help="simulate a network with ground truth and save it as .npz or .nwb")
     sim.add_argument("model", choices=["kinetic-ising", "lif", "connectome"], help="simulator")
@@ -228,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv``; a user error prints one ``error:`` line (and, with ``--debug``, its
+    traceback) and returns 2. Other exceptions propagate: they are bugs, and their traceback is the report."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+    except USER_ERRORS as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
 

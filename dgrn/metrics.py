@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +42,25 @@ def bits_per_spike(logits: Tensor, target: Tensor) -> Tensor:
     return (model_ll - null_ll) / (n_spikes * math.log(2))
 
 
-def edge_auroc(coupling: Tensor, true_coupling: Tensor) -> Tensor:
+def edge_auroc(coupling: Tensor, true_coupling: Tensor, undefined: str = "raise") -> Tensor:
     """AUROC of ``|coupling|`` as a score for the presence of a true edge (``true_coupling != 0``).
 
-    Both are ``(N, N)`` over the same neurons; the diagonal (self-coupling) is excluded.
+    Both are ``(N, N)`` over the same neurons; the diagonal (self-coupling) is excluded. The AUROC is undefined
+    when the true graph has no edges, or is complete, among these neurons (e.g. a heavily subsampled network):
+    ``undefined="raise"`` raises ``ValueError`` then, ``"nan"`` warns and returns NaN.
     """
+    if undefined not in ("raise", "nan"):
+        raise ValueError(f"undefined must be 'raise' or 'nan', got {undefined!r}")
     if coupling.shape != true_coupling.shape or coupling.dim() != 2:
         raise ValueError(f"coupling {tuple(coupling.shape)} and truth {tuple(true_coupling.shape)} must be the same (N, N)")
     off = ~torch.eye(coupling.shape[0], dtype=torch.bool, device=coupling.device)
     labels = (true_coupling.to(coupling.device)[off] != 0).long()
     if labels.min() == labels.max():
-        raise ValueError("edge AUROC is undefined: the true graph has no edges, or is complete, among these neurons")
+        message = "edge AUROC is undefined: the true graph has no edges, or is complete, among these neurons"
+        if undefined == "raise":
+            raise ValueError(message)
+        warnings.warn(f"{message}; returning NaN", stacklevel=2)
+        return torch.tensor(float("nan"), device=coupling.device)
     return binary_auroc(coupling.detach()[off].abs().float(), labels)
 
 

@@ -56,9 +56,9 @@ def plot_metagraph(graph: Any, path: str | Path, node_size: np.ndarray | None = 
                    max_nodes: int = 2000) -> Path | None:
     """Draw a (meta)graph: spectral layout, node area proportional to ``node_size`` (e.g. neurons per supernode),
     edge width to weight. Graphs with more than ``max_nodes`` nodes are not drawn (returns None)."""
-    from dgrn.renorm.graphs import as_adjacency, undirected
+    from dgrn.renorm.graphs import read_diffusion_graph, undirected
 
-    a, _ = as_adjacency(graph)
+    a, _ = read_diffusion_graph(graph)
     n = a.shape[0]
     if n > max_nodes:
         return None

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
-__all__ = ["score", "publish_checkpoint"]
+__all__ = ["score", "publish_checkpoint", "model_card", "rewrite_card"]
 
 
 def score(model, datamodule, **trainer_kwargs) -> dict[str, float]:
@@ -26,14 +27,16 @@ CARD = """# {name}
 | | |
 |---|---|
 | architecture | `{architecture}` ({arch_doc}) |
-| arguments | `{net}` |
+| arguments | {net} |
 | neurons | {n_neurons} |
 | bin size | {dt_ms:g} ms (`dgrn predict` refuses recordings binned differently) |
 | parameters | {n_params:,} |
 | weights | `model.safetensors`, sha256 `{sha256}` |
-
+{hierarchy}
 ## Data
-`{data}`
+```yaml
+{data}
+```
 
 ## How it was made
 ```bash
@@ -62,10 +65,126 @@ The recording must have the same {n_neurons} neurons in the same order as the tr
 network, not neural activity in general.
 """
 
+#: Lists whose JSON is longer than this are shown by their shape on a card (the values stay in ``config.json``).
+LONG_LIST = 60
+
 
 def _table(metrics: dict[str, float]) -> str:
     rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
     return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(not recorded)"
+
+
+def _brief(value):
+    """``value`` for a card: long lists (membership labels, site orders) replaced by their shape, in dicts too."""
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items()}
+    if not isinstance(value, list) or len(json.dumps(value)) <= LONG_LIST:
+        return value
+    shape, inner = [], value
+    while isinstance(inner, list) and inner:
+        shape.append(len(inner))
+        inner = inner[0]
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) list"
+
+
+def _span(counts) -> str:
+    """``a`` or ``a–b (median m)`` of a list of counts."""
+    import numpy as np
+
+    lo, hi = int(np.min(counts)), int(np.max(counts))
+    return str(lo) if lo == hi else f"{lo}–{hi} (median {np.median(counts):g})"
+
+
+def _hierarchy(net_kwargs: dict, n_neurons: int, info: dict | None) -> str:
+    """The card's summary of a multiscale model's hierarchy (``net_kwargs["memberships"]``: the level-``l`` unit
+    of every neuron): units and neurons per unit at each level, pooling, and how it was built (``info``: the
+    ``hierarchy`` that :meth:`dgrn.models.DGRN.from_datamodule` records). Empty for single-scale models."""
+    import numpy as np
+
+    memberships = net_kwargs.get("memberships") or []
+    if not memberships:
+        return ""
+    rows = [f"| 0 (neurons) | {n_neurons} | 1 |"]
+    for level, labels in enumerate(memberships, 1):
+        counts = np.unique(np.asarray(labels), return_counts=True)[1]
+        rows.append(f"| {level} | {len(counts)} | {_span(counts)} |")
+    thresholds = net_kwargs.get("thresholds")
+    if not thresholds or all(k == 1 for level in thresholds for k in level):
+        pooling = "a coarse unit is active when any of its neurons is (OR pooling)"
+    else:
+        pooling = (f"a coarse unit is active when at least k of its children are (median pooling; k from "
+                   f"{min(map(min, thresholds))} to {max(map(max, thresholds))})")
+    built = ("Level 1: communities of a graph of the training split; each coarser level: diffusion renormalization "
+             "of the metagraph of the level below (`dgrn.nn.build_hierarchy`).")
+    if info:
+        encoder = f" (encoder `{info['encoder']}`)" if info.get("communities") == "gnn" and info.get("encoder") else ""
+        taus = [t for t in info.get("taus", []) if t is not None]
+        built += (f" Graph: {info.get('hierarchy_graph', 'couplings')}; communities: `{info.get('communities')}`"
+                  f"{encoder}; renormalization: `{info.get('laplacian')}` Laplacian, tau `{info.get('tau')}`"
+                  + (f" (per level: {', '.join(f'{t:.3g}' for t in taus)})" if taus else "")
+                  + (f", shrink {info['shrink']}" if info.get("shrink") is not None else "") + ".")
+    else:
+        built += " Its settings were not recorded in config.json (the training command is below)."
+    built += (" The label of every neuron at every level (`memberships`) and the decoder's site order (`order`) are"
+              " in config.json.")
+    return "\n".join(["", "## Hierarchy", f"{len(memberships) + 1} levels, fine to coarse; {pooling}.", "",
+                      "| level | units | neurons per unit |", "|---|---|---|", *rows, "",
+                      textwrap.fill(built, 115), ""])
+
+
+def model_card(name: str, config: dict, net, notes: str = "") -> str:
+    """The model card of zoo model ``name`` from its ``config.json`` (``config``) and network (``net``, for its
+    parameter count): arrays are summarized, the hierarchy of multiscale models too; ``notes`` (markdown) is
+    appended."""
+    import yaml
+
+    if config["architecture"] == "community_encoder":  # trained across networks (CommunityModule): its own card
+        from dgrn.models.community import encoder_card
+
+        text = encoder_card(name, config, net)
+    else:
+        from dgrn.nn import NETWORKS
+
+        metrics = config.get("metrics", {})
+        fresh, sample_seed = metrics.get("fresh_data") or {}, metrics.get("fresh_sample_seed")
+        command, net_kwargs = config.get("command") or "", _brief(config["net"])
+        text = CARD.format(
+            name=name, summary=config.get("summary", ""), architecture=config["architecture"],
+            arch_doc=f"dgrn.nn.{NETWORKS[config['architecture']].__name__}",
+            net=f"`{json.dumps(net_kwargs)}`"
+            + (" (lists in full in config.json)" if net_kwargs != config["net"] else ""),
+            n_neurons=config["n_neurons"], n_params=sum(p.numel() for p in net.parameters()),
+            dt_ms=config["dt"] * 1e3, sha256=config["sha256"], command=command,
+            data=yaml.safe_dump(_brief(config.get("data", {})), sort_keys=False, default_flow_style=None).strip(),
+            hierarchy=_hierarchy(config["net"], config["n_neurons"], config.get("hierarchy")),
+            train_table=_table(metrics.get("train_run_test") or {}), fresh_table=_table(fresh) if fresh else "",
+            fresh_heading=(f"Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`; "
+                           f"simulated data only), reproduced by\n`python evaluate.py model={name}`:") if fresh else
+            (f"Not scored on fresh trajectories; `python evaluate.py model={name} sample_seed=null` reproduces the "
+             "training run's test split."),
+        )
+    return text + (f"\n{notes.strip()}\n" if notes.strip() else "")
+
+
+def _notes(card: str) -> str:
+    """The notes appended to a card: the sections after its ``## Use`` section (baselines, read-outs...)."""
+    use = card.find("\n## Use\n")
+    after = card.find("\n## ", use + 1) if use >= 0 else -1
+    return card[after + 1:] if after >= 0 else ""
+
+
+def rewrite_card(name: str) -> Path:
+    """Regenerate the card (``README.md``) of zoo model ``name`` from its ``config.json``, keeping the notes
+    appended when it was published; the weights and ``config.json`` are only read (sha256 checked)."""
+    from dgrn import zoo
+    from dgrn.data import atomic_write
+
+    net = zoo.load_pretrained(name)
+    path = zoo.checkpoint_dir() / name / zoo.CARD
+    notes = _notes(path.read_text()) if path.is_file() else ""
+    text = model_card(name, zoo.model_info(name), net, notes)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
 
 
 def _write_model_config(name: str, architecture: str) -> None:
@@ -95,7 +214,6 @@ def publish_checkpoint(
     from dgrn import zoo
     from dgrn.datasets import SIMULATORS, fresh_trajectories
     from dgrn.models import SpikeDataModule, module_for
-    from dgrn.nn import NETWORKS
     from dgrn.runner import load_checkpoint
 
     if Path(ckpt_path).is_dir():  # a run directory: take the best checkpoint it recorded
@@ -129,23 +247,12 @@ def publish_checkpoint(
     net_kwargs = {k: v for k, v in hp["net"].items() if k != "name"}
     architecture = hp["net"]["name"]
     folder = Path(out_dir) if out_dir else zoo.checkpoint_dir() / name
-    card = dict(
-        name=name, summary=summary or f"{architecture} next-bin model", architecture=architecture,
-        arch_doc=f"dgrn.nn.{NETWORKS[architecture].__name__}", net=json.dumps(net_kwargs), n_neurons=hp["n_neurons"],
-        n_params=sum(p.numel() for p in model.net.parameters()), data=json.dumps(data_hp), command=command,
-        train_table=_table(train_metrics), fresh_table=_table(fresh_metrics) if fresh_metrics else "",
-        fresh_heading=(f"Test split of fresh trajectories of the same network (`sample_seed={sample_seed}`; simulated "
-                       f"data only), reproduced by `python evaluate.py model={name}`:") if fresh_metrics else
-        (f"Not scored on fresh trajectories; `python evaluate.py model={name} sample_seed=null` reproduces the "
-         "training run's test split."),
-        dt_ms=dt * 1e3,
-    )
     if out_dir is None:
         _write_model_config(name, architecture)
     return zoo.save_pretrained(
         model.net, folder, architecture=architecture, net_kwargs=net_kwargs,
-        card=lambda config: CARD.format(**card, sha256=config["sha256"]) + (f"\n{notes.strip()}\n" if notes else ""),
-        summary=card["summary"],
+        card=lambda config: model_card(name, config, model.net, notes),
+        summary=summary or f"{architecture} next-bin model",
         n_neurons=hp["n_neurons"], dt=dt, data=data_hp, command=command,
         **({"hierarchy": hp["hierarchy_info"]} if hp.get("hierarchy_info") else {}),  # DGRN: how its levels were built
         metrics={"train_run_test": train_metrics, "fresh_data": fresh_metrics, "fresh_sample_seed": sample_seed},

@@ -17,7 +17,8 @@ from dgrn.data import atomic_write
 
 log = logging.getLogger("dgrn")
 
-__all__ = ["instantiate_group", "finish_loggers", "write_metrics", "load_checkpoint", "ReportBest"]
+__all__ = ["instantiate_group", "finish_loggers", "write_metrics", "load_checkpoint", "sweep_objective",
+           "fit_strategy", "ReportBest"]
 
 METRICS_FILE = "metrics.json"
 
@@ -43,6 +44,30 @@ def finish_loggers(loggers: list[Any]) -> None:
 
 def to_float_dict(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+def sweep_objective(metrics: dict[str, float], key: str) -> float | None:
+    """The value of ``key`` that ``train.py`` returns to Hydra sweepers: ``best/<key>``, the best value of the run
+    (recorded when the checkpoint callback monitors ``key``), else the last logged ``key``; ``None`` if neither."""
+    return metrics.get(f"best/{key}", metrics.get(key))
+
+
+def fit_strategy(strategy: Any, model: Any) -> Any:
+    """The trainer ``strategy`` to fit ``model`` with.
+
+    A model whose training freezes parameters (``model.freezes_parameters``, e.g. DGRN's staged training, which
+    toggles ``requires_grad`` after DDP wrapped the model) leaves parameters without a gradient in some steps; DDP
+    then stops at the next step unless it looks for unused parameters. The DDP names (``ddp``, ``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``) become their ``*_find_unused_parameters_true`` variants for such a model; any
+    other strategy is returned unchanged.
+    """
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if getattr(model, "freezes_parameters", False) and isinstance(strategy, str):
+        variant = f"{strategy}_find_unused_parameters_true"
+        if variant in StrategyRegistry:
+            return variant
+    return strategy
 
 
 def write_metrics(output_dir: str | Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
@@ -75,7 +100,8 @@ class ReportBest(Callback):
     """Hydra callback: at the end of a multirun, log the job with the best ``optimized_metric``.
 
     Reads the ``metrics.json`` every job wrote, so it works with any launcher and sweeper, and writes
-    ``best.json`` into the sweep directory.
+    ``best.json`` into the sweep directory. Jobs are ranked by the value ``train.py`` returned to the sweeper
+    (:func:`sweep_objective`: the best value of each job, not its last epoch).
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -85,7 +111,7 @@ class ReportBest(Callback):
         results = []
         for f in sorted(sweep_dir.glob(f"*/{METRICS_FILE}")):
             payload = json.loads(f.read_text())
-            value = payload["metrics"].get(key)
+            value = sweep_objective(payload["metrics"], key)
             if value is not None and math.isfinite(value):
                 results.append((sign * value, value, f.parent, payload.get("overrides", [])))
         if not results:

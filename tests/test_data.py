@@ -1,10 +1,13 @@
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dgrn.data import SpikeData, WindowDataset, block_split
+from dgrn.data import SpikeData, WindowDataset, atomic_write, block_split
 from dgrn.data.windows import EpochShuffleSampler
 
 
@@ -97,9 +100,89 @@ def test_load_refuses_pickles_and_garbage(tmp_path):
         SpikeData.load(garbage)
     with pytest.raises(FileNotFoundError):
         SpikeData.load(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="reads .npz files.*load_recording"):
+        SpikeData.load(garbage.rename(tmp_path / "g.nwb"))
+
+
+def test_load_needs_the_bin_width(tmp_path):
+    """A file without ``dt`` is refused unless ``dt`` is given (no bin width is assumed); ``data=file`` passes its
+    ``dt`` through; a file that records ``dt`` keeps it and refuses another."""
+    from conftest import compose
+
+    from dgrn.datasets import build_dataset
+
     plain = tmp_path / "plain.npz"
     np.savez(plain, spikes=np.ones((4, 2), dtype=np.int64))
-    assert SpikeData.load(plain).dt == 1.0
+    with pytest.raises(ValueError, match="does not record its bin width: give dt"):
+        SpikeData.load(plain)
+    assert SpikeData.load(plain, dt=0.02).dt == 0.02
+    assert build_dataset("file", path=str(plain), dt=0.005).dt == 0.005
+    with pytest.raises(ValueError, match="give dt"):
+        build_dataset("file", path=str(plain))
+    saved = make().save(tmp_path / "saved.npz")
+    assert SpikeData.load(saved).dt == 0.01 and SpikeData.load(saved, dt=0.01).dt == 0.01
+    with pytest.raises(ValueError, match="cannot rebin"):
+        SpikeData.load(saved, dt=0.02)
+    cfg = compose("train", ["data=file", f"data.dataset.path={plain}", "data.dataset.dt=0.005"], tmp_path / "run")
+    assert cfg.data.dataset.dt == 0.005
+    assert compose("train", ["data=file", f"data.dataset.path={plain}"], tmp_path / "run").data.dataset.dt is None
+
+
+def test_atomic_write_syncs_the_file_then_its_directory_and_leaves_the_umask_alone(tmp_path):
+    """fsync of the temporary's data before the rename and of the directory after it; the process umask is never
+    read or changed (``os.umask`` raises here); the file gets what a plain ``open(path, "w")`` gives."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    def umask(*args):
+        raise AssertionError("atomic_write touched the process umask")
+
+    previous = os.umask(0o027)  # an unusual umask, so that the default 0o022 cannot pass by chance
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "fsync", fsync)
+            mp.setattr(os, "replace", replace)
+            mp.setattr(os, "umask", umask)
+            text = atomic_write(tmp_path / "out" / "readouts.json", lambda tmp: Path(tmp).write_text('{"a": 1}\n'))
+            figure = atomic_write(tmp_path / "out" / "fig.png", lambda tmp: Path(tmp).write_bytes(b"\x89PNG"))
+        with open(tmp_path / "plain.json", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    assert text.read_text() == '{"a": 1}\n' and figure.read_bytes() == b"\x89PNG"
+    folder = (tmp_path / "out").stat().st_ino
+    assert events == [("fsync", text.stat().st_ino, False), ("replace", "readouts.json"), ("fsync", folder, True),
+                      ("fsync", figure.stat().st_ino, False), ("replace", "fig.png"), ("fsync", folder, True)]
+    plain_mode = stat.S_IMODE((tmp_path / "plain.json").stat().st_mode)
+    assert plain_mode == 0o640
+    assert stat.S_IMODE(text.stat().st_mode) == stat.S_IMODE(figure.stat().st_mode) == plain_mode
+
+
+def test_atomic_write_of_text_bytes_and_a_failed_write(tmp_path):
+    """Text and bytes are written as given; a write that raises leaves the old file as it was, and no temporary."""
+    path = tmp_path / "metrics.json"
+    assert atomic_write(path, b"\x00\xff").read_bytes() == b"\x00\xff"
+    atomic_write(path, "old")
+
+    def half(tmp):
+        Path(tmp).write_text("new, half writ")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half)
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]  # no temporary left behind
+    with pytest.raises(TypeError, match="str, bytes or a write"):
+        atomic_write(path, {"a": 1})
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
 
 
 def test_block_split_partitions_time_without_overlap():

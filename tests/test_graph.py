@@ -7,8 +7,8 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score as ami
 
 from dgrn.graph import (
-    community_hierarchy, community_order, correlation, find_communities, infer_couplings, mean_field_couplings,
-    metagraph, partial_correlation, relabel, select_latent_rank,
+    ConvergenceWarning, UninformativeFitWarning, community_hierarchy, community_order, correlation, find_communities,
+    infer_couplings, mean_field_couplings, metagraph, partial_correlation, relabel, select_latent_rank,
 )
 from dgrn.graph.baselines import _solve_tap
 from dgrn.graph.quality import directed_modularity
@@ -49,6 +49,32 @@ def test_recovers_the_couplings_full_and_minibatch(kising):
     assert float(edge_auroc(w_mini, truth)) > 0.93
     off = ~torch.eye(30, dtype=torch.bool)
     assert torch.corrcoef(torch.stack([w_full[off], truth[off]]))[0, 1] > 0.9
+
+
+def test_warns_when_the_couplings_explain_nothing_beyond_the_rates(kising):
+    """Independent neurons: the score statistic of the rate-only model sits at its chi-square value, so the fit
+    warns that W is noise; the kinetic-Ising network is far above it and fits without any warning."""
+    gen = torch.Generator().manual_seed(0)
+    rates = 0.03 + 0.2 * torch.rand(30, generator=gen)
+    for t in (2000, 20000):
+        independent = (torch.rand(t, 30, generator=gen) < rates).to(torch.uint8)
+        with pytest.warns(UninformativeFitWarning, match=r"no dependence on the previous 1 bin.*chance 900 \+- 42"):
+            infer_couplings(independent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infer_couplings(kising)
+
+
+def test_warns_when_lbfgs_stops_at_its_budget_short_of_the_optimum(kising):
+    """max_iter=1 leaves W far from the optimum; at max_iter=10 L-BFGS also stops at its budget, but within 1 % of
+    the optimum (its own tolerances stop it at 12 iterations on this network), so it stays silent."""
+    with pytest.warns(ConvergenceWarning, match=r"did not converge: L-BFGS used its budget \(max_iter=1\)"):
+        w = infer_couplings(kising, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        near = infer_couplings(kising, max_iter=10)
+    converged = infer_couplings(kising, max_iter=100)
+    assert float((near - converged).norm() / converged.norm()) < 0.01 < float((w - converged).norm() / converged.norm())
 
 
 def test_params_load_into_bernoulli_glm(kising):
@@ -332,11 +358,9 @@ def test_infer_then_communities_end_to_end(kising):
     assert ami(kising.true_communities, find_communities(w)) > 0.9
 
 
-def test_lrg_registered_by_renorm():
-    """method="lrg" is provided by dgrn.renorm (a higher layer) through the registry; it follows the RG flow and
+def test_lrg_communities():
+    """method="lrg" (dgrn.renorm, a higher layer, imported by the registry when called) follows the RG flow and
     keeps the level of highest modularity (here the second: 200 nodes -> 69 -> 9 supernodes)."""
-    import dgrn.renorm  # noqa: F401
-
     w, labels = planted_couplings(200, 8, generator=torch.Generator().manual_seed(0))
     assert ami(labels, find_communities(w, "lrg")) > 0.9
     levels = community_hierarchy(w, "lrg")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dgrn.sim import ising
-from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, integrated_autocorrelation_time,
-                            ising_enumerate, ising_sample_exact, ising_transfer, ising_transfer_sample, kaufman_log_z,
+from dgrn.sim.ising import (CRITICAL_BETA, chain_couplings, correlation_by_distance, heat_bath_chain,
+                            integrated_autocorrelation_time, ising_enumerate, ising_sample_exact, ising_transfer, ising_transfer_sample, kaufman_log_z,
                             onsager_log_z_per_site, square_lattice_couplings, wolff_sample)
 
 
@@ -179,17 +179,67 @@ def test_bad_input():
     assert set(ising.__all__) <= set(dir(ising))
 
 
-def test_ising_data_sources():
+def _single_site_kernel(states: torch.Tensor, w: torch.Tensor, h: torch.Tensor, beta: float, i: int) -> torch.Tensor:
+    """``K[a, b]``: probability that a heat-bath draw of site ``i`` takes state ``a`` to state ``b`` (``states``
+    ``(S, N)`` ±1, all of them)."""
+    p_up = 0.5 * (1 + torch.tanh(beta * (states @ w[i] + h[i])))  # from state a, by its local field
+    others = [k for k in range(states.shape[1]) if k != i]
+    same_elsewhere = (states[:, None, others] == states[None, :, others]).all(-1).double()
+    to_up = (states[None, :, i] == 1).double()
+    return same_elsewhere * (to_up * p_up[:, None] + (1 - to_up) * (1 - p_up[:, None]))
+
+
+@pytest.mark.parametrize("w, h, order", [
+    # frustrated, all pairs coupled, with a field: one site at a time, in index order
+    (torch.tensor([[0.0, 0.8, -0.6], [0.8, 0.0, 0.5], [-0.6, 0.5, 0.0]]), torch.tensor([0.3, -0.2, 0.1]), [0, 1, 2]),
+    # a ring of 4: the uncoupled sites 0 and 2 are drawn together, then 1 and 3
+    (chain_couplings(4, periodic=True), torch.zeros(4), [0, 2, 1, 3]),
+])
+def test_heat_bath_sweep_matches_exact_transition_matrix(w, h, order):
+    """The empirical sweep-to-sweep transitions of the chain against the product of exact single-site heat-bath
+    kernels, and its state frequencies against the Boltzmann law (stationary under that product)."""
+    beta, n = 0.9, w.shape[0]
+    states = ((torch.arange(2**n)[:, None] >> torch.arange(n)) & 1).double() * 2 - 1
+    sweep = torch.eye(2**n, dtype=torch.float64)
+    for i in order:
+        sweep = sweep @ _single_site_kernel(states, w.double(), h.double(), beta, i)
+    boltzmann = torch.softmax(beta * (0.5 * ((states @ w.double()) * states).sum(1) + states @ h.double()), 0)
+    torch.testing.assert_close(boltzmann @ sweep, boltzmann)  # the reference itself: detailed balance per site
+    x = heat_bath_chain(w, beta, torch.zeros(n), 40_000, field=h, seed=0)
+    index = (x.long() << torch.arange(n)).sum(1)
+    counts = torch.zeros(2**n, 2**n, dtype=torch.float64).index_put_((index[:-1], index[1:]),
+                                                                     torch.ones(index.numel() - 1, dtype=torch.float64),
+                                                                     accumulate=True)
+    visits = counts.sum(1, keepdim=True)
+    seen = visits[:, 0] > 400
+    stderr = (sweep[seen] * (1 - sweep[seen]) / visits[seen]).sqrt()
+    assert ((counts[seen] / visits[seen] - sweep[seen]).abs() <= 5 * stderr + 1e-3).all()
+    assert (torch.bincount(index, minlength=2**n).double() / index.numel() - boltzmann).abs().max() < 0.015
+
+
+def test_ising_data_sources_are_equilibrium_time_series():
+    """``ising1d`` / ``ising2d`` serve a heat-bath chain: stationary at the exact equilibrium (nearest-neighbour
+    correlation of the 4 x 4 torus against the transfer matrix) and correlated in time, as next-bin models assume
+    (independent samples would have a lag-1 autocorrelation of 0)."""
     from dgrn.datasets import build_dataset
 
-    chain = build_dataset("ising1d", n=8, n_samples=50, beta=0.7, seed=1)
+    chain = build_dataset("ising1d", n=8, t=50, beta=0.7, seed=1)
     assert chain.spikes.shape == (50, 8) and chain.spikes.max() <= 1
-    assert chain.meta["sampler"] == "exact enumeration"
+    assert chain.meta["sampler"] == "exact enumeration" and "heat bath" in chain.meta["dynamics"]
     assert chain.meta["entropy"] == pytest.approx(ising_enumerate(chain_couplings(8), 0.7)["entropy"])
     torch.testing.assert_close(chain.true_couplings, chain_couplings(8).float())
-    lattice = build_dataset("ising2d", side=4, n_samples=20, sample_seed=3)
-    assert lattice.spikes.shape == (20, 16) and lattice.meta["sampler"] == "exact transfer matrix"
-    assert not torch.equal(lattice.spikes, build_dataset("ising2d", side=4, n_samples=20, sample_seed=4).spikes)
+    beta = 0.35
+    lattice = build_dataset("ising2d", side=4, t=6000, beta=beta, sample_seed=3)
+    assert lattice.spikes.shape == (6000, 16) and lattice.meta["sampler"] == "exact transfer matrix"
+    assert not torch.equal(lattice.spikes, build_dataset("ising2d", side=4, t=6000, beta=beta, sample_seed=4).spikes)
+    s = spins(lattice.spikes)
+    w = square_lattice_couplings(4)
+    nn_corr = float(((s @ w) * s).sum(1).mean() / w.sum())
+    exact = ising_transfer(4, 4, beta)["correlation"]
+    assert nn_corr == pytest.approx(float((exact * w).sum() / w.sum()), abs=0.03)
+    m = s.mean(1)
+    lag1 = float(((m[1:] - m.mean()) * (m[:-1] - m.mean())).mean() / m.var())
+    assert lag1 > 0.3
 
 
 def test_ising_data_configs_compose(tmp_path):

@@ -163,3 +163,32 @@ def test_gru_is_causal_and_matches_a_stepwise_reference():
     future = x.clone()
     future[:, -1] = 1 - future[:, -1]  # changing the last bin cannot change any prediction
     torch.testing.assert_close(m(future), out)
+
+
+def test_edge_auroc_can_return_nan_with_a_warning():
+    with pytest.warns(UserWarning, match="edge AUROC is undefined"):
+        assert math.isnan(float(edge_auroc(torch.rand(3, 3), torch.zeros(3, 3), undefined="nan")))
+    with pytest.raises(ValueError, match="undefined must be"):
+        edge_auroc(torch.rand(3, 3), torch.zeros(3, 3), undefined="skip")
+
+
+def test_l1_penalizes_every_lag_so_opposite_lags_do_not_cancel():
+    """A GLM whose two lags cancel (W2 = -W1, net coupling 0) pays lambda * (|W1| + |W2|) / N, not 0."""
+    import warnings
+
+    from dgrn.models import NextBinModule
+
+    n, lam = 5, 0.3
+    model = NextBinModule(n, {"name": "glm", "history": 2}, l1=lam)
+    w1 = torch.randn(n, n)
+    with torch.no_grad():
+        model.net.weight.copy_(torch.stack([w1, -w1]))
+    assert not model.net.coupling_matrix().detach().any()
+    x = (torch.rand(3, 10, n) < 0.3).float()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = model.training_step(x, 0)
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(
+            glm_logits(x, model.net.bias, model.net.weight, context=2), x[:, 2:])
+    expected = lam * 2 * float(w1.abs().sum()) / n
+    assert expected > 0 and float(loss - nll) == pytest.approx(expected, rel=1e-5)

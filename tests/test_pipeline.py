@@ -109,6 +109,29 @@ def test_grid_multirun_reports_the_best(tmp_path):
     assert "[dgrn] best val/nll" in proc.stdout
 
 
+def test_report_best_ranks_jobs_by_what_train_returned_to_the_sweeper(tmp_path):
+    """Job 0's last epoch is worse than job 1's, but its best epoch is better: the sweeper got the best values."""
+    from omegaconf import OmegaConf
+
+    from dgrn.runner import ReportBest, write_metrics
+
+    sweep = tmp_path / "sweep"
+    jobs = {"0": {"val/nll": 0.30, "best/val/nll": 0.10}, "1": {"val/nll": 0.20, "best/val/nll": 0.15},
+            "2": {"val/nll": 0.12}}  # no checkpoint callback: train.py returned the last value
+    for num, metrics in jobs.items():
+        (sweep / num).mkdir(parents=True)
+        write_metrics(sweep / num, metrics, {"overrides": [f"job={num}"]})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "optimized_metric": "val/nll",
+                               "optimized_mode": "min"})
+    ReportBest().on_multirun_end(config)
+    best = json.loads((sweep / "best.json").read_text())
+    assert best["job_dir"] == str(sweep / "0") and best["best_value"] == 0.10 and best["overrides"] == ["job=0"]
+    config.optimized_mode = "max"
+    ReportBest().on_multirun_end(config)
+    best = json.loads((sweep / "best.json").read_text())
+    assert best["job_dir"] == str(sweep / "1") and best["best_value"] == 0.15 and best["n_jobs"] == 3
+
+
 def test_optuna_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
@@ -125,6 +148,53 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert math.isfinite(metrics["test/nll"])
+
+
+def test_ddp_trains_a_staged_dgrn_through_the_stage_switch(tmp_path):
+    """DGRN's stages freeze parameters after DDP wrapped the model; under two gloo processes the second stage
+    trains the correlations only, the rest staying exactly where the first stage left it."""
+    from dgrn.models import DGRN
+
+    run_dir = tmp_path / "ddp"
+    proc = run_script(["train.py", *TINY, "experiment=dgrn_kising", "trainer=ddp_cpu", "trainer.max_epochs=2",
+                       "model.factorized_epochs=1", "data.dataset.n=40", "+model.graph.max_iter=10", "renorm.levels=1",
+                       "model.net.bond_dim=2", "model.net.hidden_size=8", "model.net.context=4", "test=false",
+                       "+callbacks.model_checkpoint.save_top_k=-1", f"hydra.run.dir={run_dir}"])
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert math.isfinite(json.loads((run_dir / "metrics.json").read_text())["metrics"]["val/nll"])
+    first, second = (torch.load(run_dir / "checkpoints" / f"epoch_{e:03d}.ckpt", weights_only=True) for e in (0, 1))
+    model = DGRN(**first["hyper_parameters"])
+    correlations = {id(p) for p in model.correlation_parameters()}
+    for name, p in model.named_parameters():
+        moved = not torch.equal(first["state_dict"][name], second["state_dict"][name])
+        assert moved == (id(p) in correlations), name
+
+
+def test_training_goes_on_when_the_observed_neurons_have_no_true_edge():
+    """Heavy subsampling can observe only neurons without a true edge among them: edge AUROC is undefined there,
+    so validation and test log NaN with a warning instead of aborting training."""
+    import lightning as L
+
+    from dgrn.data import SpikeData
+    from dgrn.models import NextBinModule, SpikeDataModule
+
+    truth = torch.zeros(8, 8)
+    truth[1, 0] = truth[2, 3] = 1.0  # among the hidden neurons 0..3
+    truth[4:, 0] = 0.5  # hidden -> observed
+    spikes = (torch.rand(2000, 4) < 0.2).to(torch.uint8)
+    data = SpikeData(spikes, 0.01, true_couplings=truth, observed=torch.arange(4, 8))
+    assert not data.observed_couplings().any()
+    dm = SpikeDataModule(data, window=16, n_blocks=10)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    model = NextBinModule(4, {"name": "glm"})
+    with pytest.warns(UserWarning, match="edge AUROC is undefined"):
+        trainer.fit(model, datamodule=dm)
+    assert trainer.current_epoch == 2 and math.isnan(trainer.callback_metrics["val/edge_auroc"])
+    assert math.isfinite(trainer.callback_metrics["val/nll"])
+    with pytest.warns(UserWarning, match="edge AUROC is undefined"):
+        (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isnan(metrics["test/edge_auroc"]) and math.isfinite(metrics["test/nll"])
 
 
 def test_subsampling_strategy_is_a_data_override(run_train):

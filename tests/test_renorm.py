@@ -3,6 +3,7 @@ graining, the RG flow, pooling of activity, bad input, config and CLI."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 from dgrn.data import SpikeData
 from dgrn.renorm import (
     HeatKernel,
+    RGFlowStoppedEarly,
     coarse_grain,
     find_peaks,
     laplacian,
@@ -24,7 +26,7 @@ from dgrn.renorm import (
     tau_for_shrink,
     zeta_components,
 )
-from dgrn.renorm.graphs import as_adjacency
+from dgrn.renorm.graphs import read_diffusion_graph
 from dgrn.renorm.synthetic import direction_planted_partition, hierarchical_planted_partition, planted_partition
 
 
@@ -137,7 +139,8 @@ def test_edgeless_and_single_node_graphs_give_no_nan():
     assert labels.tolist() == [0, 1, 2, 3]
     one = spectral_curves(np.zeros((1, 1)), [1.0])
     assert one["entropy"].item() == 0 and one["specific_heat"].item() == 0
-    assert rg_flow(np.zeros((1, 1)), 3) == []
+    with pytest.warns(RGFlowStoppedEarly, match="level 1 of 3: the input graph is a single node"):
+        assert rg_flow(np.zeros((1, 1)), 3) == []
 
 
 # --------------------------------------------------------------------------- Laplacians
@@ -158,7 +161,7 @@ def test_directed_laplacian_matches_dense_chung_reference_with_teleport():
     rng = np.random.default_rng(3)
     adj = np.triu((rng.random((40, 40)) < 0.15) * rng.uniform(0.5, 2, (40, 40)), 1)  # a DAG with dangling nodes
     adj[np.arange(39), np.arange(1, 40)] += 1.0  # weakly connected
-    lap = laplacian(as_adjacency(adj)[0], "directed", teleport=0.1)
+    lap = laplacian(read_diffusion_graph(adj)[0], "directed", teleport=0.1)
     np.testing.assert_allclose(lap.dense(), chung_reference(adj, 0.1), atol=1e-10)
     x = rng.standard_normal((40, 3))
     np.testing.assert_allclose(lap.matvec(x), lap.dense() @ x, atol=1e-12)
@@ -172,7 +175,7 @@ def test_directed_equals_undirected_on_symmetric_input():
     d = spectral_curves(adj, taus, laplacian="directed")
     u = spectral_curves(adj, taus, laplacian="normalized")
     torch.testing.assert_close(d["specific_heat"], u["specific_heat"], rtol=1e-9, atol=1e-12)
-    assert laplacian(as_adjacency(adj)[0]).kind == "combinatorial"
+    assert laplacian(read_diffusion_graph(adj)[0]).kind == "combinatorial"
     directed, _ = direction_planted_partition(80, 2, 8, seed=0)
     assert laplacian(directed).kind == "directed"
 
@@ -273,14 +276,47 @@ def test_find_peaks_reports_plateaus_and_edges():
 # ------------------------------------------------------------------------------- RG flow
 def test_rg_flow_recovers_two_level_hierarchy():
     a, blocks, groups = hierarchical_planted_partition(640, 4, 4, 30, 2, 0.1, seed=1)
-    flow = rg_flow(a, 3)
-    assert len(flow) >= 2
+    flow = rg_flow(a, 2)
+    assert len(flow) == 2
     assert adjusted_mutual_info_score(blocks, flow[0].membership.numpy()) >= 0.9
     assert adjusted_mutual_info_score(groups, flow[1].membership.numpy()) >= 0.9
     first = flow[0]
     assert first.n_nodes == first.assignment.max().item() + 1 == first.graph.shape[0]
     assert set(first.curves) == {"tau", "entropy", "specific_heat"} and first.peaks
     np.testing.assert_array_equal(flow[1].membership.numpy(), flow[1].assignment.numpy()[first.membership.numpy()])
+
+
+@pytest.mark.parametrize("graph, levels, options, stop", [
+    # a complete graph: one heat-kernel scale, every pair alike, nothing merges at tau*
+    (np.ones((20, 20)) - np.eye(20), 3, {}, r"level 1 of 3: coarse-graining the input graph \(20 nodes\) at tau\* = "
+     r"\S+ merged no nodes"),
+    (np.zeros((6, 6)), 2, {}, r"level 1 of 2: the input graph \(6 nodes\) has no edges"),
+    # blocks, then groups (4 supernodes, all-to-all alike): level 3 merges nothing
+    (hierarchical_planted_partition(640, 4, 4, 30, 2, 0.1, seed=1)[0], 5, {},
+     r"level 3 of 5: coarse-graining the level-2 metagraph \(4 nodes\) .* merged no nodes"),
+    # shrinking 200 nodes by 300 merges everything at once
+    (planted_partition(200, 4, 12, 1, seed=0)[0], 3, {"shrink": 300.0}, r"level 2 of 3: the level-1 metagraph is a "
+     r"single node; returning 1 level"),
+])
+def test_rg_flow_that_stops_early_says_where_and_why(graph, levels, options, stop):
+    with pytest.warns(RGFlowStoppedEarly, match=stop):
+        flow = rg_flow(graph, levels, **options)
+    assert len(flow) < levels
+    with pytest.raises(ValueError, match=stop):
+        rg_flow(graph, levels, strict=True, **options)
+
+
+def test_rg_flow_with_all_its_levels_and_lrg_communities_stay_silent():
+    """No warning when the flow makes every level asked, nor from find_communities(method="lrg"), whose ``levels``
+    is only a ceiling."""
+    from dgrn.renorm.communities import lrg_levels
+
+    a, blocks, _ = hierarchical_planted_partition(640, 4, 4, 30, 2, 0.1, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RGFlowStoppedEarly)
+        assert len(rg_flow(a, 2, strict=True)) == 2
+        levels = lrg_levels(a, levels=5)
+    assert len(levels) == 2 and adjusted_mutual_info_score(blocks, levels[0].numpy()) >= 0.9
 
 
 def test_rg_flow_on_directed_graph_keeps_direction():
@@ -319,6 +355,7 @@ def test_pool_flow_on_spikedata():
 
 
 # ------------------------------------------------------------------------ config and CLI
+@pytest.mark.filterwarnings("ignore::dgrn.renorm.RGFlowStoppedEarly")  # levels is a ceiling here
 def test_lrg_config_drives_rg_flow(tmp_path):
     from tests.conftest import compose
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dgrn.sim import kinetic_ising, planted_couplings
+from dgrn.sim.kinetic_ising import REFERENCE_DEGREE, expected_in_degree
 
 
 def test_seeding():
@@ -51,6 +52,45 @@ def test_communities_are_anticorrelated():
     assert 0.02 < float(x.mean()) < 0.2  # sparse firing, no run-away
 
 
+def test_expected_in_degree_matches_the_drawn_networks():
+    for n, k in ((50, 4), (1000, 20), (103, 7)):
+        w, _ = planted_couplings(n, k, generator=torch.Generator().manual_seed(0))
+        assert float((w != 0).sum(1).double().mean()) == pytest.approx(expected_in_degree(n, k), rel=0.03)
+    assert expected_in_degree(200, 8) == REFERENCE_DEGREE  # the 200-neuron, 8-community network is the reference
+
+
+@pytest.mark.parametrize("n, k", [(50, 4), (200, 10), (1000, 20)])
+def test_default_networks_keep_one_regime_at_every_size(n, k):
+    """Summed input |W| capped at its reference value, rate near base_rate, no period-2 oscillation. Unscaled, the
+    1000-neuron network had a summed input of 83, fired at 0.26 per bin and oscillated (lag-1 autocorrelation
+    -0.36)."""
+    d = kinetic_ising(n, 5000, n_communities=k, seed=0)
+    # E|1 + 0.5 xi| (folded normal): the mean magnitude of a coupling in units of |j|
+    mean_magnitude = 0.5 * math.sqrt(2 / math.pi) * math.exp(-2.0) + math.erf(2 / math.sqrt(2))
+    expected = 0.75 * mean_magnitude * min(expected_in_degree(n, k), REFERENCE_DEGREE)  # never scaled up
+    assert float(d.true_couplings.abs().sum(1).mean()) == pytest.approx(expected, rel=0.05)
+    x = d.spikes.double()
+    assert abs(float(x.mean()) - 0.05) < 0.015
+    xc = x - x.mean(0)
+    lag1 = (xc[1:] * xc[:-1]).mean(0) / xc.var(0, unbiased=False)
+    assert float(lag1.mean()) > -0.05
+
+
+def test_reference_degree_scales_dense_networks_only():
+    """Networks at or below the reference degree (the zoo's 100 neurons in 4 communities, kising200's 200 in 8) are
+    drawn exactly as without the scaling; denser ones are the same network times reference / expected in-degree."""
+    for n, k in ((100, 4), (200, 8), (30, 3)):
+        a, b = kinetic_ising(n, 200, n_communities=k, seed=2), kinetic_ising(n, 200, n_communities=k, seed=2,
+                                                                             reference_degree=None)
+        assert torch.equal(a.true_couplings, b.true_couplings) and torch.equal(a.spikes, b.spikes)
+        assert a.meta["coupling_scale"] == 1.0
+    a, b = (kinetic_ising(400, 10, n_communities=8, seed=2, reference_degree=r) for r in (REFERENCE_DEGREE, None))
+    scale = REFERENCE_DEGREE / expected_in_degree(400, 8)
+    assert a.meta["coupling_scale"] == pytest.approx(scale) and scale < 0.5
+    torch.testing.assert_close(a.true_couplings, b.true_couplings * scale)
+    assert torch.equal(a.true_communities, b.true_communities)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="n_communities"):
         kinetic_ising(10, 10, n_communities=11)
@@ -58,6 +98,8 @@ def test_bad_arguments():
         kinetic_ising(10, 10, base_rate=1.5)
     with pytest.raises(ValueError, match="t must be"):
         kinetic_ising(10, 0)
+    with pytest.raises(ValueError, match="reference_degree"):
+        kinetic_ising(10, 10, reference_degree=0.0)
 
 
 @pytest.mark.gpu

@@ -123,11 +123,12 @@ def test_cli_predict_errors(tmp_path):
     run_script(["-m", "dgrn.cli", "simulate", "kinetic-ising", "--n", "10", "--t", "100", "--n-communities", "2",
                 "--out", str(small)])
     proc = run_script(["-m", "dgrn.cli", "predict", "--model", NAME, "--spikes", str(small)], check=False)
-    assert proc.returncode != 0 and "100 neurons" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "100 neurons" in proc.stderr
     proc = run_script(["-m", "dgrn.cli", "predict", "--model", "nope", "--spikes", str(small)], check=False)
     assert proc.returncode == 2 and NAME in proc.stderr
-    proc = run_script(["-m", "dgrn.cli", "predict", "--model", NAME, "--spikes", str(tmp_path / "none.npz")], check=False)
-    assert proc.returncode == 2 and "no spike file" in proc.stderr
+    proc = run_script(["-m", "dgrn.cli", "predict", "--model", NAME, "--spikes", str(tmp_path / "none.npz")],
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "none.npz" in proc.stderr
     assert not (tmp_path / "small.pred.npz").exists()
 
 
@@ -137,3 +138,43 @@ def test_train_from_a_zoo_model_starts_from_its_weights(run_train):
     assert tuned["test/bits_per_spike"] > 0.3 > fresh["test/bits_per_spike"]
     with pytest.raises(ValueError, match="does not fit"):
         run_train(["model=glm_kising100", "data.dataset.n=20"], "wrong")
+
+
+def test_card_of_a_multiscale_model_summarizes_its_long_hierarchy(tmp_path, monkeypatch):
+    """A 500-neuron DGRN card states levels and units per level; the label arrays stay in config.json, the notes
+    published with the card survive a rewrite, and the weights and config are untouched."""
+    from dgrn.publish import rewrite_card
+
+    monkeypatch.setenv("DGRN_CHECKPOINTS", str(tmp_path))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 500).tolist()
+    net_kwargs = {"bond_dim": 2, "rank": 0, "hidden_size": 4, "context": 2, "memberships": [labels, [0] * 500],
+                  "order": rng.permutation(500).tolist()}
+    net = zoo.create_model("dgrn", n_neurons=500, **net_kwargs)
+    hierarchy = {"n_units": [500, 7, 1], "taus": [None, 5.0], "communities": "gnn", "encoder": "enc",
+                 "tau": 5.0, "shrink": None, "laplacian": "normalized", "pool": "or", "hierarchy_graph": "couplings"}
+    folder = zoo.save_pretrained(
+        net, tmp_path / "big", architecture="dgrn", net_kwargs=net_kwargs, n_neurons=500, dt=0.005,
+        data={"dataset": {"name": "clustered_lif", "preset": "small"}}, command="python train.py experiment=dgrn_lif",
+        hierarchy=hierarchy, metrics={"train_run_test": {"test/nll": 0.2}, "fresh_data": {}, "fresh_sample_seed": None},
+        card=f"# big\n| arguments | {json.dumps(net_kwargs)} |\n## Use\nold\n## Baselines\nkept as published\n")
+    before = {f: (folder / f).read_bytes() for f in ("model.safetensors", "config.json")}
+
+    lines = rewrite_card("big").read_text().splitlines()
+    assert len(lines) < 80 and max(map(len, lines)) <= 200
+    text = "\n".join(lines)
+    assert "3 levels" in text and "| 0 (neurons) | 500 | 1 |" in text and "| 2 | 1 | 500 |" in text
+    sizes = np.bincount(labels)
+    assert f"| 1 | 7 | {sizes.min()}–{sizes.max()} (median {np.median(sizes):g}) |" in text
+    assert "`gnn` (encoder `enc`)" in text and '"memberships": "(2, 500) list"' in text
+    assert text.endswith("## Baselines\nkept as published") and "\nold\n" not in text
+    assert before == {f: (folder / f).read_bytes() for f in before}
+
+
+def test_shipped_cards_are_short_and_state_their_hierarchy():
+    for name in zoo.list_models():
+        card = (zoo.checkpoint_dir() / name / "README.md").read_text()
+        assert max(map(len, card.splitlines())) <= 200, name
+        levels = len(zoo.model_info(name)["net"].get("memberships", []))
+        if levels:
+            assert f"## Hierarchy\n{levels + 1} levels" in card, name

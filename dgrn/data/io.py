@@ -199,7 +199,7 @@ def load_recording(path: str | Path, dt: float | None = None, **kwargs: Any) -> 
             if "spikes" in files:
                 return SpikeData.load(path, dt=dt)
             if not {"times", "units"} <= files:
-                raise KeyError(f"{path} holds neither 'spikes' (binned) nor 'times' and 'units' (spike times); "
+                raise ValueError(f"{path} holds neither 'spikes' (binned) nor 'times' and 'units' (spike times); "
                                f"found {sorted(files)}")
             if dt is None:
                 raise ValueError(f"give dt, the bin size in seconds, to bin the spike times of {path}")

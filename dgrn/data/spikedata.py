@@ -1,12 +1,13 @@
 """`SpikeData`: binned spike trains of the observed neurons plus the ground truth of the whole network."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,26 +69,56 @@ def _as_couplings(x: Any) -> torch.Tensor:
     return w
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[str], Any]) -> Path:
+    """Write ``path`` atomically: into a temporary file beside it, then renamed into place.
 
-    A crash or an exception leaves ``path`` untouched (never half-written).
+    ``content``: text (written as UTF-8), bytes, or a function ``write(tmp_path)`` that writes the temporary file
+    (it may reopen or truncate it, but must write *that* path: e.g. ``np.savez`` would append ``.npz``, so give it
+    an open file; ``savefig`` needs an explicit ``format``). The file and then its directory are fsynced, so after
+    a crash ``path`` holds the old content or the new one, never a truncated mix; an exception leaves the old file
+    as it was and no temporary behind. The new file gets the permissions a plain ``open(path, "w")`` of a new file
+    gives (``0o666`` less the umask, applied by the kernel: the process umask is never read or changed).
     """
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    if not (callable(content) or isinstance(content, (bytes, bytearray))):
+        raise TypeError(f"atomic_write writes str, bytes or a write(tmp_path) function, got {type(content).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    # created by os.open so that the kernel applies the umask (mkstemp would make it owner-only)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; publish with the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(content, (bytes, bytearray)):
+                fh.write(content)
+        if callable(content):
+            content(str(tmp))
+        _fsync(tmp)  # the data reaches the disk before the rename does
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent, directory=True)  # the rename itself
     return path
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """``fsync`` a file, or a directory's entries (skipped where a directory cannot be opened or synced: Windows,
+    some network file systems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not (directory and err.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -361,16 +392,13 @@ class SpikeData:
 
     # --------------------------------------------------------------------- io
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to ``path`` (``.npz``, or ``.nwb`` with the ``nwb`` extra: :func:`dgrn.data.io.write_nwb`),
-        atomically: a failed write leaves no partial file. A sparse ground truth is stored as its nonzeros
-        (``true_couplings_indices`` ``(2, E)``, ``true_couplings_values``, ``true_couplings_shape``)."""
+        """Write to a ``.npz`` file, atomically (:func:`atomic_write`). A sparse ground truth is stored as its
+        nonzeros (``true_couplings_indices`` ``(2, E)``, ``true_couplings_values``, ``true_couplings_shape``).
+        NWB files: :func:`dgrn.data.io.write_nwb` (this module sits below the readers and writers of other formats,
+        which build on it)."""
         path = Path(path)
-        if path.suffix == ".nwb":
-            from dgrn.data.io import write_nwb
-
-            return write_nwb(self, path)
         if path.suffix != ".npz":
-            raise ValueError(f"SpikeData.save writes .npz or .nwb files; got {path.name!r}")
+            raise ValueError(f"SpikeData.save writes .npz files; got {path.name!r} (NWB: dgrn.data.write_nwb)")
         arrays = {
             "format_version": np.array(_FORMAT_VERSION),
             "spikes": self.spikes.numpy(),
@@ -397,20 +425,18 @@ class SpikeData:
 
     @classmethod
     def load(cls, path: str | os.PathLike, dt: float | None = None) -> "SpikeData":
-        """Read a ``.npz`` written by :meth:`save`, or any ``.npz`` holding a ``spikes`` (T, N) array
-        (its ``dt``; else the ``dt`` given; else 1). Never unpickles: object arrays are refused.
+        """Read a ``.npz`` written by :meth:`save`, or any ``.npz`` holding a ``spikes`` ``(T, N)`` array.
 
-        ``.nwb`` files go to :func:`dgrn.data.io.read_nwb` (``dt``: bin size, needed unless dgrn wrote the file).
-        Other recordings (spike-time ``.npz``, Neo formats): :func:`dgrn.data.io.load_recording`."""
+        ``dt``: the bin width in seconds. A file that records its ``dt`` needs none (a different one is an error: the
+        counts cannot be rebinned); a file without one needs it (no bin width is assumed). Never unpickles: object
+        arrays are refused. Other recordings (NWB, spike-time ``.npz``, Neo formats):
+        :func:`dgrn.data.io.load_recording`."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no spike file at {path}")
-        if path.suffix == ".nwb":
-            from dgrn.data.io import read_nwb
-
-            return read_nwb(path, dt=dt)
         if path.suffix != ".npz":
-            raise ValueError(f"SpikeData.load reads .npz or .nwb files; got {path.name!r}")
+            raise ValueError(f"SpikeData.load reads .npz files; got {path.name!r} (NWB, Neo formats: "
+                             "dgrn.data.load_recording)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
@@ -419,7 +445,7 @@ class SpikeData:
         except Exception as err:  # zipfile.BadZipFile, OSError, EOFError
             raise ValueError(f"{path} is not a readable .npz file ({type(err).__name__}: {err})") from err
         if "spikes" not in data:
-            raise KeyError(f"{path} has no 'spikes' array (found: {sorted(data)})")
+            raise ValueError(f"{path} has no 'spikes' array (found: {sorted(data)})")
         meta = json.loads(str(data["meta"])) if "meta" in data else {}
         couplings = data.get("true_couplings")
         if "true_couplings_indices" in data:
@@ -427,11 +453,14 @@ class SpikeData:
             indices = torch.as_tensor(data["true_couplings_indices"].astype(np.int64))
             couplings = torch.sparse_coo_tensor(indices, torch.as_tensor(data["true_couplings_values"]), shape,
                                                 check_invariants=True)
+        if "dt" not in data and dt is None:
+            raise ValueError(f"{path} does not record its bin width: give dt (seconds), e.g. SpikeData.load(path, "
+                             "dt=0.01), or data.dataset.dt=0.01 with data=file")
         if "dt" in data and dt is not None and not np.isclose(float(data["dt"]), float(dt)):
             raise ValueError(f"{path} is binned at dt = {float(data['dt'])} s; cannot rebin it to {dt} s")
         return cls(
             spikes=data["spikes"],
-            dt=float(data["dt"]) if "dt" in data else (1.0 if dt is None else dt),
+            dt=float(data["dt"]) if "dt" in data else float(dt),
             true_couplings=couplings,
             true_communities=data.get("true_communities"),
             observed=data.get("observed"),

@@ -4,7 +4,8 @@
   GLM (optional low-rank latent input for hidden neurons); baselines :func:`correlation`,
   :func:`partial_correlation`, :func:`mean_field_couplings` (nMF / TAP).
 - :func:`find_communities`, :func:`community_hierarchy`, :func:`community_order`: communities of directed
-  weighted graphs (Leiden, Markov stability, spectral; ``lrg`` and ``gnn`` registered by higher layers).
+  weighted graphs (Leiden, Markov stability, spectral; ``lrg`` and ``gnn`` of the higher layers, imported
+  when called).
 """
 from dgrn.graph.baselines import BASELINES, correlation, mean_field_couplings, partial_correlation
 from dgrn.graph.communities import (
@@ -18,10 +19,13 @@ from dgrn.graph.communities import (
 )
 from dgrn.graph.convert import as_adjacency, to_edge_index
 from dgrn.graph.glm import glm_logits
-from dgrn.graph.inference import binary_spikes, infer_couplings, select_latent_rank
+from dgrn.graph.inference import (
+    ConvergenceWarning, UninformativeFitWarning, binary_spikes, infer_couplings, select_latent_rank,
+)
 
 __all__ = [
-    "infer_couplings", "select_latent_rank", "binary_spikes", "glm_logits", "correlation", "partial_correlation", "mean_field_couplings",
+    "infer_couplings", "select_latent_rank", "ConvergenceWarning", "UninformativeFitWarning",
+    "binary_spikes", "glm_logits", "correlation", "partial_correlation", "mean_field_couplings",
     "BASELINES", "find_communities", "community_hierarchy", "community_order", "metagraph", "relabel",
     "register_community_method", "COMMUNITY_METHODS", "as_adjacency", "to_edge_index",
 ]

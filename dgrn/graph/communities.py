@@ -2,13 +2,14 @@
 
 Built-in methods: ``leiden`` (directed modularity by leidenalg/igraph, the field's reference implementation),
 ``markov_stability`` (Delvenne, Yaliraki & Barahona 2010; Lambiotte, Delvenne & Barahona 2014, optimised by
-Leiden) and ``spectral`` (scikit-learn spectral clustering, a baseline). Methods implemented in higher layers
-register themselves with :func:`register_community_method` when their package is imported: ``lrg`` (diffusion
-renormalization, ``import dgrn.renorm``) and ``gnn`` (the pretrained :class:`dgrn.nn.CommunityEncoder`,
-``import dgrn.nn``); ``dgrn.graph`` never imports them.
+Leiden) and ``spectral`` (scikit-learn spectral clustering, a baseline). Two methods live in higher layers:
+``lrg`` (diffusion renormalization, :mod:`dgrn.renorm`) and ``gnn`` (the pretrained
+:class:`dgrn.nn.CommunityEncoder`). The registry names them as ``"module:function"`` strings, imported when the
+method is first called, so they work from ``dgrn.graph`` alone while importing ``dgrn.graph`` loads neither layer.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import numpy as np
@@ -25,18 +26,20 @@ __all__ = [
     "register_community_method", "COMMUNITY_METHODS", "markov_stability_graph",
 ]
 
-#: name -> ``fn(adj: scipy CSR, **opts) -> labels`` (single scale)
-COMMUNITY_METHODS: dict[str, Callable[..., Any]] = {}
-#: name -> ``fn(adj, **opts) -> list of labels``, fine to coarse
-MULTISCALE_METHODS: dict[str, Callable[..., Any]] = {}
-#: methods that live in a higher layer, and the package whose import registers them
-_PROVIDERS = {"lrg": "dgrn.renorm", "gnn": "dgrn.nn"}
+#: name -> ``fn(adj: scipy CSR, **opts) -> labels`` (single scale), or the ``"module:function"`` that holds it
+COMMUNITY_METHODS: dict[str, Callable[..., Any] | str] = {
+    "lrg": "dgrn.renorm.communities:lrg_communities",
+    "gnn": "dgrn.nn.community:gnn_communities",
+}
+#: name -> ``fn(adj, **opts) -> list of labels``, fine to coarse, or its ``"module:function"``
+MULTISCALE_METHODS: dict[str, Callable[..., Any] | str] = {"lrg": "dgrn.renorm.communities:lrg_levels"}
 
 
-def register_community_method(name: str, fn: Callable[..., Any], multiscale: Callable[..., Any] | None = None) -> None:
+def register_community_method(name: str, fn: Callable[..., Any] | str,
+                              multiscale: Callable[..., Any] | str | None = None) -> None:
     """Make ``find_communities(graph, method=name)`` call ``fn(adj, **opts)`` (``adj``: ``(N, N)`` scipy CSR,
     ``adj[i, j]`` = weight of ``j -> i``; returns ``N`` labels); ``multiscale`` serves
-    :func:`community_hierarchy`."""
+    :func:`community_hierarchy`. Either may be a ``"module:function"`` string, imported at the first call."""
     COMMUNITY_METHODS[name] = fn
     if multiscale is not None:
         MULTISCALE_METHODS[name] = multiscale
@@ -55,14 +58,16 @@ def relabel(labels: Any) -> Tensor:
 
 
 def _method(name: str, table: dict) -> Callable[..., Any]:
-    if name in table:
-        return table[name]
-    if name in COMMUNITY_METHODS:
-        raise ValueError(f"community method {name!r} has no multiscale output; multiscale methods: {sorted(table)}")
-    if name in _PROVIDERS and name not in COMMUNITY_METHODS:
-        raise ValueError(f"community method {name!r} lives in {_PROVIDERS[name]}: `import {_PROVIDERS[name]}` "
-                         f"registers it (registered now: {sorted(COMMUNITY_METHODS)})")
-    raise ValueError(f"unknown community method {name!r}; valid: {sorted(set(table) | set(_PROVIDERS))}")
+    """The function of method ``name`` in ``table``, imported if the table holds its ``"module:function"``."""
+    if name not in table:
+        if name in COMMUNITY_METHODS:
+            raise ValueError(f"community method {name!r} has no multiscale output; multiscale methods: {sorted(table)}")
+        raise ValueError(f"unknown community method {name!r}; valid: {sorted(table)}")
+    fn = table[name]
+    if isinstance(fn, str):  # a higher layer's method: import it now (importing dgrn.graph must not)
+        module, _, attr = fn.partition(":")
+        fn = table[name] = getattr(importlib.import_module(module), attr)
+    return fn
 
 
 def find_communities(graph: Any, method: str = "leiden", **opts) -> Tensor:
@@ -71,10 +76,11 @@ def find_communities(graph: Any, method: str = "leiden", **opts) -> Tensor:
     Args:
         graph: dense ``(N, N)`` tensor/array, scipy sparse matrix or ``(edge_index, edge_weight, num_nodes)``;
             ``[i, j]`` is the weight of ``j -> i`` (a coupling matrix from :func:`infer_couplings` as is).
-        method: ``"leiden"``, ``"markov_stability"``, ``"spectral"``, or a registered higher-layer method
-            (``"lrg"``, ``"gnn"``). ``opts`` go to the method, e.g. ``resolution``, ``markov_time``,
-            ``n_communities``, ``weights`` (``"positive"`` default: negative couplings are dropped; ``"abs"``;
-            ``"signed"`` for ``leiden``: negative edges count against putting their ends together).
+        method: ``"leiden"``, ``"markov_stability"``, ``"spectral"``, ``"lrg"`` (:mod:`dgrn.renorm`), ``"gnn"``
+            (:mod:`dgrn.nn`; needs ``encoder`` and ``spikes``), or one added by :func:`register_community_method`.
+            ``opts`` go to the method, e.g. ``resolution``, ``markov_time``, ``n_communities``, ``weights``
+            (``"positive"`` default: negative couplings are dropped; ``"abs"``; ``"signed"`` for ``leiden``:
+            negative edges count against putting their ends together).
 
     Raises on a graph without (usable) edges: no method defines communities there.
     """

@@ -121,7 +121,8 @@ def to_format(a: sp.csr_array, fmt: dict) -> Any:
 def as_adjacency(graph: Any) -> sp.csr_matrix:
     """``(N, N)`` float64 CSR matrix ``A`` with ``A[i, j]`` the weight of the edge ``j -> i`` (explicit zeros
     dropped): a matrix is taken as a coupling matrix, as is; an edge list ``(edge_index, edge_weight, num_nodes)``
-    has its sources in ``edge_index[0]``. Raises on non-square, non-finite or empty input (see :func:`read_graph`)."""
+    has its sources in ``edge_index[0]``. Raises on non-square, non-finite or empty input (see :func:`read_graph`).
+    (The diffusion code reads graphs the other way round: :func:`dgrn.renorm.read_diffusion_graph`, ``i -> j``.)"""
     adj, fmt = read_graph(graph)
     return sp.csr_matrix(adj.T if fmt["kind"] == "edge_list" else adj)
 

@@ -21,20 +21,22 @@ from torch_geometric.loader import DataLoader
 from dgrn.graph import infer_couplings
 from dgrn.nn.community import CommunityEncoder, community_loss, encoder_inputs
 
-__all__ = ["simulate_graph", "CommunityGraphDataModule", "CommunityModule", "publish_encoder"]
+__all__ = ["simulate_graph", "CommunityGraphDataModule", "CommunityModule", "publish_encoder", "encoder_card"]
 
 
 def simulate_graph(n: int, n_communities: int, observed_fraction: float, t: int, seed: int,
-                   infer_opts: dict | None = None, dataset: str = "kinetic_ising", max_in_degree: int = 16) -> Data:
+                   infer_opts: dict | None = None, dataset: str = "kinetic_ising", max_in_degree: int = 16,
+                   dataset_options: dict | None = None) -> Data:
     """One training/evaluation graph: simulate, subsample, infer couplings, build the encoder's inputs
     (:func:`dgrn.nn.community.encoder_inputs`, as ``find_communities(..., method="gnn")`` does).
+    ``dataset_options``: further keyword arguments of the simulator (e.g. ``reference_degree``).
 
     Returns a PyG ``Data`` with ``x`` ``(n_obs, F)``, ``edge_index``/``edge_weight`` (signed couplings,
     ``j -> i``), ``y`` the planted communities of the observed neurons and ``num_nodes``.
     """
     from dgrn.datasets import build_dataset
 
-    data = build_dataset(dataset, n=n, t=t, n_communities=n_communities, seed=seed)
+    data = build_dataset(dataset, n=n, t=t, n_communities=n_communities, seed=seed, **(dataset_options or {}))
     if observed_fraction < 1.0:
         data = data.subsample(observed_fraction, seed=seed)
     with warnings.catch_warnings():
@@ -59,12 +61,14 @@ class CommunityGraphDataModule(L.LightningDataModule):
         cache: ``.pt`` file for the generated graphs (tensors only, loaded with ``weights_only=True``);
             regenerated when missing or made with other settings.
         batch_size: graphs per batch.
+        dataset_options: further keyword arguments of the simulator.
     """
 
     def __init__(self, n_train: int = 48, n_val: int = 8, n_test: int = 8, communities: list[int] = (3, 4, 6, 8),
                  community_sizes: list[int] = (20, 25, 30), observed_fractions: list[float] = (1.0, 0.5, 0.3),
                  observed_fraction: float | None = None, t: int = 20000, seed: int = 1000, infer_opts: dict | None = None, cache: str | None = None,
-                 batch_size: int = 8, dataset: str = "kinetic_ising", max_in_degree: int = 16) -> None:
+                 batch_size: int = 8, dataset: str = "kinetic_ising", max_in_degree: int = 16,
+                 dataset_options: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.graphs: dict[str, list[Data]] = {}
@@ -98,7 +102,8 @@ class CommunityGraphDataModule(L.LightningDataModule):
                 return
         for split, draws in self._draws().items():
             self.graphs[split] = [simulate_graph(n, k, f, self.hparams.t, seed, self.hparams.infer_opts,
-                                                 self.hparams.dataset, self.hparams.max_in_degree)
+                                                 self.hparams.dataset, self.hparams.max_in_degree,
+                                                 self.hparams.dataset_options)
                                   for n, k, f, seed in draws]
         if cache is not None:
             from dgrn.data import atomic_write
@@ -203,7 +208,10 @@ CARD = """# {name}
 ## Data
 Trained without labels on {n_train} simulated kinetic Ising networks ({communities} planted communities of
 {sizes} neurons, observed fractions {fractions}, {t} bins each), couplings inferred by `dgrn.graph.infer_couplings`;
-validated and tested on other networks (other seeds). Settings: `{data}`
+validated and tested on other networks (other seeds). Settings:
+```yaml
+{data}
+```
 
 ## How it was made
 ```bash
@@ -218,7 +226,6 @@ the encoder never saw:
 
 ## Use
 ```python
-import dgrn.nn                                   # registers method="gnn"
 from dgrn.graph import infer_couplings, find_communities
 from dgrn.zoo import load_pretrained
 encoder = load_pretrained("{name}")
@@ -249,18 +256,26 @@ def publish_encoder(ckpt_path: str | Path, name: str, *, summary: str = "", comm
     if (run_dir / "metrics.json").is_file():
         metrics = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text())["metrics"].items()
                    if k.startswith("test/")}
-    table = "\n".join(["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]])
     data_hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_hp.items()}
-    fields = dict(name=name, summary=summary or "GNN community encoder", net=json.dumps(hp["encoder"]),
-                  n_params=sum(p.numel() for p in model.net.parameters()), n_train=data_hp.get("n_train"),
-                  sizes=data_hp.get("community_sizes"), communities=data_hp.get("communities"),
-                  fractions=data_hp.get("observed_fractions"), t=data_hp.get("t"), data=json.dumps(data_hp),
-                  command=command, table=table if metrics else "(not recorded)",
-                  max_communities=model.net.max_communities)
     folder = Path(out_dir) if out_dir else zoo.checkpoint_dir() / name
     return zoo.save_pretrained(
         model.net, folder, architecture="community_encoder", net_kwargs=hp["encoder"],
-        card=lambda config: CARD.format(**fields, sha256=config["sha256"]), summary=fields["summary"],
+        card=lambda config: encoder_card(name, config, model.net), summary=summary or "GNN community encoder",
         data=data_hp, command=command, metrics={"test": metrics},
     )
 
+
+def encoder_card(name: str, config: dict, net: CommunityEncoder) -> str:
+    """The model card of published encoder ``name`` from its ``config.json`` (``config``) and network (also used by
+    :func:`dgrn.publish.rewrite_card`)."""
+    import yaml
+
+    data, metrics = config.get("data") or {}, (config.get("metrics") or {}).get("test") or {}
+    table = "\n".join(["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]])
+    return CARD.format(name=name, summary=config.get("summary", ""), net=json.dumps(config["net"]),
+                       n_params=sum(p.numel() for p in net.parameters()), n_train=data.get("n_train"),
+                       sizes=data.get("community_sizes"), communities=data.get("communities"),
+                       fractions=data.get("observed_fractions"), t=data.get("t"),
+                       data=yaml.safe_dump(data, sort_keys=False, default_flow_style=None).strip(),
+                       command=config.get("command", ""), table=table if metrics else "(not recorded)",
+                       max_communities=net.max_communities, sha256=config["sha256"])

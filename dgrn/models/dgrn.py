@@ -40,7 +40,8 @@ class DGRN(NextBinModule):
             at their initial values, so with a small ``net.init_noise`` the model trains as a product of Bernoullis
             given the context; afterwards the context networks and fields are frozen and only the correlations
             train. Joint training lets the fields overfit short recordings while the cores are still learning;
-            staged, the correlations add to an early-stopped factorized model.
+            staged, the correlations add to an early-stopped factorized model. Under DDP, ``train.py`` runs staged
+            models with ``find_unused_parameters=True`` (:attr:`freezes_parameters`).
         hierarchy_info: how the hierarchy was built (recorded, not used).
     """
 
@@ -117,6 +118,12 @@ class DGRN(NextBinModule):
         vectors and (rank > 0) context-gated modulations with their gates."""
         names = ("core", "left", "right", "modulation", "gate.weight")
         return [p for dec in self.net.decoders for n, p in dec.named_parameters() if n in names]
+
+    @property
+    def freezes_parameters(self) -> bool:
+        """Whether training freezes parameters (the stages of ``factorized_epochs``). Frozen parameters get no
+        gradient, as in one process, so DDP must look for unused parameters (:func:`dgrn.runner.fit_strategy`)."""
+        return self.hparams.factorized_epochs is not None
 
     def on_train_epoch_start(self) -> None:
         stage = self.hparams.factorized_epochs

@@ -14,9 +14,13 @@ __all__ = ["NextBinModule"]
 class NextBinModule(L.LightningModule):
     r"""Trains a next-bin network by the Bernoulli NLL of every bin after the window's context.
 
-    Loss: mean NLL per neuron-bin :math:`+\ \lambda_1 \sum_{ij} |W_{ij}| / N` (the per-neuron lasso, when the network
-    has couplings). Logs ``{train,val,test}/nll`` (nats per neuron-bin), ``{val,test}/bits_per_spike`` (NLB) and,
-    when the data module knows the true couplings, ``{val,test}/edge_auroc`` of :math:`|W|`.
+    Loss: mean NLL per neuron-bin :math:`+\ \lambda_1 \sum_{k=1}^{H} \sum_{ij} |W^{(k)}_{ij}| / N` (the per-neuron
+    lasso on every lag of the coupling filter, as in :func:`dgrn.graph.infer_couplings`, when the network has
+    couplings: lags of opposite sign cannot cancel in it). Logs ``{train,val,test}/nll`` (nats per neuron-bin),
+    ``{val,test}/bits_per_spike`` (NLB) and, when the data module knows the true couplings, ``{val,test}/edge_auroc``
+    of the net coupling :math:`|\sum_k W^{(k)}|` (``coupling_matrix``, what ``infer_couplings`` returns too), so a
+    filter whose lags cancel scores as no edge; NaN, with a warning, when the observed neurons have no true edge
+    (or every pair is one).
 
     Args:
         n_neurons: number of observed neurons.
@@ -50,9 +54,9 @@ class NextBinModule(L.LightningModule):
         logits, target = self._step(x)
         nll = bernoulli_nll(logits, target)
         loss = nll
-        coupling = self.net.coupling_matrix()
-        if self.hparams.l1 and coupling is not None:
-            loss = loss + self.hparams.l1 * coupling.abs().sum() / self.hparams.n_neurons
+        if self.hparams.l1 and self.net.coupling_matrix() is not None:
+            # every lag W^(k) = net.weight[k-1] on its own: lags of opposite sign would cancel in their sum
+            loss = loss + self.hparams.l1 * self.net.weight.abs().sum() / self.hparams.n_neurons
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
         self.log("train/nll", nll, on_step=False, on_epoch=True, prog_bar=True)
@@ -75,7 +79,8 @@ class NextBinModule(L.LightningModule):
         truth = getattr(self.trainer.datamodule, "observed_couplings", None) if self._trainer else None
         coupling = self.net.coupling_matrix()
         if truth is not None and coupling is not None:
-            self.log(f"{split}/edge_auroc", edge_auroc(coupling, truth))
+            # heavy subsampling can leave no true edge among the observed neurons: log NaN, do not stop training
+            self.log(f"{split}/edge_auroc", edge_auroc(coupling, truth, undefined="nan"))
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val", self.val_metrics)

@@ -9,12 +9,11 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from dgrn.graph.communities import register_community_method
 from dgrn.graph.convert import as_adjacency, strongest_in_edges, to_edge_index
 from dgrn.graph.features import node_features
 from dgrn.graph.quality import directed_modularity
 
-__all__ = ["DirectedGraphConv", "CommunityEncoder", "community_loss", "encoder_inputs"]
+__all__ = ["DirectedGraphConv", "CommunityEncoder", "community_loss", "encoder_inputs", "gnn_communities"]
 
 
 def _normalized_weights(edge_index: Tensor, edge_weight: Tensor, num_nodes: int, by: int) -> Tensor:
@@ -297,7 +296,7 @@ def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16) -> tuple[Te
 
 
 @torch.no_grad()
-def _gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = None,
+def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = None,
                      max_in_degree: int = 16) -> Tensor:
     """``find_communities(graph, method="gnn", encoder=..., spikes=...)``: hard labels of a pretrained encoder."""
     if encoder is None:
@@ -310,7 +309,3 @@ def _gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any =
     p = next(encoder.parameters())
     s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
     return s.argmax(1).cpu()
-
-
-register_community_method("gnn", _gnn_communities)
-

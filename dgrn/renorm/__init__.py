@@ -6,20 +6,14 @@ quadrature + Krylov heat-kernel probes, never a dense N x N matrix) for large on
 No Lightning or Hydra here: plain functions on tensors, arrays and scipy sparse matrices.
 """
 from dgrn.renorm.coarse import coarse_grain, select_tau, tau_for_shrink, zeta_components
-from dgrn.renorm.flow import Level, pool_activity, pool_flow, rg_flow
-from dgrn.renorm.graphs import as_adjacency, contract
+from dgrn.renorm.flow import Level, RGFlowStoppedEarly, pool_activity, pool_flow, rg_flow
+from dgrn.renorm.graphs import contract, read_diffusion_graph
 from dgrn.renorm.laplacian import laplacian, perron_vector
 from dgrn.renorm.spectrum import EXACT_MAX_NODES, HeatKernel, Peak, find_peaks
 
-# find_communities(graph, method="lrg"): the graph layer below dispatches to this layer through its registry
-from dgrn.graph.communities import register_community_method  # noqa: E402
-from dgrn.renorm.communities import lrg_communities, lrg_levels  # noqa: E402
-
-register_community_method("lrg", lrg_communities, lrg_levels)
-
-__all__ = ["spectral_curves", "coarse_grain", "rg_flow", "Level", "HeatKernel", "Peak", "find_peaks", "select_tau",
-           "tau_for_shrink", "zeta_components", "pool_activity", "pool_flow", "laplacian", "perron_vector",
-           "as_adjacency", "contract", "EXACT_MAX_NODES"]
+__all__ = ["spectral_curves", "coarse_grain", "rg_flow", "Level", "RGFlowStoppedEarly", "HeatKernel", "Peak",
+           "find_peaks", "select_tau", "tau_for_shrink", "zeta_components", "pool_activity", "pool_flow", "laplacian",
+           "perron_vector", "read_diffusion_graph", "contract", "EXACT_MAX_NODES"]
 
 
 def spectral_curves(graph, taus=None, **kernel_options) -> dict:

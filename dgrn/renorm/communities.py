@@ -1,10 +1,11 @@
 """Communities from the Laplacian RG flow: ``dgrn.graph.find_communities(graph, method="lrg")``.
 
-Registered with :func:`dgrn.graph.register_community_method` when :mod:`dgrn.renorm` is imported (the graph layer
-sits below this one and never imports it).
+Listed in :data:`dgrn.graph.communities.COMMUNITY_METHODS` as ``"dgrn.renorm.communities:lrg_communities"``: the
+graph layer sits below this one and imports it only when the method is called.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import scipy.sparse as sp
@@ -12,7 +13,7 @@ import torch
 
 from dgrn.graph.convert import edge_weights, strongest_in_edges, to_edge_index
 from dgrn.graph.quality import directed_modularity
-from dgrn.renorm.flow import rg_flow
+from dgrn.renorm.flow import RGFlowStoppedEarly, rg_flow
 
 __all__ = ["lrg_levels", "lrg_communities"]
 
@@ -35,7 +36,9 @@ def lrg_levels(adj: sp.csr_matrix, levels: int = 4, weights: str = "positive", m
         w = strongest_in_edges(w, max_in_degree)
     if w.nnz == 0:
         raise ValueError("the graph has no usable edges: communities are undefined (every node is isolated)")
-    flow = rg_flow(sp.csr_array(w.T), levels=levels, **flow_options)
+    with warnings.catch_warnings():  # `levels` is a ceiling here: the flow runs as far as the graph allows
+        warnings.simplefilter("ignore", RGFlowStoppedEarly)
+        flow = rg_flow(sp.csr_array(w.T), levels=levels, **flow_options)
     if not flow:
         raise ValueError("the Laplacian RG flow merged no nodes at any level: no communities")
     return [level.membership for level in flow]

@@ -1,6 +1,7 @@
 """The renormalization-group flow: repeated diffusion coarse-graining, and pooling of activity along it."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,12 +10,18 @@ import torch
 
 from dgrn.data import SpikeData
 from dgrn.renorm.coarse import coarse_grain_kernel, select_tau, tau_for_shrink
-from dgrn.renorm.graphs import as_adjacency, contract, to_format
+from dgrn.renorm.graphs import contract, read_diffusion_graph, to_format
 from dgrn.renorm.spectrum import HeatKernel, Peak, find_peaks
 
-__all__ = ["Level", "rg_flow", "pool_activity", "pool_flow", "POOL_MODES"]
+__all__ = ["Level", "RGFlowStoppedEarly", "rg_flow", "pool_activity", "pool_flow", "POOL_MODES"]
 
 POOL_MODES = ("sum", "or", "majority")
+
+
+class RGFlowStoppedEarly(UserWarning):
+    """:func:`rg_flow` returned fewer levels than asked; the message names the level it could not make and why.
+
+    Callers that expect early stops (a flow run "as far as it goes") silence this category."""
 
 
 @dataclass
@@ -53,9 +60,12 @@ class Level:
 
 
 def rg_flow(graph: Any, levels: int = 3, *, tau: float | str = "valley", shrink: float | None = None,
-            taus: int = 64, candidates: str = "auto", self_loops: bool = False, **kernel_options: Any) -> list[Level]:
+            taus: int = 64, candidates: str = "auto", self_loops: bool = False, strict: bool = False,
+            **kernel_options: Any) -> list[Level]:
     """Coarse-grain ``graph`` repeatedly: at most ``levels`` levels, stopping early at a single node, at a graph
-    without edges, or when a step merges nothing.
+    without edges, when the specific heat C vanishes, when the entropy cannot shrink by ``shrink``, or when a step
+    merges nothing (e.g. a complete graph, or a dense graph whose C has no peak: tau* is then the maximum of C and
+    the heat kernel there does not separate any pair).
 
     Args:
         graph: dense tensor / array, scipy sparse matrix, or ``(edge_index, edge_weight, num_nodes)``; directed
@@ -66,19 +76,27 @@ def rg_flow(graph: Any, levels: int = 3, *, tau: float | str = "valley", shrink:
         shrink: instead of peaks, shrink each level by this factor through the entropy (EqLRG-style).
         taus: number of log-spaced diffusion times of each level's curves.
         candidates, self_loops: see :func:`dgrn.renorm.coarse_grain`.
+        strict: raise a ``ValueError`` when the flow stops before ``levels`` levels, instead of warning.
         kernel_options: :class:`dgrn.renorm.HeatKernel` options (``laplacian``, ``method``, ``teleport``, ...), applied
             at every level (``method="auto"`` switches to the exact path once a level is small).
 
-    Returns the list of :class:`Level` (empty if nothing could be coarse-grained).
+    Returns the list of :class:`Level` (empty if nothing could be coarse-grained). Fewer levels than ``levels`` come
+    with a :class:`RGFlowStoppedEarly` warning naming the level that could not be made and the reason.
     """
     if int(levels) < 0:
         raise ValueError(f"levels must be >= 0, got {levels}")
-    adjacency, fmt = as_adjacency(graph)
+    adjacency, fmt = read_diffusion_graph(graph)
     membership = np.arange(adjacency.shape[0])
     out: list[Level] = []
+    stop = None  # why level k could not be made
     for k in range(1, int(levels) + 1):
         n = adjacency.shape[0]
-        if n <= 1 or adjacency.nnz == (adjacency.diagonal() != 0).sum():
+        name = "the input graph" if k == 1 else f"the level-{k - 1} metagraph"
+        if n <= 1:
+            stop = f"{name} is a single node"
+            break
+        if adjacency.nnz == (adjacency.diagonal() != 0).sum():
+            stop = f"{name} ({n} nodes) has no edges besides self-loops"
             break
         kernel = HeatKernel(adjacency, **kernel_options)
         grid = kernel.default_taus(int(taus))
@@ -86,14 +104,19 @@ def rg_flow(graph: Any, levels: int = 3, *, tau: float | str = "valley", shrink:
             curves = kernel.curves(grid)
             try:
                 peaks, t = find_peaks(curves), tau_for_shrink(kernel, shrink)
-            except ValueError:  # the entropy cannot drop that far (as many components as the target)
+            except ValueError as err:  # the entropy cannot drop that far (as many components as the target)
+                stop = f"{name} ({n} nodes) cannot shrink by {shrink}: {err}"
                 break
         else:
             t, curves, peaks = select_tau(kernel, tau, grid)
         if t is None:
+            stop = f"the specific heat C of {name} ({n} nodes) is zero at every tau"
             break
         labels, n_super = coarse_grain_kernel(kernel, t, candidates)
         if n_super == n:
+            where = "C has no peak, so tau* is the maximum of C" if not peaks else \
+                f"C peaks at tau = {', '.join(f'{p.tau:.3g}' for p in peaks)}"
+            stop = f"coarse-graining {name} ({n} nodes) at tau* = {t:.3g} merged no nodes ({where})"
             break
         adjacency = contract(adjacency, labels, n_super, self_loops)
         membership = labels[membership]
@@ -103,6 +126,11 @@ def rg_flow(graph: Any, levels: int = 3, *, tau: float | str = "valley", shrink:
             peaks=peaks, assignment=torch.from_numpy(labels), membership=torch.from_numpy(membership.copy()),
             graph=to_format(adjacency, fmt), n_nodes=n_super, entropy=kernel.entropy_at(t), method=kernel.method,
         ))
+    if stop is not None:
+        message = f"rg_flow stopped at level {len(out) + 1} of {int(levels)}: {stop}; returning {len(out)} level(s)"
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, RGFlowStoppedEarly, stacklevel=2)
     return out
 
 

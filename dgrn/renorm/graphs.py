@@ -13,12 +13,14 @@ import scipy.sparse as sp
 
 from dgrn.graph.convert import read_graph, to_format
 
-__all__ = ["as_adjacency", "to_format", "contract", "is_symmetric", "undirected", "load_graph"]
+__all__ = ["read_diffusion_graph", "to_format", "contract", "is_symmetric", "undirected", "load_graph"]
 
 
-def as_adjacency(graph: Any) -> tuple[sp.csr_array, dict]:
-    """``(A, fmt)`` for diffusion: :func:`dgrn.graph.convert.read_graph` with nonnegative weights, ``A[i, j]`` the
-    weight of the edge ``i -> j``."""
+def read_diffusion_graph(graph: Any) -> tuple[sp.csr_array, dict]:
+    """``(A, fmt)`` for diffusion: :func:`dgrn.graph.convert.read_graph` with nonnegative weights (negative ones
+    are an error). ``A`` ``(N, N)`` float64 CSR array, ``A[i, j]`` the weight of the edge ``i -> j`` (a matrix is
+    taken as is, an edge list puts ``edge_index[0]`` in the rows); ``fmt`` the input's format, for
+    :func:`to_format`. (Not :func:`dgrn.graph.as_adjacency`, whose ``A[i, j]`` is the edge ``j -> i``.)"""
     return read_graph(graph, nonnegative=True)
 
 
@@ -65,22 +67,22 @@ def load_graph(path: str) -> sp.csr_array:
     if p.suffix == ".mtx":
         import scipy.io
 
-        return as_adjacency(sp.csr_array(scipy.io.mmread(p)))[0]
+        return read_diffusion_graph(sp.csr_array(scipy.io.mmread(p)))[0]
     if p.suffix == ".npy":
-        return as_adjacency(np.load(p, allow_pickle=False))[0]
+        return read_diffusion_graph(np.load(p, allow_pickle=False))[0]
     if p.suffix != ".npz":
         raise ValueError(f"unsupported graph file {p.name!r}: use .npz, .npy or .mtx")
     with np.load(p, allow_pickle=False) as f:
         keys = set(f.files)
         if {"indices", "indptr", "format", "shape"} <= keys:
-            return as_adjacency(sp.load_npz(p))[0]
+            return read_diffusion_graph(sp.load_npz(p))[0]
         if "adjacency" in keys:
-            return as_adjacency(f["adjacency"])[0]
+            return read_diffusion_graph(f["adjacency"])[0]
         if "edge_index" in keys:
             ei = f["edge_index"]
             n = int(f["num_nodes"]) if "num_nodes" in keys else int(ei.max()) + 1
-            return as_adjacency((ei, f["edge_weight"] if "edge_weight" in keys else None, n))[0]
+            return read_diffusion_graph((ei, f["edge_weight"] if "edge_weight" in keys else None, n))[0]
         if "true_couplings" in keys:
-            return as_adjacency(np.abs(f["true_couplings"]).T)[0]
-    raise KeyError(f"{p} holds no graph (expected a scipy sparse matrix, 'adjacency', 'edge_index' or "
+            return read_diffusion_graph(np.abs(f["true_couplings"]).T)[0]
+    raise ValueError(f"{p} holds no graph (expected a scipy sparse matrix, 'adjacency', 'edge_index' or "
                    f"'true_couplings'; found {sorted(keys)})")

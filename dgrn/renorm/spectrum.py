@@ -32,7 +32,7 @@ import torch
 from scipy.signal import find_peaks as _scipy_find_peaks
 from scipy.special import logsumexp
 
-from dgrn.renorm.graphs import as_adjacency
+from dgrn.renorm.graphs import read_diffusion_graph
 from dgrn.renorm.laplacian import Laplacian
 from dgrn.renorm.laplacian import laplacian as build_laplacian
 
@@ -127,7 +127,7 @@ class HeatKernel:
                  seed: int = 0) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
-        self.adjacency, self.format = as_adjacency(graph)
+        self.adjacency, self.format = read_diffusion_graph(graph)
         self.n_nodes = self.adjacency.shape[0]
         self.laplacian: Laplacian = build_laplacian(self.adjacency, laplacian, teleport)
         if method == "auto":

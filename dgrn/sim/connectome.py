@@ -149,7 +149,7 @@ def _read_npz(path: Path, ei_key: str) -> Connectome:
             raise ValueError(f"{path}: 'weights' has {int((~np.isfinite(dense)).sum())} NaN or infinite weight(s)")
         matrix = sp.csr_matrix(dense)
     else:
-        raise KeyError(f"{path} holds neither a 'weights' array nor a scipy sparse matrix (found {sorted(files)})")
+        raise ValueError(f"{path} holds neither a 'weights' array nor a scipy sparse matrix (found {sorted(files)})")
     n = matrix.shape[0]
     ids = arrays["node_ids"].tolist() if "node_ids" in files else list(range(n))
     inhibitory = _parse_ei(arrays[ei_key].tolist(), f"{path} array {ei_key!r}") if ei_key in files else None

@@ -21,6 +21,10 @@ Exact paths:
 
 :func:`wolff_sample` (cluster Monte Carlo, ferromagnetic couplings, no field) covers sizes beyond the exact paths,
 with an integrated-autocorrelation check (:func:`integrated_autocorrelation_time`) that sets the thinning.
+
+:func:`heat_bath_chain` is a time series instead: heat-bath (Glauber) sweeps, whose stationary law is the
+equilibrium one. The data sources :func:`ising1d` / :func:`ising2d` start it from an exact (or Wolff) sample, so
+every bin is an equilibrium sample and consecutive bins follow the dynamics, as next-bin models assume.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ __all__ = [
     "kaufman_log_z",
     "onsager_log_z_per_site",
     "wolff_sample",
+    "heat_bath_chain",
     "integrated_autocorrelation_time",
     "correlation_by_distance",
     "ising1d",
@@ -548,6 +553,53 @@ def wolff_sample(
     return torch.from_numpy(out), info
 
 
+def _colour_classes(w: Tensor) -> list[np.ndarray]:
+    """Sites grouped by a greedy colouring of the coupling graph (no coupling inside a group), in colour order."""
+    adjacent = (w != 0).numpy()
+    colour = np.full(w.shape[0], -1)
+    for i in range(w.shape[0]):
+        taken = set(colour[adjacent[i]].tolist())
+        colour[i] = next(c for c in range(len(taken) + 1) if c not in taken)
+    return [np.flatnonzero(colour == c) for c in range(colour.max() + 1)]
+
+
+def heat_bath_chain(couplings, beta: float, init, n_steps: int, field=None, *, sweeps_per_step: int = 1,
+                    seed: int | None = 0) -> Tensor:
+    r"""Heat-bath (Gibbs, Glauber) dynamics of an Ising model: ``(n_steps, N)`` uint8 0/1, row ``t`` the state
+    after ``(t + 1) * sweeps_per_step`` sweeps from ``init`` (``(N,)`` 0/1).
+
+    A sweep draws every site once from its conditional given the others,
+
+    .. math:: p(s_i = +1 \mid s_{\setminus i}) = \tfrac12\big(1 + \tanh(\beta h_i)\big), \qquad
+        h_i = \sum_j J_{ij} s_j + h^{ext}_i ,
+
+    sites grouped by a greedy colouring of the coupling graph: uncoupled sites are conditionally independent, so a
+    colour class is drawn at once (2 classes on a bipartite lattice, ``N`` on a long-range chain), classes in
+    colour order. Every update leaves :math:`p(s) \propto e^{-\beta E(s)}` invariant, so from an equilibrium
+    ``init`` every row is an equilibrium sample; consecutive rows are correlated by the dynamics (a time series,
+    unlike the independent samples of the other samplers). Any couplings (frustrated ones too) and field.
+    """
+    beta = _check_beta(beta)
+    w, h = _check_couplings(couplings, field, None)
+    n_steps = _check_count(n_steps)
+    if int(sweeps_per_step) < 1:
+        raise ValueError(f"sweeps_per_step must be >= 1, got {sweeps_per_step}")
+    state = torch.as_tensor(init).cpu().reshape(-1)
+    if state.shape != (w.shape[0],) or not ((state == 0) | (state == 1)).all():
+        raise ValueError(f"init must be {w.shape[0]} spins in 0/1, got shape {tuple(state.shape)}")
+    s = np.where(state.numpy() == 1, 1.0, -1.0)
+    classes = [(c, w.numpy()[c], h.numpy()[c]) for c in _colour_classes(w)]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_steps, s.size), dtype=np.uint8)
+    for t in range(n_steps):
+        for _ in range(int(sweeps_per_step)):
+            for c, w_c, h_c in classes:
+                p_up = 0.5 * (1.0 + np.tanh(beta * (w_c @ s + h_c)))
+                s[c] = np.where(rng.random(c.size) < p_up, 1.0, -1.0)
+        out[t] = s > 0
+    return torch.from_numpy(out)
+
+
 # ------------------------------------------------------------------------------------------------ read-outs
 def correlation_by_distance(correlation, distance, connected_mean=None) -> tuple[Tensor, Tensor]:
     r"""Average a two-point function over pairs at the same distance: :math:`C(r) = \mathrm{mean}_{d_{ij}=r} G_{ij}`.
@@ -574,49 +626,58 @@ def correlation_by_distance(correlation, distance, connected_mean=None) -> tuple
 
 
 # ------------------------------------------------------------------------------------------ data sources
-def _as_spikedata(samples: Tensor, couplings: Tensor, meta: dict):
+def _chain_data(w: Tensor, beta: float, first: Tensor, t: int, sweeps_per_bin: int, dt: float, seed: int,
+                  meta: dict):
+    """The heat-bath chain from the equilibrium state ``first``: ``t`` bins of ``sweeps_per_bin`` sweeps."""
     from dgrn.data import SpikeData
 
-    # independent equilibrium samples, one per row; dt = 1 is a placeholder (there is no time axis)
-    return SpikeData(samples, 1.0, true_couplings=couplings.float(), meta=meta)
+    spikes = heat_bath_chain(w, beta, first, t, sweeps_per_step=sweeps_per_bin, seed=seed)
+    meta.update(dynamics=f"heat bath, {sweeps_per_bin} sweep(s) per bin of dt = {dt} (a label: Monte Carlo time)")
+    return SpikeData(spikes, dt, true_couplings=w.float(), meta=meta)
 
 
-def ising1d(n: int, n_samples: int, *, beta: float = 1.0, j: float = 1.0, alpha: float | None = None,
-            periodic: bool = False, seed: int = 0, sample_seed: int | None = None):
-    """Equilibrium samples of a 1D chain (:func:`chain_couplings`) as a :class:`~dgrn.data.SpikeData`.
+def ising1d(n: int, t: int, *, beta: float = 1.0, j: float = 1.0, alpha: float | None = None,
+            periodic: bool = False, sweeps_per_bin: int = 1, dt: float = 1.0, seed: int = 0,
+            sample_seed: int | None = None):
+    """A 1D chain (:func:`chain_couplings`) at equilibrium as a :class:`~dgrn.data.SpikeData` time series.
 
-    Rows are independent samples (0/1 spins), exact up to 24 spins (enumeration), Wolff beyond (thinned at
-    2 tau_int). ``true_couplings`` is ``J``; ``meta`` records the sampler and, for exact sampling, the exact entropy.
+    ``t`` bins of :func:`heat_bath_chain`, ``sweeps_per_bin`` sweeps each, started from an exact sample
+    (enumeration, up to 24 spins; Wolff beyond): every bin is an equilibrium sample (0/1 spins) and consecutive
+    bins follow the dynamics. ``dt`` labels a bin (there are no seconds in Monte Carlo time). ``true_couplings`` is
+    ``J``; ``meta`` records the sampler of the start, the dynamics and, when exact, the equilibrium entropy.
     """
     w = chain_couplings(n, j=j, alpha=alpha, periodic=periodic)
     draw_seed = seed if sample_seed is None else sample_seed
-    meta = {"simulator": "ising1d", "params": {"n": n, "n_samples": n_samples, "beta": beta, "j": j, "alpha": alpha,
-                                              "periodic": periodic, "seed": seed, "sample_seed": sample_seed}}
+    meta = {"simulator": "ising1d", "params": {"n": n, "t": t, "beta": beta, "j": j, "alpha": alpha,
+                                              "periodic": periodic, "sweeps_per_bin": sweeps_per_bin, "dt": dt,
+                                              "seed": seed, "sample_seed": sample_seed}}
     if n <= MAX_ENUMERATION_SPINS:
-        x = ising_sample_exact(w, beta, n_samples, seed=draw_seed)
+        first = ising_sample_exact(w, beta, 1, seed=draw_seed)[0]
         meta.update(sampler="exact enumeration", entropy=ising_enumerate(w, beta)["entropy"])
     else:
-        x, info = wolff_sample(w, beta, n_samples, seed=draw_seed)
+        (first,), info = wolff_sample(w, beta, 1, seed=draw_seed)
         meta.update(sampler="wolff", wolff=info)
-    return _as_spikedata(x, w, meta)
+    return _chain_data(w, beta, first, t, sweeps_per_bin, dt, draw_seed, meta)
 
 
-def ising2d(side: int, n_samples: int, *, beta: float = CRITICAL_BETA, j: float = 1.0, seed: int = 0,
-            sample_seed: int | None = None):
-    """Equilibrium samples of the ``side × side`` torus (row-major sites) as a :class:`~dgrn.data.SpikeData`.
+def ising2d(side: int, t: int, *, beta: float = CRITICAL_BETA, j: float = 1.0, sweeps_per_bin: int = 1,
+            dt: float = 1.0, seed: int = 0, sample_seed: int | None = None):
+    """The ``side × side`` torus (row-major sites) at equilibrium as a :class:`~dgrn.data.SpikeData` time series.
 
-    Exact (transfer-matrix sampler) up to side 12 while the matrix powers fit in 2 GB, Wolff beyond; ``meta``
-    records the sampler and, when exact, the exact entropy.
+    ``t`` bins of :func:`heat_bath_chain` (checkerboard sweeps), ``sweeps_per_bin`` sweeps each, started from an
+    exact sample (transfer matrix, up to side 12 while the matrix powers fit in 2 GB; Wolff beyond). ``dt``
+    labels a bin; ``meta`` records the sampler of the start, the dynamics and, when exact, the equilibrium entropy.
     """
     w = square_lattice_couplings(side, side, j=j)
     draw_seed = seed if sample_seed is None else sample_seed
-    meta = {"simulator": "ising2d", "params": {"side": side, "n_samples": n_samples, "beta": beta, "j": j,
-                                              "seed": seed, "sample_seed": sample_seed}}
+    meta = {"simulator": "ising2d", "params": {"side": side, "t": t, "beta": beta, "j": j,
+                                              "sweeps_per_bin": sweeps_per_bin, "dt": dt, "seed": seed,
+                                              "sample_seed": sample_seed}}
     if side >= 3 and side <= MAX_TRANSFER_WIDTH and side * 4 ** side * 8 / 1e9 <= 2.0:
-        x = ising_transfer_sample(side, side, beta, n_samples, j=j, seed=draw_seed)
+        first = ising_transfer_sample(side, side, beta, 1, j=j, seed=draw_seed)[0]
         meta.update(sampler="exact transfer matrix",
                     entropy=ising_transfer(side, side, beta, j=j, correlations=False)["entropy"])
     else:
-        x, info = wolff_sample(w, beta, n_samples, seed=draw_seed)
+        (first,), info = wolff_sample(w, beta, 1, seed=draw_seed)
         meta.update(sampler="wolff", wolff=info)
-    return _as_spikedata(x, w, meta)
+    return _chain_data(w, beta, first, t, sweeps_per_bin, dt, draw_seed, meta)
