@@ -1,4 +1,5 @@
-"""Turn a Lightning checkpoint into a zoo model: safetensors weights, ``config.json`` and a model card."""
+"""Turn a Lightning checkpoint into a zoo model: safetensors weights, ``config.json`` and a model card; rewrite the
+card of a published model from its ``config.json`` (:func:`rewrite_card`, ``dgrn zoo card``)."""
 from __future__ import annotations
 
 import json

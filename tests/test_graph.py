@@ -52,14 +52,25 @@ def test_recovers_the_couplings_full_and_minibatch(kising):
 
 
 def test_warns_when_the_couplings_explain_nothing_beyond_the_rates(kising):
-    """Independent neurons: the score statistic of the rate-only model sits at its chi-square value, so the fit
-    warns that W is noise; the kinetic-Ising network is far above it and fits without any warning."""
+    """Independent neurons: the score statistic of the rate-only model (the classical score test of each neuron's
+    logistic regression on the previous bin, summed) sits at its chi-square value, so the fit warns that W is noise;
+    the kinetic-Ising network is far above it and fits without any warning."""
+    import re
+
     gen = torch.Generator().manual_seed(0)
     rates = 0.03 + 0.2 * torch.rand(30, generator=gen)
     for t in (2000, 20000):
         independent = (torch.rand(t, 30, generator=gen) < rates).to(torch.uint8)
-        with pytest.warns(UninformativeFitWarning, match=r"no dependence on the previous 1 bin.*chance 900 \+- 42"):
+        match = r"no dependence on the previous 1 bin.*chance 900 \+- 42"
+        with pytest.warns(UninformativeFitWarning, match=match) as record:
             infer_couplings(independent)
+        x = independent.double().numpy()
+        p = x.mean(0)
+        cross = (x[1:] - p).T @ (x[:-1] - p)  # score of W[i, j] at W = 0, times T'
+        fisher = np.cov(x.T, bias=True)  # information per bin of each row of W is p_i (1 - p_i) times this
+        score = sum(cross[i] @ np.linalg.solve(fisher, cross[i]) / (p[i] * (1 - p[i])) for i in range(30)) / (t - 1)
+        reported = float(re.search(r"score statistic (\d+)", str(record.pop(UninformativeFitWarning).message))[1])
+        assert reported == pytest.approx(score, abs=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         infer_couplings(kising)
