@@ -3,17 +3,18 @@
 Each fenced block (```bash, ```sh, ```shell, ```console, ```python) of README.md and docs/**/*.md is one test case,
 with the id ``PAGE:LINE``. A page's blocks run in order in one temporary directory of their own (a block may use a
 file an earlier block wrote): shell blocks with ``bash -e -o pipefail``, Python blocks with this interpreter. That
-directory links the repository's ``train.py``, ``evaluate.py``, ``configs/`` and ``bench/``, holds its own
-``checkpoints/`` (the zoo models linked, so ``dgrn publish`` writes there), and runs write under it
+directory links the repository's ``train.py``, ``evaluate.py`` and ``bench/``, holds a copy of ``configs/`` and its own
+``checkpoints/`` (the zoo models linked), so ``dgrn publish`` writes there, and runs write under it
 (``DGRN_LOG_DIR``, ``TMPDIR``); nothing is written into the repository.
 
 An HTML comment on the line before a fence marks a block:
 
 * ``<!-- snippet: slow -->``: runs only with ``-m slow`` (long trainings, full-size examples);
 * ``<!-- snippet: skip NAME -->``: never runs here; ``NAME`` says why and appears in the test id (``install``:
-  installs into the environment, ``runs-the-test-suite``, ``needs-gpu``, ``needs-slurm``, ``benchmark``: hours of
-  CPU time, its numbers are in docs/benchmarks). Skipped shell blocks are still checked statically: the scripts they
-  run exist and the ``--options`` they pass exist in those scripts.
+  installs into the environment; ``runs-the-test-suite``; ``needs-gpu``; ``needs-slurm``; ``needs-your-recording``;
+  ``benchmark``: minutes to hours of CPU time, its numbers are in docs/benchmarks; ``hours-long``: a full-size
+  sweep). Skipped shell blocks are still checked statically: the scripts they run exist, and so do the ``--options``
+  they pass.
 
 Output shown in the docs goes in ```text blocks, which are not run. Running one case (``-k``) first runs the page's
 earlier non-slow blocks it may depend on.
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL, PYTHON = ("bash", "sh", "shell", "console"), ("python", "py")
 #: repository entries a page's directory links to (the commands in the docs run from the repository root)
-LINKED = ("train.py", "evaluate.py", "configs", "bench", "constraints-cpu.txt", "pyproject.toml")
+LINKED = ("train.py", "evaluate.py", "bench", "constraints-cpu.txt", "pyproject.toml")
 MARKER = re.compile(r"<!--\s*snippet:\s*(slow|skip\s+[\w.-]+)\s*-->")
 FENCE = re.compile(r"^(\s*)```+\s*([\w+-]*)")
 TIMEOUT, SLOW_TIMEOUT = 900, 4 * 3600
@@ -105,6 +106,8 @@ def _page_dir(page: str, factory: pytest.TempPathFactory) -> Path:
         for name in LINKED:
             if (ROOT / name).exists():
                 (work / name).symlink_to(ROOT / name)
+        # a copy, not a link: `dgrn publish` adds configs/model/NAME.yaml beside the zoo folder
+        shutil.copytree(ROOT / "configs", work / "configs")
         zoo = work / "checkpoints"
         zoo.mkdir()
         for model in (ROOT / "checkpoints").iterdir():
