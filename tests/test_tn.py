@@ -498,6 +498,12 @@ def test_conditional_mps_ignores_bf16_autocast():
         got = m.log_prob(x, c)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref)
+    # sampling too: bf16 fields would shift the conditionals and so the draws of the same uniforms
+    c = 4.0 * torch.randn(2000, 4)
+    draws = m.sample(c, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = m.sample(c, torch.Generator().manual_seed(1))
+    assert torch.equal(under_autocast, draws)
 
 
 # ----------------------------------------------------------------------------------------------------------- MERA

@@ -248,7 +248,12 @@ class ConditionalMPS(nn.Module):
         :math:`p(x_i \mid x_{<i}, c) \propto v A^{(i)}(c)[x_i] R A^{(i)}(c)[x_i]^\top v^\top`. With the constraint,
         one right environment per count of nonzero sites so far in the current block (``0 .. k``), zero at the
         block's end for the counts that contradict its coarse state, so inconsistent draws have weight 0.
+        Drawn from the parameters' dtype even under autocast, as :meth:`log_prob` is.
         """
+        with torch.autocast(device_type=self.core.device.type, enabled=False):
+            return self._sample(c, generator, groups, active, thresholds)
+
+    def _sample(self, c, generator, groups, active, thresholds) -> Tensor:
         c = self._check_context(c)
         groups, active, thresholds = self._check_groups(groups, active, c.shape[0], thresholds)
         a = self.site_tensors(c).to(self._contract_dtype)
