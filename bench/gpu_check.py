@@ -91,7 +91,9 @@ def step_timer(out: str, warmup: int, steps: int):
                    "precision": str(trainer.precision), "peak_rss_mib": _rss_mib()}
             if pl_module.device.type == "cuda":
                 res["peak_gpu_mib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
-            Path(out).write_text(json.dumps(res))
+            from dgrn.data import atomic_write
+
+            atomic_write(out, json.dumps(res))  # the parent reads it: never half-written
 
     return StepTimer()
 
