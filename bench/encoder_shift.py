@@ -148,8 +148,8 @@ def main() -> None:
     print(f"\n{time.perf_counter() - start:.0f} s")
     path = ROOT / "bench" / "results" / "encoder_shift.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(
-        {"simulator": SIMULATOR, "trained": TRAINED, "dgrn": DGRN, "networks": rows, "table": table}, indent=2)))
+    atomic_write(path, json.dumps(
+        {"simulator": SIMULATOR, "trained": TRAINED, "dgrn": DGRN, "networks": rows, "table": table}, indent=2))
 
 
 if __name__ == "__main__":

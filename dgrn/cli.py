@@ -167,7 +167,7 @@ def _renorm(args: argparse.Namespace) -> int:
 
     atomic_write(out / "levels.npz", write_npz)
     summary = {"graph": str(args.graph), "n_nodes": n, "levels": [lv.summary() for lv in flow]}
-    atomic_write(out / "levels.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    atomic_write(out / "levels.json", json.dumps(summary, indent=2))
     if args.spikes:
         data = load_recording(args.spikes)
         if data.n_neurons != n:

@@ -59,7 +59,7 @@ def predict_levels(net, data: SpikeData, out: Path, model_name: str, n_samples: 
                "nll_per_unit": [float(-log_prob[:, lvl].mean() / n_units[lvl]) for lvl in range(levels)],
                "membership": [net._index(lvl).tolist() for lvl in range(levels)]}
     flow = out.with_name(out.stem.replace(".pred", "") + "_flow.json")
-    atomic_write(flow, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+    atomic_write(flow, json.dumps(summary, indent=1) + "\n")
     from dgrn.plots import plot_level_predictions
 
     fig = plot_level_predictions([arrays[f"probabilities_level{lvl}"] for lvl in range(levels)],

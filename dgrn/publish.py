@@ -184,7 +184,7 @@ def rewrite_card(name: str) -> Path:
     path = zoo.checkpoint_dir() / name / zoo.CARD
     notes = _notes(path.read_text()) if path.is_file() else ""
     text = model_card(name, zoo.model_info(name), net, notes)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, text)
     return path
 
 
@@ -200,7 +200,7 @@ def _write_model_config(name: str, architecture: str) -> None:
             f"#   python evaluate.py model={name}     (its metrics on fresh data from its network)\n"
             f"#   python train.py model={name}        (fine-tune it)\n"
             f"defaults:\n  - {architecture}\n  - _self_\npretrained: {name}\n")
-    atomic_write(configs / f"{name}.yaml", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(configs / f"{name}.yaml", text)
 
 
 def publish_checkpoint(

@@ -73,7 +73,7 @@ def fit_strategy(strategy: Any, model: Any) -> Any:
 def write_metrics(output_dir: str | Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
     """Write ``metrics.json`` (metrics and run info) atomically into the run directory."""
     payload = {"metrics": metrics, **(extra or {})}
-    return atomic_write(Path(output_dir) / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    return atomic_write(Path(output_dir) / METRICS_FILE, json.dumps(payload, indent=2))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -120,7 +120,7 @@ class ReportBest(Callback):
         _, value, job_dir, overrides = min(results, key=lambda r: r[0])
         best = {"optimized_metric": key, "best_value": value, "job_dir": str(job_dir), "overrides": overrides,
                 "n_jobs": len(results)}
-        atomic_write(sweep_dir / "best.json", lambda tmp: Path(tmp).write_text(json.dumps(best, indent=2)))
+        atomic_write(sweep_dir / "best.json", json.dumps(best, indent=2))
         log.info("best %s = %.6g from %s (%s)", key, value, job_dir, " ".join(overrides))
         print(f"[dgrn] best {key} = {value:.6g} over {len(results)} jobs: {' '.join(overrides)} ({job_dir})")
 

@@ -122,7 +122,7 @@ def save_pretrained(
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
     config = {"architecture": architecture, "net": net_kwargs, **info, "sha256": sha256(folder / WEIGHTS)}
-    atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(folder / CONFIG, json.dumps(config, indent=2) + "\n")
     text = card(config) if callable(card) else card
-    atomic_write(folder / CARD, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CARD, text)
     return folder
