@@ -580,7 +580,7 @@ def test_mera_bad_input_and_size_limit():
     assert mera.log_prob(torch.zeros(3, 8)).dtype == torch.float32
 
 
-# ------------------------------------------------------------------- ConditionalMPS: tree (log-depth) contraction
+# -------------------------------------------- ConditionalMPS: tree (log-depth) and transfer-map contractions
 def _counts_active(x, groups, thresholds):
     n_groups = int(groups[-1]) + 1
     counts = torch.zeros(x.shape[0], n_groups, dtype=torch.long).scatter_add_(1, groups.expand_as(x), (x > 0).long())
@@ -597,10 +597,10 @@ def _random_conditional(n, rank, phys_dim=2, bias=0.0, dtype=torch.float64, seed
     return m
 
 
-def _both(m, *args, **kwargs):
+def _both(m, mode, *args, **kwargs):
     m.contraction = "sequential"
     ref = m.log_prob(*args, **kwargs)
-    m.contraction = "tree"
+    m.contraction = mode
     return ref, m.log_prob(*args, **kwargs)
 
 
@@ -608,12 +608,14 @@ def _both(m, *args, **kwargs):
 _SIZES, _THRESHOLDS = [3, 1, 5, 8, 2, 13, 4], [2, 1, 3, 1, 2, 7, 4]
 
 
+@pytest.mark.parametrize("mode", ["tree", "transfer"])
 @pytest.mark.parametrize("rank,phys_dim", [(0, 2), (2, 2), (1, 3)])
 @pytest.mark.parametrize("constraint", ["none", "or", "counts"])
-def test_conditional_mps_tree_matches_sequential_reference_in_float64(rank, phys_dim, constraint):
-    """The log-depth tree contraction equals the sequential reference to 1e-10 relative in float64 (observed
-    ~1e-15: both are exact contractions, only rounding differs), without a constraint, with OR pooling and with
-    count thresholds of blocks of different sizes; configurations both consistent (drawn) and not (-inf)."""
+def test_conditional_mps_fast_contractions_match_sequential_reference_in_float64(mode, rank, phys_dim, constraint):
+    """The log-depth tree and the transfer-map chain equal the sequential reference to 1e-10 relative in float64
+    (observed ~1e-15: all are exact contractions, only rounding differs), without a constraint, with OR pooling and
+    with count thresholds of blocks of different sizes; configurations both consistent (drawn) and not (-inf); the
+    gradients too (the transfer chain's are written by hand)."""
     n = sum(_SIZES)
     m = _random_conditional(n, rank, phys_dim)
     c = torch.randn(9, 3, dtype=torch.float64)
@@ -624,29 +626,31 @@ def test_conditional_mps_tree_matches_sequential_reference_in_float64(rank, phys
         thresholds = [1] * len(_SIZES) if constraint == "or" else _THRESHOLDS
         kwargs = dict(groups=groups, active=_counts_active(x, groups, thresholds), thresholds=thresholds)
     x[-2:] = torch.randint(0, phys_dim, (2, n))  # (mostly) inconsistent with the coarse state: -inf
-    ref, tree = _both(m, x, c, **kwargs)
+    ref, tree = _both(m, mode, x, c, **kwargs)
     assert ref.dtype == tree.dtype == torch.float64
     finite = torch.isfinite(ref)
     assert finite[:7].all() and torch.equal(finite, torch.isfinite(tree))
     torch.testing.assert_close(tree[finite], ref[finite], rtol=1e-10, atol=0)
     # gradients too (the same function: they agree to rounding)
     grads = []
-    for mode in ("sequential", "tree"):
+    for contraction in ("sequential", mode):
         m.zero_grad()
-        m.contraction = mode
+        m.contraction = contraction
         rows = {k: (v[finite] if k == "active" else v) for k, v in kwargs.items()}
         m.log_prob(x[finite], c[finite], **rows).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-9)
 
 
-def test_conditional_mps_tree_gradcheck_float64():
-    """torch.autograd.gradcheck of the tree contraction (float64) w.r.t. the cores, boundaries, corrections, field
-    and gate weights and the context, with count thresholds (the detached log-scales are constants of the function):
-    fast mode (random projections) over all of them, the full Jacobian over the smaller ones."""
+@pytest.mark.parametrize("mode", ["tree", "transfer"])
+def test_conditional_mps_fast_contractions_gradcheck_float64(mode):
+    """torch.autograd.gradcheck of the tree and transfer contractions (float64) w.r.t. the cores, boundaries,
+    corrections, field and gate weights and the context, with count thresholds (the detached log-scales are
+    constants of the function): fast mode (random projections) over all of them, the full Jacobian over the smaller
+    ones."""
     sizes, thresholds = [2, 1, 3], [2, 1, 2]
     m = _random_conditional(sum(sizes), rank=1)
-    m.contraction = "tree"
+    m.contraction = mode
     groups = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
     c = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     x = m.sample(c.detach(), groups=groups, active=torch.tensor([[1, 0, 1]] * 3).bool(), thresholds=thresholds)
@@ -700,18 +704,94 @@ def test_conditional_mps_tree_float32_long_chains(n):
             torch.testing.assert_close(fast.double(), ref, rtol=2e-5, atol=0)
 
 
+@pytest.mark.parametrize("n", [500, 2000])
+def test_conditional_mps_transfer_float32_long_chains(n):
+    """float32 transfer chains (the CPU default for float32 parameters without count thresholds above 1) vs the
+    float64 sequential reference on 500 and 2,000 sites, rank 0 and 1, without a constraint and with OR blocks, on
+    random models and on blocks made active by improbable units (field bias -30, clamped at -12). Relative error of
+    log p on the random models below 2e-6: measured <= 5.8e-7 (every state is trace-normalized at every site, so the
+    error is the float32 rounding of ~n site steps); 2e-6 leaves a margin of ~3. With improbable units firing, log
+    |psi|^2 and log Z (~ -5,000 each) cancel to ~ -600 and their float32 rounding shows relative to the difference:
+    measured 1.5e-5 at rank 1 without a constraint (the tree: 4.6e-6), so 3e-5 there, still ~2e-5 nats per site.
+    With count thresholds above 1 the default switches to float64 (then the gap is the float32 parameters' fields)."""
+    torch.manual_seed(3)
+    batch, groups = 6, torch.arange(n) // 10
+    for rank in (0, 1):
+        for bias, k in [(0.0, 1), (-30.0, 1), (-30.0, 8)]:
+            m = ConditionalMPS(n, 8, 4, rank=rank, init_noise=0.3)
+            with torch.no_grad():
+                m.field.weight.normal_()
+                m.field.bias.normal_()
+                m.field.bias.view(n, 2)[:, 1] += bias
+            c = torch.randn(batch, 8)
+            x = m.sample(c)
+            if bias:
+                x.view(batch, -1, 10)[:, :, :k] = 1  # every block active through improbable units
+            thresholds = [k] * (n // 10)
+            constraint = dict(groups=groups, active=_counts_active(x, groups, thresholds), thresholds=thresholds)
+            ref64 = ConditionalMPS(n, 8, 4, rank=rank)
+            ref64.load_state_dict(m.state_dict())
+            ref64 = ref64.double()
+            ref64.contraction, m.contraction = "sequential", "transfer"
+            for kw in ([{}, constraint] if k == 1 else [constraint]):
+                fast = m.log_prob(x, c, **kw)
+                assert torch.isfinite(fast).all()
+                assert (m._transfer_dtype(kw.get("thresholds")) == torch.float32) == (k == 1)
+                ref = ref64.log_prob(x, c.double(), **kw).detach()
+                torch.testing.assert_close(fast.double(), ref, rtol=2e-6 if bias == 0 else 3e-5, atol=0)
+
+
+def test_transfer_log_norm_against_dense_products():
+    """``transfer_log_norm`` against the dense product of the weighted maps (float64), for Born-norm states
+    (trace-normalized) and for signed amplitudes (``trace=False``: log |s^T T_1 ... T_n e|, chains whose value changes
+    sign between contexts)."""
+    from dgrn.tn.contract import transfer_log_norm
+
+    torch.manual_seed(0)
+    n, batch, dim = 9, 5, 3
+    a = torch.randn(n, 2, dim, dim, dtype=torch.float64)
+    w = torch.rand(batch, n, 2, dtype=torch.float64)
+    s, e = torch.randn(dim, dtype=torch.float64), torch.randn(dim, dtype=torch.float64)
+    dense = torch.einsum("bij,ijpq->bipq", w, a)
+    amp = s.expand(batch, -1)
+    for i in range(n):
+        amp = torch.einsum("bp,bpq->bq", amp, dense[:, i])
+    value = amp @ e
+    assert (value > 0).any() and (value < 0).any()
+    torch.testing.assert_close(transfer_log_norm(a, w, s, e, trace=False), value.abs().log(), rtol=1e-12, atol=0)
+    # the Born norm of the same chain: maps A (x) A on the flattened environment
+    born = torch.einsum("isxy,ispq->isxpyq", a, a).reshape(n, 2, dim * dim, dim * dim)
+    env = torch.kron(s, s).expand(batch, -1)
+    for i in range(n):
+        env = torch.einsum("bp,bpq->bq", env, torch.einsum("bj,jpq->bpq", w[:, i], born[i]))
+    norm = env @ torch.kron(e, e)
+    torch.testing.assert_close(transfer_log_norm(born, w, torch.kron(s, s), torch.kron(e, e)), norm.log(),
+                               rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="groups need"):
+        transfer_log_norm(born, w, torch.kron(s, s), torch.kron(e, e), groups=[0] * n)
+
+
 def test_conditional_mps_contraction_choice_and_tree_helpers():
     from dgrn.tn.contract import count_pair_map, normalize_slots, tree_product
 
     m = ConditionalMPS(4, 2, 2)
-    assert not m._use_tree()  # auto: sequential on CPU
+    assert m._contraction_mode() == "transfer"  # auto on CPU: (rank + 1)^2 * bond_dim = 8
+    assert ConditionalMPS(4, 2, 4, rank=1)._contraction_mode() == "sequential"  # 16: the GEMMs would cost more
+    assert m._transfer_dtype(None) == torch.float32 and m._transfer_dtype([1, 1]) == torch.float32
+    assert m._transfer_dtype([1, 2]) == torch.float64
     m.contraction = "tree"
-    assert m._use_tree() and m._tree_dtype == torch.float32
+    assert m._contraction_mode() == "tree" and m._tree_dtype == torch.float32
     m.contract_dtype = torch.float64
-    assert m._tree_dtype == torch.float64
+    assert m._tree_dtype == torch.float64 and m._transfer_dtype(None) == torch.float64
+    x, c = torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2)
+    for mode in ("tree", "transfer", "sequential"):
+        m.contraction, m.contract_dtype = mode, torch.float16
+        with pytest.raises(ValueError, match="float32 or torch.float64"):
+            m.log_prob(x, c)
+    m.contract_dtype = None
     m.contraction = "fast"
     with pytest.raises(ValueError, match="contraction"):
-        m.log_prob(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2))
+        m.log_prob(x, c)
     # plain products of every length (odd counts padded with the identity), scales accounted for
     torch.manual_seed(0)
     for n in range(1, 10):

@@ -7,13 +7,16 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_size, check_states, sample_categorical
-from dgrn.tn.contract import count_pair_map, normalize_slots, tree_product
+from dgrn.tn.contract import count_pair_map, normalize_slots, transfer_log_norm, tree_product
 
 __all__ = ["ConditionalMPS"]
 
 #: the context fields are clamped to +-FIELD_BOUND, so the two values of a site differ by at most e^(2 FIELD_BOUND) in
 #: probability through the fields: far above the float64 rounding of the contractions (see ``_contract_dtype``)
 FIELD_BOUND = 12.0
+#: ``contraction="auto"`` on CPU takes the transfer maps while ``(rank + 1)^2 * bond_dim`` is at most this: their
+#: GEMMs cost ``(R + 1)^2 D / 2`` times the flops of the per-context loop, which only pays while launches dominate
+TRANSFER_MAX_COST = 8
 
 
 class ConditionalMPS(nn.Module):
@@ -227,10 +230,13 @@ class ConditionalMPS(nn.Module):
     def _log_psi_tree(self, a: Tensor, x: Tensor) -> Tensor:
         """:math:`\\log|\\psi(x \\mid c)|` per row by a log-depth tree product of the chosen matrices, ``(B,)``."""
         dim = self.bond_dim
-        chosen = a.gather(3, x[:, :, None, None, None].expand(-1, -1, dim, 1, dim)).squeeze(3)  # (B, n, D, D)
+        return self._log_chain(a.gather(3, x[:, :, None, None, None].expand(-1, -1, dim, 1, dim)).squeeze(3))
+
+    def _log_chain(self, chosen: Tensor) -> Tensor:
+        """``log |left^T chosen_1 ... chosen_n right|`` per row of ``chosen (B, n, D, D)``, by a tree product."""
         m, log_scale = normalize_slots(chosen.unsqueeze(2), chosen.new_zeros(*chosen.shape[:2], 1))
         m, log_scale = tree_product(m, log_scale)
-        return self._close(self.left.to(a.dtype), m[:, 0], self.right.to(a.dtype)) + log_scale[:, 0]
+        return self._close(self.left.to(m.dtype), m[:, 0], self.right.to(m.dtype)) + log_scale[:, 0]
 
     @staticmethod
     def _close(left: Tensor, m: Tensor, right: Tensor) -> Tensor:
@@ -311,11 +317,72 @@ class ConditionalMPS(nn.Module):
         with torch.autocast(device_type=self.core.device.type, enabled=False):
             return self._log_prob(x, c, groups, active, thresholds)
 
-    def _use_tree(self) -> bool:
+    def _contraction_mode(self) -> str:
         mode = getattr(self, "contraction", "auto")  # modules pickled before the attribute existed
-        if mode not in ("auto", "tree", "sequential"):
-            raise ValueError(f"contraction must be 'auto', 'tree' or 'sequential', got {mode!r}")
-        return mode == "tree" or (mode == "auto" and self.core.device.type != "cpu")
+        if mode not in ("auto", "transfer", "tree", "sequential"):
+            raise ValueError(f"contraction must be 'auto', 'transfer', 'tree' or 'sequential', got {mode!r}")
+        if mode != "auto":
+            return mode
+        if self.core.device.type != "cpu":
+            return "tree"
+        return "transfer" if (self.rank + 1) ** 2 * self.bond_dim <= TRANSFER_MAX_COST else "sequential"
+
+    def _transfer_parts(self, c: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(log_w (B, n, d), parts (n, R+1, D, d, D), gamma (B, n, R+1) or None)``: the site tensors are
+        :math:`e^{w_{is}/2} \\sum_r \\gamma_{ir} P_{ir}[s]` (``gamma_0 = 1``: the core; the others the gates)."""
+        n, d = self.n_sites, self.phys_dim
+        f = self.field(c).reshape(-1, n, d).clamp(-FIELD_BOUND, FIELD_BOUND).to(dtype)
+        log_w = f - f.amax(-1, keepdim=True)
+        parts = self.core.to(dtype).unsqueeze(1)
+        if not self.rank:
+            return log_w, parts, None
+        parts = torch.cat([parts, self.modulation.to(dtype)], 1)
+        gates = self.gate(c).reshape(-1, n, self.rank).to(dtype)
+        return log_w, parts, torch.cat([torch.ones_like(gates[..., :1]), gates], 2)
+
+    def _log_prob_transfer(self, x: Tensor, c: Tensor, groups, active, thresholds) -> tuple[Tensor, Tensor]:
+        """``(log Z, log |psi(x)|)`` by :func:`~dgrn.tn.contract.transfer_log_norm` (the norm: one GEMM per site for
+        all contexts, hand-written backward) and a tree product of the chosen matrices (the amplitude)."""
+        dtype = self._transfer_dtype(thresholds)
+        n, d, dim, terms = self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
+        log_w, parts, gamma = self._transfer_parts(c, dtype)
+        # maps[i, (s, r, t)] = P_ir[s] (x) P_it[s] on the flattened environment; zero values (s = 0) first
+        maps = torch.einsum("irpsq,itxsy->isrtpxqy", parts, parts).reshape(n, d * terms ** 2, dim ** 2, dim ** 2)
+        weights = log_w.exp()
+        if gamma is not None:
+            weights = weights[..., None] * (gamma[..., :, None] * gamma[..., None, :]).flatten(2).unsqueeze(2)
+        weights = weights.reshape(x.shape[0], n, -1)
+        left, right = self.left.to(dtype), self.right.to(dtype)
+        log_z = transfer_log_norm(maps, weights, torch.kron(left, left), torch.kron(right, right), n_zero=terms ** 2,
+                                  groups=None if groups is None else groups.tolist(), thresholds=thresholds,
+                                  active=active)
+        # the amplitude: the same kind of chain on vectors, the observed value's matrices weighted by the gates
+        onehot = torch.nn.functional.one_hot(x, d).to(dtype)
+        amp_weights = onehot if gamma is None else (onehot[..., None] * gamma[:, :, None]).flatten(2)
+        amp_maps = parts.permute(0, 3, 1, 2, 4).reshape(n, d * terms, dim, dim)  # (s, r) major, as amp_weights
+        log_psi = transfer_log_norm(amp_maps, amp_weights, left, right, trace=False)
+        return log_z, log_psi + 0.5 * (log_w * onehot).sum((1, 2))
+
+    def _requested_dtype(self) -> torch.dtype | None:
+        dtype = getattr(self, "contract_dtype", None)
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"contract_dtype must be torch.float32 or torch.float64 (or None), got {dtype}: a Born "
+                             "norm over hundreds of sites multiplies per-site factors whose rounding in half "
+                             "precision (1e-3) would swamp the likelihood, and its rare branches underflow")
+        return dtype
+
+    def _transfer_dtype(self, thresholds: list[int] | None) -> torch.dtype:
+        """The transfer chains run in float32 for float32 (and lower) parameters, unless a count threshold is above
+        1: every state is trace-normalized at every site (float32 within 5e-7 relative of the float64 reference on
+        500 and 2,000 sites, OR blocks of improbable units included), but a block's count slots share one scale, and
+        a rare branch of ``k`` improbable units (down to ``e^{-24 k}`` relative) underflows float32 for ``k >= 4``
+        (observed: NaN at ``k = 8``), so count thresholds above 1 take float64."""
+        requested = self._requested_dtype()
+        if requested is not None:
+            return requested
+        if self.core.dtype == torch.float64 or (thresholds is not None and max(thresholds) > 1):
+            return torch.float64
+        return torch.float32
 
     @property
     def _tree_dtype(self) -> torch.dtype:
@@ -323,8 +390,9 @@ class ConditionalMPS(nn.Module):
         per-count-slot log-scaling keeps float32 within 1e-6 relative of the float64 reference on 500 and 2,000
         sites (1e-5 when a rare active block makes log psi and log Z cancel), where the sequential loop in float32
         can be wrong by orders of magnitude (see ``_contract_dtype``)."""
-        if getattr(self, "contract_dtype", None) is not None:
-            return self.contract_dtype
+        requested = self._requested_dtype()
+        if requested is not None:
+            return requested
         return torch.float32 if self.core.dtype in (torch.float16, torch.bfloat16) else self.core.dtype
 
     @property
@@ -334,8 +402,9 @@ class ConditionalMPS(nn.Module):
         float32 the rounding of those products (1e-7 relative) can exceed a rare but required branch (an active
         block of improbable units) and even turn its weight negative (observed: log p wrong by a factor ~70 on 500
         sites with 8-of-10 blocks at the field bound, where the float32 tree is within 5e-6)."""
-        if getattr(self, "contract_dtype", None) is not None:
-            return self.contract_dtype
+        requested = self._requested_dtype()
+        if requested is not None:
+            return requested
         return torch.float64 if self.core.dtype in (torch.float32, torch.float16, torch.bfloat16) else self.core.dtype
 
     def _log_prob(self, x, c, groups, active, thresholds) -> Tensor:
@@ -344,14 +413,18 @@ class ConditionalMPS(nn.Module):
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but c has {c.shape[0]}: one context per configuration")
         groups, active, thresholds = self._check_groups(groups, active, x.shape[0], thresholds)
-        if self._use_tree():
-            a = self.site_tensors(c).to(self._tree_dtype)
-            log_z, log_psi = self._log_norm_tree(a, groups, active, thresholds), self._log_psi_tree
+        mode = self._contraction_mode()
+        if mode == "transfer":
+            log_z, log_psi = self._log_prob_transfer(x, c, groups, active, thresholds)
         else:
-            a = self.site_tensors(c).to(self._contract_dtype)
-            log_z, log_psi = self._log_norm(a, groups, active, thresholds), self._log_psi
+            dtype = self._tree_dtype if mode == "tree" else self._contract_dtype
+            a = self.site_tensors(c).to(dtype)
+            if mode == "tree":
+                log_z, log_psi = self._log_norm_tree(a, groups, active, thresholds), self._log_psi_tree(a, x)
+            else:
+                log_z, log_psi = self._log_norm(a, groups, active, thresholds), self._log_psi(a, x)
         check_finite(self, log_z, "ConditionalMPS")
-        log_p = 2.0 * log_psi(a, x) - log_z
+        log_p = 2.0 * log_psi - log_z
         if groups is not None:
             counts = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_add_(
                 1, groups.expand_as(x), (x > 0).long())

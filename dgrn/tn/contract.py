@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["count_pair_map", "normalize_slots", "tree_product"]
+__all__ = ["count_pair_map", "normalize_slots", "transfer_log_norm", "tree_product"]
 
 
 def count_pair_map(thresholds: Tensor, slots: int) -> Tensor:
@@ -90,3 +90,191 @@ def tree_product(m: Tensor, log_scale: Tensor, pair_map: Tensor | None = None) -
         s_left, s_right = log_scale.unflatten(-2, (-1, 2)).unbind(-2)
         m, log_scale = _combine(left, s_left, right, s_right, pair_map)
     return m.squeeze(-4), log_scale.squeeze(-2)
+
+
+# ------------------------------------------------------------------------------------------- transfer-map chains
+def _site_plan(n: int, groups: list[int] | None, thresholds: list[int] | None) -> list[tuple[int, int, bool, bool]]:
+    """Per site ``(block, k, first_of_block, last_of_block)``; without groups every site is its own block, ``k = 0``."""
+    if groups is None:
+        return [(i, 0, True, True) for i in range(n)]
+    return [(g, thresholds[g], i == 0 or groups[i - 1] != g, i == n - 1 or groups[i + 1] != g)
+            for i, g in enumerate(groups)]
+
+
+def _apply(x: Tensor, w: Tensor, stacked: Tensor, n_zero: int, k: int, up: Tensor | None = None) -> Tensor:
+    """One site of a count-slotted chain: ``x (B, S, P)`` (``S = k + 1``) through ``sum_j w[b, j] K_j``, given as
+    ``(w (x) x) @ stacked`` with ``stacked (J*P, P)``. Count-keeping maps (the first ``n_zero``) keep the slot; the
+    others move it up (forward, ``up is None``: slot s feeds min(s + 1, k)) or read it from above (adjoint: slot s
+    reads ``up[s]``)."""
+    batch, slots, size = x.shape
+    wx = (w[:, None] * x[:, :, None, :]).reshape(batch * slots, -1)  # (B*S, J*P); w is (B, J, 1)
+    if k == 0:
+        return (wx @ stacked).view(batch, slots, size)
+    cut = n_zero * size
+    y = (wx[:, :cut] @ stacked[:cut]).view(batch, slots, size)
+    moved = (wx[:, cut:] @ stacked[cut:]).view(batch, slots, size)
+    if up is not None:
+        return y + moved[:, up]
+    y[:, 1:] += moved[:, :-1]
+    y[:, k] += moved[:, k]
+    return y
+
+
+def _pad_slots(xs: Tensor, slots: int) -> Tensor:
+    """Count slots ``(B, k + 1, P)`` padded with empty slots to ``(B, slots, P)``."""
+    return torch.nn.functional.pad(xs, (0, 0, 0, slots - xs.shape[1]))
+
+
+def _scale_fn(trace: bool, size: int, like: Tensor):
+    """The positive scale states are divided by: the trace of the ``D x D`` environment a Born norm's state
+    flattens (one matrix-vector product), or the Euclidean norm of an amplitude's state (which may change sign)."""
+    if not trace:
+        return lambda x: torch.linalg.vector_norm(x, dim=-1)
+    diagonal = torch.eye(int(round(size ** 0.5)), dtype=like.dtype, device=like.device).reshape(-1)
+    return lambda x: x @ diagonal
+
+
+class _TransferChain(torch.autograd.Function):
+    """log Z of a chain of per-context linear maps ``T_i(b) = sum_j w[b, i, j] K[i, j]`` (see :func:`transfer_log_norm`);
+    the backward pass is one adjoint sweep plus vectorized outer products, so autograd records no per-site graph."""
+
+    @staticmethod
+    def forward(ctx, maps, weights, start, end, n_zero, groups, thresholds, active, trace):
+        batch, n, n_maps = weights.shape
+        size = maps.shape[-1]
+        plan = _site_plan(n, groups, thresholds)
+        stacked = maps.reshape(n, n_maps * size, size).unbind(0)  # rows (j, p): e' = (w (x) e) @ stacked[i]
+        site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)  # n x (B, J, 1)
+        scale = _scale_fn(trace, size, maps)
+        keep = any(ctx.needs_input_grad[:4])
+        lefts, log_scale = [], []  # left environment before each site (count slots), trace of each step
+        x = start.expand(batch, size)
+        if groups is None:  # the plain chain, with as few operations per site as possible
+            for i in range(n):
+                lefts.append(x)
+                x = (site_weights[i] * x[:, None, :]).view(batch, -1) @ stacked[i]
+                tau = scale(x)
+                x = x / tau[:, None]
+                log_scale.append(tau)
+        else:
+            for i, (block, k, first, last) in enumerate(plan):
+                if first:  # a block starts with no nonzero site: everything in count slot 0
+                    xs = torch.cat([x[:, None], x.new_zeros(batch, k, size)], 1)
+                lefts.append(xs)
+                y = _apply(xs, site_weights[i], stacked[i], n_zero, k)
+                if last:
+                    x = torch.where(active[:, block, None], y[:, k], y[:, :k].sum(1))
+                    tau = scale(x)
+                    x = x / tau[:, None]
+                else:
+                    tau = scale(y.sum(1))
+                    xs = y / tau[:, None, None]
+                log_scale.append(tau)
+        closing = x @ end
+        log_z = torch.stack(log_scale, 1).log().sum(1) + closing.abs().log()
+        if keep:
+            if groups is None:
+                left = torch.stack(lefts)[:, :, None]  # (n, B, 1, P)
+            else:
+                slots = 1 + max(thresholds)
+                left = torch.stack([_pad_slots(xs, slots) for xs in lefts])  # (n, B, S, P)
+            ctx.save_for_backward(maps, weights, start, end, left, x, closing)
+            ctx.plan, ctx.n_zero, ctx.active, ctx.trace = plan, n_zero, active, trace
+        return log_z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        maps, weights, start, end, left, x_end, closing = ctx.saved_tensors
+        plan, n_zero, active = ctx.plan, ctx.n_zero, ctx.active
+        batch, n, n_maps = weights.shape
+        size, slots = maps.shape[-1], left.shape[2]
+        # rows (j, q): r' = (w (x) r) @ stacked_t[i]
+        stacked_t = maps.transpose(-1, -2).reshape(n, n_maps * size, size).unbind(0)
+        scale = _scale_fn(ctx.trace, size, maps)
+        # the count slot a nonzero value moves slot s to: min(s + 1, k) (slots above k are empty)
+        up_index = torch.tensor([[min(s + 1, k) for s in range(slots)] for _, k, _, _ in plan], device=maps.device)
+        site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
+        rights = [None] * n  # right environment after site i, in its block's count slots
+        r = end.expand(batch, size)
+        if slots == 1:
+            for i in range(n - 1, -1, -1):
+                rights[i] = r
+                r = (site_weights[i] * r[:, None, :]).view(batch, -1) @ stacked_t[i]
+                r = r / scale(r)[:, None]  # any positive scale: the gradients below are ratios
+            right = torch.stack(rights)[:, :, None]  # (n, B, 1, P)
+        else:
+            for i in range(n - 1, -1, -1):
+                block, k, first, last = plan[i]
+                if last:
+                    on = active[:, block, None, None]
+                    rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
+                rights[i] = rs
+                y = _apply(rs, site_weights[i], stacked_t[i], n_zero, k, up_index[i, :k + 1])
+                y = y / scale(y.sum(1))[:, None, None]
+                if first:
+                    r = y[:, 0]
+                else:
+                    rs = y
+            right = torch.stack([_pad_slots(rs, slots) for rs in rights])  # (n, B, S, P)
+        # <left_i, K_ij right_i>: zero-value maps pair slot s with the right environment's slot s, nonzero ones with
+        # slot up(s); all sites at once, one batched GEMM per map set
+        sets = [(slice(0, n_zero), right)]
+        if n_zero < n_maps:
+            sets.append((slice(n_zero, n_maps), right if slots == 1 else right.gather(
+                2, up_index[:, None, :, None].expand(-1, batch, -1, size))))
+        weights_t = weights.transpose(0, 1)  # (n, B, J)
+        pairs = []
+        for cut, r_set in sets:
+            k_set = maps[:, cut]
+            kr = (r_set.reshape(n, -1, size) @ k_set.permute(0, 3, 1, 2).reshape(n, size, -1)).view(
+                n, batch, slots, -1, size)  # (K_ij right_i)[p]
+            pairs.append((cut, r_set, kr, (kr * left[:, :, :, None, :]).sum((2, 4))))
+        g = torch.cat([pair[3] for pair in pairs], 2)  # (n, B, J)
+        value = (weights_t * g).sum(2)  # <left_i, T_i right_i>: Z up to a positive scale per site and context
+        coef = grad_out[None, :] / value
+        wc = weights_t * coef[:, :, None]
+        grad_maps, grad_start = [], 0.0
+        for cut, r_set, kr, _ in pairs:
+            wl = (wc[:, :, None, cut, None] * left[:, :, :, None, :]).reshape(n, batch * slots, -1)
+            grad_maps.append((wl.transpose(1, 2) @ r_set.reshape(n, batch * slots, size)).view(n, -1, size, size))
+            # site 0 opens block 0 in slot 0: d log Z / d start = (T_0 right_0)[slot 0] / value_0
+            grad_start = grad_start + torch.einsum("bj,bjp->p", wc[0, :, cut], kr[0, :, 0])
+        grad_end = ((grad_out / closing)[:, None] * x_end).sum(0)
+        grad_weights = (g * coef[:, :, None]).transpose(0, 1)
+        return torch.cat(grad_maps, 1), grad_weights, grad_start, grad_end, None, None, None, None, None
+
+
+def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor, *, n_zero: int | None = None,
+                      groups: list[int] | None = None, thresholds: list[int] | None = None,
+                      active: Tensor | None = None, trace: bool = True) -> Tensor:
+    r"""Exact :math:`\log Z_b = \log\, s^\top T_1(b) T_2(b) \cdots T_n(b)\, e` for chains of per-context linear maps
+    that are weighted sums of fixed ones, :math:`T_i(b) = \sum_j w_{bij} K_{ij}`, ``(B,)``.
+
+    This is the norm of an MPS Born machine whose site tensors differ between contexts only by per-value weights
+    (the context's fields, and the gates of rank-``R`` corrections): with :math:`K_{ij} = A \otimes A'` acting on
+    the flattened ``D x D`` environment, one GEMM per site serves every context, at ``O(J D^4)`` per context and site
+    with no per-context matrices. Count constraints (``groups``, ``thresholds``, ``active``, as in
+    :class:`~dgrn.tn.ConditionalMPS`) carry one environment per count of nonzero values so far in the block; the
+    first ``n_zero`` maps keep the count, the others move it up by one. Environments are trace-normalized at every
+    site with the logs accumulated (the count slots of a block share one scale, as in the sequential reference).
+
+    The backward pass is written by hand: one adjoint sweep for the right environments, then
+    :math:`\partial \log Z / \partial w_{bij} = \langle L_{bi}, K_{ij} R_{bi} \rangle / \langle L_{bi}, T_i R_{bi}\rangle`
+    and the matching outer products for ``K``, all sites at once, so autograd stores no per-site graph.
+
+    Args:
+        maps: ``(n, J, P, P)``, ``e' = e @ maps[i, j]``.
+        weights: ``(B, n, J)``.
+        start, end: ``(P,)`` boundary vectors.
+        n_zero: with ``groups``, how many leading maps (per site) keep the count.
+        groups: block of each site (a host list), blocks contiguous and numbered in site order.
+        thresholds: count threshold of each block (``k >= 1``).
+        active: ``(B, K)`` bool, whether block ``g`` reaches its threshold in context ``b``.
+        trace: the states are flattened ``D x D`` environments of a Born norm (``P = D^2``, positive semidefinite),
+            normalized by their trace; ``False``: amplitudes (``P = D``), normalized by their Euclidean norm, and the
+            result is :math:`\log |s^\top T_1 \cdots T_n e|`.
+    """
+    if groups is not None and (thresholds is None or active is None or n_zero is None):
+        raise ValueError("groups need thresholds, active and n_zero")
+    n_zero = maps.shape[1] if n_zero is None else int(n_zero)
+    return _TransferChain.apply(maps, weights, start, end, n_zero, groups, thresholds, active, trace)
