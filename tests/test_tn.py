@@ -769,6 +769,38 @@ def test_transfer_log_norm_against_dense_products():
                                rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="groups need"):
         transfer_log_norm(born, w, torch.kron(s, s), torch.kron(e, e), groups=[0] * n)
+    with pytest.raises(ValueError, match="nondecreasing"):
+        transfer_log_norm(born, w, torch.kron(s, s), torch.kron(e, e), increments=[1, 0])
+
+
+@pytest.mark.parametrize("sizes,thresholds", [([9], None), ([3, 1, 4, 2], [2, 1, 3, 1]), ([2, 5, 1], [1, 1, 1])])
+def test_pair_sites_keeps_the_norm_and_its_gradient(sizes, thresholds):
+    """Merging neighbouring sites (identity sites padding odd blocks and chains, increments added) leaves the
+    constrained norm and its gradient unchanged to rounding, once and twice over (float64)."""
+    from dgrn.tn.contract import pair_sites, transfer_log_norm
+
+    torch.manual_seed(1)
+    n, batch, dim = sum(sizes), 6, 2
+    a = torch.randn(n, 2, dim, dim, dtype=torch.float64)
+    maps = torch.einsum("isxy,ispq->isxpyq", a, a).reshape(n, 2, dim * dim, dim * dim).requires_grad_()
+    weights = torch.rand(batch, n, 2, dtype=torch.float64, requires_grad=True)
+    start = end = torch.kron(torch.ones(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64))
+    kwargs, groups = {}, None
+    if thresholds is not None:
+        groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).tolist()
+        active = torch.rand(batch, len(sizes)) < 0.5
+        active[:, [k == s for k, s in zip(thresholds, sizes)]] = False  # keep some blocks reachable both ways
+        kwargs = dict(thresholds=thresholds, active=active)
+    ref = transfer_log_norm(maps, weights, start, end, increments=[0, 1], groups=groups, **kwargs)
+    ref_grads = torch.autograd.grad(ref.sum(), (maps, weights))
+    m, w, inc, g = maps, weights, [0, 1], groups
+    for _ in range(2):
+        m, w, inc, g = pair_sites(m, w, inc, g)
+        assert inc == sorted(inc) and max(inc) == len(inc).bit_length() - 1
+        out = transfer_log_norm(m, w, start, end, increments=inc, groups=g, **kwargs)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+        for got, want in zip(torch.autograd.grad(out.sum(), (maps, weights), retain_graph=True), ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_conditional_mps_contraction_choice_and_tree_helpers():

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_size, check_states, sample_categorical
-from dgrn.tn.contract import count_pair_map, normalize_slots, transfer_log_norm, tree_product
+from dgrn.tn.contract import count_pair_map, normalize_slots, pair_sites, transfer_log_norm, tree_product
 
 __all__ = ["ConditionalMPS"]
 
@@ -17,6 +17,9 @@ FIELD_BOUND = 12.0
 #: ``contraction="auto"`` on CPU takes the transfer maps while ``(rank + 1)^2 * bond_dim`` is at most this: their
 #: GEMMs cost ``(R + 1)^2 D / 2`` times the flops of the per-context loop, which only pays while launches dominate
 TRANSFER_MAX_COST = 8
+#: rounds of merging neighbouring sites before the transfer chains (each halves the sequential steps and doubles the
+#: maps per step; see ``bench/dgrn.py --speed``)
+TRANSFER_MERGES = 1
 
 
 class ConditionalMPS(nn.Module):
@@ -46,13 +49,16 @@ class ConditionalMPS(nn.Module):
     restricted distribution. Chained over the levels of a renormalization flow this gives an exactly normalized
     hierarchical likelihood :math:`p(x^{0}) = p(x^{L})\prod_\ell p(x^{\ell} \mid x^{\ell+1})`.
 
-    **Contraction.** ``log_prob`` has two exact contractions: the sequential reference (a loop over the sites, in
-    float64) and a log-depth tree (:mod:`dgrn.tn.contract`: pairwise batched products of the ``D^2 x D^2`` transfer
-    matrices, with one slot per count inside a block, each product and slot log-scaled; float32 for float32
-    parameters, within ~1e-6 relative of the reference on 2,000 sites). ``contraction = "auto"`` (the default)
-    takes the tree on accelerators, where the loop's ``O(n)`` kernel launches dominate, and the loop on CPU, where
-    the tree's ``O(n D^6)`` products cost more than the loop's ``O(n d D^3)``; set ``contraction`` to ``"tree"`` or
-    ``"sequential"`` and ``contract_dtype`` to override.
+    **Contraction.** ``log_prob`` has three exact contractions (:mod:`dgrn.tn.contract`): the sequential reference
+    (a loop over the sites with per-context ``D x D`` environments, in float64); the transfer-map chain (the site
+    tensors differ between contexts only through the weights :math:`e^{f_{is}} g_{ir} g_{ir'}` of fixed maps
+    :math:`P_{ir}[s] \otimes P_{ir'}[s]` on the flattened environment, so one GEMM per pair of sites serves the whole
+    batch, and its backward pass is written by hand; float32 for float32 parameters unless a count threshold is above
+    1); and a log-depth tree (pairwise batched products of the ``D^2 x D^2`` transfer matrices, with one slot per count
+    inside a block, each product and slot log-scaled; float32). ``contraction = "auto"`` (the default) takes the tree
+    on accelerators, where the loop's ``O(n)`` kernel launches dominate, and on CPU the transfer chain while its
+    ``O(n (R+1)^2 d D^4)`` GEMMs stay cheap (``(rank + 1)^2 * bond_dim <= 8``), the sequential loop otherwise; set
+    ``contraction`` to ``"transfer"``, ``"tree"`` or ``"sequential"`` and ``contract_dtype`` to override.
 
     Args:
         n_sites: number of units ``n``.
@@ -353,13 +359,19 @@ class ConditionalMPS(nn.Module):
             weights = weights[..., None] * (gamma[..., :, None] * gamma[..., None, :]).flatten(2).unsqueeze(2)
         weights = weights.reshape(x.shape[0], n, -1)
         left, right = self.left.to(dtype), self.right.to(dtype)
-        log_z = transfer_log_norm(maps, weights, torch.kron(left, left), torch.kron(right, right), n_zero=terms ** 2,
-                                  groups=None if groups is None else groups.tolist(), thresholds=thresholds,
-                                  active=active)
+        increments = [0] * terms ** 2 + [1] * ((d - 1) * terms ** 2)
+        block = None if groups is None else groups.tolist()
+        for _ in range(TRANSFER_MERGES):  # fewer sequential steps, each with more maps
+            maps, weights, increments, block = pair_sites(maps, weights, increments, block)
+        log_z = transfer_log_norm(maps, weights, torch.kron(left, left), torch.kron(right, right),
+                                  increments=increments, groups=block, thresholds=thresholds, active=active)
         # the amplitude: the same kind of chain on vectors, the observed value's matrices weighted by the gates
         onehot = torch.nn.functional.one_hot(x, d).to(dtype)
         amp_weights = onehot if gamma is None else (onehot[..., None] * gamma[:, :, None]).flatten(2)
         amp_maps = parts.permute(0, 3, 1, 2, 4).reshape(n, d * terms, dim, dim)  # (s, r) major, as amp_weights
+        amp_increments = [0] * amp_maps.shape[1]
+        for _ in range(TRANSFER_MERGES):
+            amp_maps, amp_weights, amp_increments, _ = pair_sites(amp_maps, amp_weights, amp_increments)
         log_psi = transfer_log_norm(amp_maps, amp_weights, left, right, trace=False)
         return log_z, log_psi + 0.5 * (log_w * onehot).sum((1, 2))
 

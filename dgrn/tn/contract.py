@@ -1,4 +1,6 @@
-r"""Log-depth exact contractions of matrix chains with per-product log-scaling (used by :class:`ConditionalMPS`).
+r"""Exact contractions of long matrix chains for :class:`ConditionalMPS`: log-depth tree products with per-product
+log-scaling (accelerators), and transfer-map chains with a hand-written backward pass (CPU; see
+:func:`transfer_log_norm`).
 
 A chain :math:`M_1 M_2 \cdots M_n` of batched matrices is multiplied by a pairwise tree: at each level neighbours are
 multiplied with one batched ``matmul`` (an odd last element is carried up unchanged), so there are
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["count_pair_map", "normalize_slots", "transfer_log_norm", "tree_product"]
+__all__ = ["count_pair_map", "normalize_slots", "pair_sites", "transfer_log_norm", "tree_product"]
 
 
 def count_pair_map(thresholds: Tensor, slots: int) -> Tensor:
@@ -101,22 +103,36 @@ def _site_plan(n: int, groups: list[int] | None, thresholds: list[int] | None) -
             for i, g in enumerate(groups)]
 
 
-def _apply(x: Tensor, w: Tensor, stacked: Tensor, n_zero: int, k: int, up: Tensor | None = None) -> Tensor:
+def _runs(increments: list[int]) -> list[tuple[int, int, int]]:
+    """``(first, stop, increment)`` of each run of equal count increments (the maps are sorted by increment)."""
+    runs = []
+    for j, inc in enumerate(increments):
+        if runs and runs[-1][2] == inc:
+            runs[-1] = (runs[-1][0], j + 1, inc)
+        else:
+            runs.append((j, j + 1, inc))
+    return runs
+
+
+def _apply(x: Tensor, w: Tensor, stacked: Tensor, runs: list, k: int, targets: dict | None = None) -> Tensor:
     """One site of a count-slotted chain: ``x (B, S, P)`` (``S = k + 1``) through ``sum_j w[b, j] K_j``, given as
-    ``(w (x) x) @ stacked`` with ``stacked (J*P, P)``. Count-keeping maps (the first ``n_zero``) keep the slot; the
-    others move it up (forward, ``up is None``: slot s feeds min(s + 1, k)) or read it from above (adjoint: slot s
-    reads ``up[s]``)."""
+    ``(w (x) x) @ stacked`` with ``stacked (J*P, P)`` and ``w (B, J, 1)``. A map of count increment ``v`` (``runs``)
+    moves slot ``s`` to ``min(s + v, k)`` (forward), or, adjoint (``targets``: per increment the slots
+    ``min(s + v, k)``), reads slot ``s`` from there."""
     batch, slots, size = x.shape
-    wx = (w[:, None] * x[:, :, None, :]).reshape(batch * slots, -1)  # (B*S, J*P); w is (B, J, 1)
+    wx = (w[:, None] * x[:, :, None, :]).reshape(batch * slots, -1)  # (B*S, J*P)
     if k == 0:
         return (wx @ stacked).view(batch, slots, size)
-    cut = n_zero * size
-    y = (wx[:, :cut] @ stacked[:cut]).view(batch, slots, size)
-    moved = (wx[:, cut:] @ stacked[cut:]).view(batch, slots, size)
-    if up is not None:
-        return y + moved[:, up]
-    y[:, 1:] += moved[:, :-1]
-    y[:, k] += moved[:, k]
+    y = x.new_zeros(batch, slots, size)
+    for first, stop, inc in runs:
+        part = (wx[:, first * size:stop * size] @ stacked[first * size:stop * size]).view(batch, slots, size)
+        if targets is not None:
+            y = y + part[:, targets[inc]]
+        elif inc == 0:
+            y = y + part
+        else:  # slots s <= k - inc move up by inc, the rest land in the absorbing slot k
+            y[:, inc:] += part[:, :max(slots - inc, 0)]
+            y[:, k] += part[:, max(slots - inc, 0):].sum(1)
     return y
 
 
@@ -139,10 +155,10 @@ class _TransferChain(torch.autograd.Function):
     the backward pass is one adjoint sweep plus vectorized outer products, so autograd records no per-site graph."""
 
     @staticmethod
-    def forward(ctx, maps, weights, start, end, n_zero, groups, thresholds, active, trace):
+    def forward(ctx, maps, weights, start, end, increments, groups, thresholds, active, trace):
         batch, n, n_maps = weights.shape
         size = maps.shape[-1]
-        plan = _site_plan(n, groups, thresholds)
+        plan, runs = _site_plan(n, groups, thresholds), _runs(increments)
         stacked = maps.reshape(n, n_maps * size, size).unbind(0)  # rows (j, p): e' = (w (x) e) @ stacked[i]
         site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)  # n x (B, J, 1)
         scale = _scale_fn(trace, size, maps)
@@ -161,7 +177,7 @@ class _TransferChain(torch.autograd.Function):
                 if first:  # a block starts with no nonzero site: everything in count slot 0
                     xs = torch.cat([x[:, None], x.new_zeros(batch, k, size)], 1)
                 lefts.append(xs)
-                y = _apply(xs, site_weights[i], stacked[i], n_zero, k)
+                y = _apply(xs, site_weights[i], stacked[i], runs, k)
                 if last:
                     x = torch.where(active[:, block, None], y[:, k], y[:, :k].sum(1))
                     tau = scale(x)
@@ -179,20 +195,22 @@ class _TransferChain(torch.autograd.Function):
                 slots = 1 + max(thresholds)
                 left = torch.stack([_pad_slots(xs, slots) for xs in lefts])  # (n, B, S, P)
             ctx.save_for_backward(maps, weights, start, end, left, x, closing)
-            ctx.plan, ctx.n_zero, ctx.active, ctx.trace = plan, n_zero, active, trace
+            ctx.plan, ctx.increments, ctx.active, ctx.trace = plan, increments, active, trace
         return log_z
 
     @staticmethod
     def backward(ctx, grad_out):
         maps, weights, start, end, left, x_end, closing = ctx.saved_tensors
-        plan, n_zero, active = ctx.plan, ctx.n_zero, ctx.active
+        plan, increments, active = ctx.plan, ctx.increments, ctx.active
+        runs = _runs(increments)
         batch, n, n_maps = weights.shape
         size, slots = maps.shape[-1], left.shape[2]
         # rows (j, q): r' = (w (x) r) @ stacked_t[i]
         stacked_t = maps.transpose(-1, -2).reshape(n, n_maps * size, size).unbind(0)
         scale = _scale_fn(ctx.trace, size, maps)
-        # the count slot a nonzero value moves slot s to: min(s + 1, k) (slots above k are empty)
-        up_index = torch.tensor([[min(s + 1, k) for s in range(slots)] for _, k, _, _ in plan], device=maps.device)
+        # per increment v, the count slot a map moves slot s to: min(s + v, k) (slots above k stay empty), per site
+        targets = {inc: torch.tensor([[min(s + inc, k) for s in range(slots)] for _, k, _, _ in plan],
+                                     device=maps.device) for _, _, inc in runs}
         site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
         rights = [None] * n  # right environment after site i, in its block's count slots
         r = end.expand(batch, size)
@@ -209,19 +227,18 @@ class _TransferChain(torch.autograd.Function):
                     on = active[:, block, None, None]
                     rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
                 rights[i] = rs
-                y = _apply(rs, site_weights[i], stacked_t[i], n_zero, k, up_index[i, :k + 1])
+                y = _apply(rs, site_weights[i], stacked_t[i], runs, k,
+                           {inc: index[i, :k + 1] for inc, index in targets.items()})
                 y = y / scale(y.sum(1))[:, None, None]
                 if first:
                     r = y[:, 0]
                 else:
                     rs = y
             right = torch.stack([_pad_slots(rs, slots) for rs in rights])  # (n, B, S, P)
-        # <left_i, K_ij right_i>: zero-value maps pair slot s with the right environment's slot s, nonzero ones with
-        # slot up(s); all sites at once, one batched GEMM per map set
-        sets = [(slice(0, n_zero), right)]
-        if n_zero < n_maps:
-            sets.append((slice(n_zero, n_maps), right if slots == 1 else right.gather(
-                2, up_index[:, None, :, None].expand(-1, batch, -1, size))))
+        # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
+        # all sites at once, one batched GEMM per run of maps
+        sets = [(slice(first, stop), right if slots == 1 else right.gather(
+            2, targets[inc][:, None, :, None].expand(-1, batch, -1, size))) for first, stop, inc in runs]
         weights_t = weights.transpose(0, 1)  # (n, B, J)
         pairs = []
         for cut, r_set in sets:
@@ -244,9 +261,9 @@ class _TransferChain(torch.autograd.Function):
         return torch.cat(grad_maps, 1), grad_weights, grad_start, grad_end, None, None, None, None, None
 
 
-def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor, *, n_zero: int | None = None,
-                      groups: list[int] | None = None, thresholds: list[int] | None = None,
-                      active: Tensor | None = None, trace: bool = True) -> Tensor:
+def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor, *,
+                      increments: list[int] | None = None, groups: list[int] | None = None,
+                      thresholds: list[int] | None = None, active: Tensor | None = None, trace: bool = True) -> Tensor:
     r"""Exact :math:`\log Z_b = \log\, s^\top T_1(b) T_2(b) \cdots T_n(b)\, e` for chains of per-context linear maps
     that are weighted sums of fixed ones, :math:`T_i(b) = \sum_j w_{bij} K_{ij}`, ``(B,)``.
 
@@ -254,8 +271,9 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
     (the context's fields, and the gates of rank-``R`` corrections): with :math:`K_{ij} = A \otimes A'` acting on
     the flattened ``D x D`` environment, one GEMM per site serves every context, at ``O(J D^4)`` per context and site
     with no per-context matrices. Count constraints (``groups``, ``thresholds``, ``active``, as in
-    :class:`~dgrn.tn.ConditionalMPS`) carry one environment per count of nonzero values so far in the block; the
-    first ``n_zero`` maps keep the count, the others move it up by one. Environments are trace-normalized at every
+    :class:`~dgrn.tn.ConditionalMPS`) carry one environment per count of nonzero values so far in the block
+    (``0 .. k``, the last meaning "``k`` or more"); map ``j`` adds ``increments[j]`` to the count (0 for a zero value,
+    1 for a nonzero one, more for maps of two sites merged by :func:`pair_sites`). States are normalized at every
     site with the logs accumulated (the count slots of a block share one scale, as in the sequential reference).
 
     The backward pass is written by hand: one adjoint sweep for the right environments, then
@@ -266,7 +284,7 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
         maps: ``(n, J, P, P)``, ``e' = e @ maps[i, j]``.
         weights: ``(B, n, J)``.
         start, end: ``(P,)`` boundary vectors.
-        n_zero: with ``groups``, how many leading maps (per site) keep the count.
+        increments: count increment of each map (``J`` nondecreasing integers; default all 0), used with ``groups``.
         groups: block of each site (a host list), blocks contiguous and numbered in site order.
         thresholds: count threshold of each block (``k >= 1``).
         active: ``(B, K)`` bool, whether block ``g`` reaches its threshold in context ``b``.
@@ -274,7 +292,43 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
             normalized by their trace; ``False``: amplitudes (``P = D``), normalized by their Euclidean norm, and the
             result is :math:`\log |s^\top T_1 \cdots T_n e|`.
     """
-    if groups is not None and (thresholds is None or active is None or n_zero is None):
-        raise ValueError("groups need thresholds, active and n_zero")
-    n_zero = maps.shape[1] if n_zero is None else int(n_zero)
-    return _TransferChain.apply(maps, weights, start, end, n_zero, groups, thresholds, active, trace)
+    n_maps = maps.shape[1]
+    increments = [0] * n_maps if increments is None else [int(v) for v in increments]
+    if len(increments) != n_maps or any(b < a for a, b in zip(increments, increments[1:])) or min(increments) < 0:
+        raise ValueError(f"increments must be {n_maps} nondecreasing integers >= 0, got {increments}")
+    if groups is not None and (thresholds is None or active is None):
+        raise ValueError("groups need thresholds and active")
+    return _TransferChain.apply(maps, weights, start, end, increments, groups, thresholds, active, trace)
+
+
+def pair_sites(maps: Tensor, weights: Tensor, increments: list[int], groups: list[int] | None = None
+               ) -> tuple[Tensor, Tensor, list[int], list[int] | None]:
+    """Merge neighbouring sites of a chain for :func:`transfer_log_norm` (half the sequential steps at twice the
+    maps): a pair's maps are the products ``K_ij K_{i+1,j'}`` with weights ``w_ij w_{i+1,j'}`` and increments
+    ``v_j + v_j'``, sorted by increment. Pairs never straddle two blocks: a block of odd size (or an odd chain) gets
+    an identity site (its first map the identity with weight 1, the others weight 0). Returns
+    ``(maps, weights, increments, groups)`` of the merged chain."""
+    n, n_maps, size, _ = maps.shape
+    lengths = [n] if groups is None else torch.bincount(torch.tensor(groups)).tolist()
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    pad_at = [end for end, length in zip(ends, lengths) if length % 2]  # an identity site after these positions
+    if pad_at:
+        identity_maps = torch.zeros(1, n_maps, size, size, dtype=maps.dtype, device=maps.device)
+        identity_maps[0, 0] = torch.eye(size, dtype=maps.dtype, device=maps.device)
+        identity_weights = torch.zeros(weights.shape[0], 1, n_maps, dtype=weights.dtype, device=weights.device)
+        identity_weights[:, 0, 0] = 1.0
+        pieces_m, pieces_w, last = [], [], 0
+        for position in pad_at:
+            pieces_m += [maps[last:position], identity_maps]
+            pieces_w += [weights[:, last:position], identity_weights]
+            last = position
+        maps = torch.cat(pieces_m + [maps[last:]])
+        weights = torch.cat(pieces_w + [weights[:, last:]], 1)
+    order = sorted(range(n_maps ** 2), key=lambda j: increments[j // n_maps] + increments[j % n_maps])
+    index = torch.tensor(order, device=maps.device)
+    merged = (maps[0::2, :, None] @ maps[1::2, None, :]).flatten(1, 2)[:, index]
+    merged_weights = (weights[:, 0::2, :, None] * weights[:, 1::2, None, :]).flatten(2)[:, :, index]
+    merged_increments = [increments[j // n_maps] + increments[j % n_maps] for j in order]
+    merged_groups = None if groups is None else [g for g, length in enumerate(lengths)
+                                                  for _ in range((length + 1) // 2)]
+    return merged, merged_weights, merged_increments, merged_groups
