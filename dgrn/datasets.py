@@ -55,6 +55,13 @@ def _recording(path: str, dt: float | None = None, **kwargs) -> SpikeData:
     return load_recording(path, dt, **kwargs)
 
 
+@_forwards(("dgrn.data.io", "load_aplysia", ()))
+def _aplysia(**kwargs) -> SpikeData:
+    from dgrn.data.io import load_aplysia
+
+    return load_aplysia(**kwargs)
+
+
 @_forwards(("dgrn.sim.ising", "ising1d", ()))
 def _ising1d(**kwargs) -> SpikeData:
     from dgrn.sim.ising import ising1d
@@ -76,6 +83,7 @@ DATASETS: dict[str, Callable[..., SpikeData]] = {
     "clustered_lif": _clustered_lif,
     "connectome": _connectome,
     "recording": _recording,
+    "aplysia": _aplysia,
     "ising1d": _ising1d,
     "ising2d": _ising2d,
 }

@@ -100,6 +100,13 @@ def test_data_file_config_trains_on_a_users_recording(run_train, tmp_path):
     assert math.isfinite(metrics["test/nll"])
 
 
+def test_aplysia_config_trains_on_a_real_recording(run_train):
+    """data=aplysia: a real recording shipped with the project, through the whole pipeline (GLM, 2 epochs)."""
+    metrics, _ = run_train(["data=aplysia", "data.dataset.dt=0.05", "model=glm", "trainer.max_epochs=2",
+                            "logger=none"], "aplysia", base=[])
+    assert math.isfinite(metrics["test/nll"]) and 0 < metrics["test/nll"] < 0.5
+
+
 def test_grid_multirun_reports_the_best(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script(["train.py", "-m", *TINY, "test=false", "model.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"])

@@ -177,12 +177,110 @@ def read_neo(path: str | Path, dt: float, *, block: int = 0, segment: int = 0, t
 
 
 # -------------------------------------------------------------------------------------------- dispatching
+def read_spike_mat(path: str | Path, dt: float, *, variable: str = "spks", t_start: float = 0.0,
+                   t_stop: float | None = None, meta: dict | None = None) -> SpikeData:
+    """Bin a MATLAB file of spike events: ``variable`` is an ``(n_spikes, 2)`` array, column 0 the unit ID (integers
+    from 1), column 1 the spike time in seconds (the format of the Aplysia recordings, :func:`load_aplysia`).
+
+    Every unit from 1 to the largest ID gets a column (silent ones included, so the columns are the IDs in order);
+    ``t_stop`` defaults to just after the last spike; spikes outside ``[t_start, t_stop)`` are dropped (choose a
+    stretch of the recording). Raises ``ValueError`` for a missing variable, a wrong shape, or IDs that are not
+    positive integers."""
+    from scipy.io import loadmat
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no recording at {path}")
+    content = loadmat(path)
+    if variable not in content:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise ValueError(f"{path} has no variable {variable!r} (found {found})")
+    events = np.asarray(content[variable], dtype=np.float64)
+    if events.ndim != 2 or events.shape[1] != 2:
+        raise ValueError(f"{path}: {variable} must be (n_spikes, 2) [unit ID, time in s], got {events.shape}")
+    ids, times = events[:, 0], events[:, 1]
+    if ids.size and (ids.min() < 1 or not np.all(ids == np.round(ids))):
+        raise ValueError(f"{path}: unit IDs must be integers from 1")
+    ids = ids.astype(np.int64)
+    n_units = int(ids.max()) if ids.size else 0
+    if t_stop is None and times.size:
+        t_stop = float(np.floor((times.max() - t_start) / dt + 1e-9) + 1) * dt + t_start
+    keep = (times >= t_start) & (times < t_stop if t_stop is not None else True)
+    return SpikeData.from_spike_times(times[keep], ids[keep], dt, t_start, t_stop,
+                                      unit_ids=np.arange(1, n_units + 1),
+                                      meta={"source": str(path), "format": "spike-event mat", **(meta or {})})
+
+
+def _has_spike_events(path: Path, variable: str) -> bool:
+    """Whether a ``.mat`` file holds an ``(n, 2)`` array ``variable`` (spike events; other ``.mat`` files go to Neo)."""
+    from scipy.io import whosmat
+
+    try:
+        return any(name == variable and len(shape) == 2 and shape[1] == 2 for name, shape, _ in whosmat(path))
+    except (ValueError, NotImplementedError):  # MATLAB v7.3 (HDF5) and other files scipy does not read
+        return False
+
+
+#: where :func:`load_aplysia` finds the recordings: ``$DGRN_APLYSIA_DIR``, else the copy shipped in ``data/aplysia``
+APLYSIA_DIR = Path(__file__).resolve().parents[2] / "data" / "aplysia"
+#: the pedal-nerve stimulus that evokes the locomotion program, seconds from the start of every recording
+APLYSIA_STIMULUS_S = 30.0
+
+
+def aplysia_dir(root: str | Path | None = None) -> Path:
+    import os
+
+    return Path(root if root is not None else os.environ.get("DGRN_APLYSIA_DIR", APLYSIA_DIR))
+
+
+def aplysia_recordings(root: str | Path | None = None) -> list[str]:
+    """Names of the Aplysia recordings (``<preparation>da01`` .. ``da03``), sorted."""
+    folder = aplysia_dir(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no Aplysia recordings at {folder} (set DGRN_APLYSIA_DIR or pass root)")
+    return sorted(p.stem for p in folder.glob("*.mat"))
+
+
+def load_aplysia(recording: str = "Jun0214da01", dt: float = 0.02, *, root: str | Path | None = None,
+                 t_start: float = 0.0, t_stop: float | None = None,
+                 stimulus_time_s: float | None = APLYSIA_STIMULUS_S) -> SpikeData:
+    """One of the 30 voltage-sensitive-dye recordings of the *Aplysia* pedal ganglion (Bruno, Frost & Humphries 2017,
+    eLife 6:e27342; MIT licence, ``data/aplysia/LICENSE.txt``): 75–160 neurons, ~122.7 s, spontaneous activity and
+    then a pedal-nerve stimulus at 30 s that evokes a rhythmic locomotion program.
+
+    Binned at ``dt`` seconds from ``t_start`` to ``t_stop`` (default: the last spike). ``meta`` records the
+    preparation, the program (``da01`` .. ``da03``: three evoked programs of one preparation, with the same neuron
+    count), ``stimulus_time_s`` relative to ``t_start`` and ``stimulus_bin`` (``None`` for ``stimulus_time_s=None``,
+    e.g. for a stretch that leaves the stimulus out). Raises ``ValueError`` for an unknown recording or a stimulus time
+    outside the stretch.
+    """
+    names = aplysia_recordings(root)
+    if recording not in names:
+        raise ValueError(f"unknown Aplysia recording {recording!r}; available: {names}")
+    prep, program = recording[:-4], recording[-4:]
+    meta = {"dataset": "aplysia", "recording": recording, "preparation": prep, "program": program,
+            "citation": "Bruno, Frost & Humphries (2017) eLife 6:e27342", "licence": "MIT"}
+    data = read_spike_mat(aplysia_dir(root) / f"{recording}.mat", dt, t_start=t_start, t_stop=t_stop, meta=meta)
+    end = data.meta["t_stop"]
+    if stimulus_time_s is None:
+        data.meta.update(stimulus_time_s=None, stimulus_bin=None)
+    else:
+        if not t_start <= stimulus_time_s < end:
+            raise ValueError(f"stimulus at {stimulus_time_s} s lies outside the recording's stretch [{t_start}, {end}) s; "
+                             "pass stimulus_time_s=None for a stretch without it")
+        data.meta.update(stimulus_time_s=float(stimulus_time_s - t_start),
+                         stimulus_bin=int(np.floor((stimulus_time_s - t_start) / dt + 1e-9)))
+    return data
+
+
 def load_recording(path: str | Path, dt: float | None = None, **kwargs: Any) -> SpikeData:
     """Read a recording, by file type:
 
     - ``.npz`` with ``spikes`` ``(T, N)``: binned counts (:meth:`SpikeData.load`).
     - ``.npz`` with ``times`` (s) and ``units`` arrays, one entry per spike (optional ``t_start``, ``t_stop``,
       ``unit_ids``): binned at ``dt`` by :meth:`SpikeData.from_spike_times`.
+    - ``.mat`` with an ``(n_spikes, 2)`` array ``spks`` (or ``variable=``) of unit IDs and times:
+      :func:`read_spike_mat`; other ``.mat`` files (NeoMatlab) go to Neo.
     - ``.nwb``: :func:`read_nwb`. Anything else: :func:`read_neo` (Neo's IOs).
 
     ``kwargs`` go to the reader (``t_start``, ``t_stop``, ``units``, ``segment``...).
@@ -193,6 +291,10 @@ def load_recording(path: str | Path, dt: float | None = None, **kwargs: Any) -> 
     suffix = path.suffix.lower()
     if suffix == ".nwb":
         return read_nwb(path, dt, **kwargs)
+    if suffix == ".mat" and _has_spike_events(path, kwargs.get("variable", "spks")):
+        if dt is None:
+            raise ValueError(f"give dt, the bin size in seconds, to bin the spike times of {path}")
+        return read_spike_mat(path, dt, **kwargs)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
             files = set(f.files)
