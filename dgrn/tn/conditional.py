@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_size, check_states, sample_categorical
-from dgrn.tn.contract import count_pair_map, normalize_slots, pair_sites, transfer_log_norm, tree_product
+from dgrn.tn.contract import (count_pair_map, normalize_slots, pair_sites, transfer_log_norm,
+                              transfer_right_environments, tree_product)
 
 __all__ = ["ConditionalMPS"]
 
@@ -346,20 +347,25 @@ class ConditionalMPS(nn.Module):
         gates = self.gate(c).reshape(-1, n, self.rank).to(dtype)
         return log_w, parts, torch.cat([torch.ones_like(gates[..., :1]), gates], 2)
 
+    def _norm_maps(self, log_w: Tensor, parts: Tensor, gamma: Tensor | None) -> tuple[Tensor, Tensor, list[int]]:
+        """The norm's chain for :func:`~dgrn.tn.contract.transfer_log_norm`: ``maps (n, J, D^2, D^2)`` with
+        ``maps[i, (s, r, t)] = P_ir[s] (x) P_it[s]`` on the flattened environment, ``weights (B, n, J)`` and the count
+        increments (zero values, ``s = 0``, first)."""
+        n, d, dim, terms = self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
+        maps = torch.einsum("irpsq,itxsy->isrtpxqy", parts, parts).reshape(n, d * terms ** 2, dim ** 2, dim ** 2)
+        weights = log_w.exp()
+        if gamma is not None:
+            weights = weights[..., None] * (gamma[..., :, None] * gamma[..., None, :]).flatten(2).unsqueeze(2)
+        return maps, weights.reshape(log_w.shape[0], n, -1), [0] * terms ** 2 + [1] * ((d - 1) * terms ** 2)
+
     def _log_prob_transfer(self, x: Tensor, c: Tensor, groups, active, thresholds) -> tuple[Tensor, Tensor]:
         """``(log Z, log |psi(x)|)`` by :func:`~dgrn.tn.contract.transfer_log_norm` (the norm: one GEMM per site for
         all contexts, hand-written backward) and a tree product of the chosen matrices (the amplitude)."""
         dtype = self._transfer_dtype(thresholds)
         n, d, dim, terms = self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
         log_w, parts, gamma = self._transfer_parts(c, dtype)
-        # maps[i, (s, r, t)] = P_ir[s] (x) P_it[s] on the flattened environment; zero values (s = 0) first
-        maps = torch.einsum("irpsq,itxsy->isrtpxqy", parts, parts).reshape(n, d * terms ** 2, dim ** 2, dim ** 2)
-        weights = log_w.exp()
-        if gamma is not None:
-            weights = weights[..., None] * (gamma[..., :, None] * gamma[..., None, :]).flatten(2).unsqueeze(2)
-        weights = weights.reshape(x.shape[0], n, -1)
+        maps, weights, increments = self._norm_maps(log_w, parts, gamma)
         left, right = self.left.to(dtype), self.right.to(dtype)
-        increments = [0] * terms ** 2 + [1] * ((d - 1) * terms ** 2)
         block = None if groups is None else groups.tolist()
         for _ in range(TRANSFER_MERGES):  # fewer sequential steps, each with more maps
             maps, weights, increments, block = pair_sites(maps, weights, increments, block)
@@ -463,6 +469,8 @@ class ConditionalMPS(nn.Module):
     def _sample(self, c, generator, groups, active, thresholds) -> Tensor:
         c = self._check_context(c)
         groups, active, thresholds = self._check_groups(groups, active, c.shape[0], thresholds)
+        if self._contraction_mode() == "transfer":
+            return self._sample_transfer(c, generator, groups, active, thresholds)
         a = self.site_tensors(c).to(self._contract_dtype)
         batch, n = c.shape[0], self.n_sites
         tiny = torch.finfo(a.dtype).tiny
@@ -507,6 +515,47 @@ class ConditionalMPS(nn.Module):
                                      torch.einsum("bsr,brq,bsq->bs", w[:, 1:], env_nonzero, w[:, 1:])], 1)
             out[:, i] = sample_categorical(weights.clamp_min(0), generator)
             if groups is not None:
+                count = (count + (out[:, i] > 0).long()).clamp_max(k)
+            v = w[rows, out[:, i]]
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
+        return out
+
+    def _sample_transfer(self, c, generator, groups, active, thresholds) -> Tensor:
+        """:meth:`sample` with the right environments of the transfer chain (one GEMM per site for all contexts) and
+        the left-to-right draws as elementwise products, no per-context matrix products; in the dtype of the
+        transfer chains (every state normalized at every site)."""
+        dtype = self._transfer_dtype(thresholds)
+        batch, n, d, dim, terms = c.shape[0], self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
+        log_w, parts, gamma = self._transfer_parts(c, dtype)
+        maps, weights, increments = self._norm_maps(log_w, parts, gamma)
+        block = None if groups is None else groups.tolist()
+        right = self.right.to(dtype)
+        rights = transfer_right_environments(maps, weights, torch.kron(right, right), increments=increments,
+                                             groups=block, thresholds=thresholds, active=active)
+        stacked = parts.permute(0, 2, 1, 3, 4).reshape(n, dim, terms * d * dim).unbind(0)  # v @ P_ir[s] for all r, s
+        amplitude = (0.5 * log_w).exp().unbind(1)  # (B, d) per site
+        gates = gamma.unbind(1) if gamma is not None else None
+        tiny = torch.finfo(dtype).tiny
+        out = torch.empty(batch, n, dtype=torch.long, device=c.device)
+        v = self.left.to(dtype).expand(batch, -1)
+        rows = torch.arange(batch, device=c.device)
+        count = torch.zeros(batch, dtype=torch.long, device=c.device)  # nonzero sites so far in the current block
+        for i in range(n):
+            t = (v @ stacked[i]).view(batch, terms, d, dim)
+            w = (t[:, 0] if gates is None else torch.einsum("brsq,br->bsq", t, gates[i])) * amplitude[i][:, :, None]
+            pair = (w[:, :, :, None] * w[:, :, None, :]).flatten(2)  # (B, d, D^2): w (x) w, as the environments
+            # (B, d, k + 1): the weight of each value given each count slot after it
+            prob = (pair[:, :, None, :] * rights[i][:, None]).sum(-1)
+            if block is None:
+                prob = prob[:, :, 0]
+            else:
+                k = thresholds[block[i]]
+                if i == 0 or block[i] != block[i - 1]:
+                    count = torch.zeros_like(count)
+                after = torch.cat([count[:, None], (count + 1).clamp_max(k)[:, None].expand(-1, d - 1)], 1)
+                prob = prob.gather(2, after[:, :, None]).squeeze(2)
+            out[:, i] = sample_categorical(prob.clamp_min(0), generator)
+            if block is not None:
                 count = (count + (out[:, i] > 0).long()).clamp_max(k)
             v = w[rows, out[:, i]]
             v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)

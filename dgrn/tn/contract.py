@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["count_pair_map", "normalize_slots", "pair_sites", "transfer_log_norm", "tree_product"]
+__all__ = ["count_pair_map", "normalize_slots", "pair_sites", "transfer_log_norm", "transfer_right_environments",
+           "tree_product"]
 
 
 def count_pair_map(thresholds: Tensor, slots: int) -> Tensor:
@@ -150,6 +151,58 @@ def _scale_fn(trace: bool, size: int, like: Tensor):
     return lambda x: x @ diagonal
 
 
+def _slot_targets(plan: list, runs: list, slots: int, device) -> dict[int, Tensor]:
+    """Per count increment ``v``, the slot ``min(s + v, k)`` a map moves slot ``s`` to, per site ``(n, slots)``
+    (slots above a block's ``k`` stay empty)."""
+    return {inc: torch.tensor([[min(s + inc, k) for s in range(slots)] for _, k, _, _ in plan], device=device)
+            for _, _, inc in runs}
+
+
+def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: list, targets: dict,
+                 active: Tensor | None, trace: bool) -> list[Tensor]:
+    """Right environments after each site, ``(B, k + 1, P)`` in the count slots of the site's block (``k = 0``
+    without constraints), each normalized by a positive scale of its own (the adjoint sweep: ``r' = T_i r``)."""
+    batch, n, n_maps = weights.shape
+    size = maps.shape[-1]
+    stacked_t = maps.transpose(-1, -2).reshape(n, n_maps * size, size).unbind(0)  # rows (j, q): r' = (w (x) r) @ .
+    site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
+    scale = _scale_fn(trace, size, maps)
+    rights: list[Tensor] = [None] * n  # type: ignore[list-item]
+    r = end.expand(batch, size)
+    if all(k == 0 for _, k, _, _ in plan):
+        for i in range(n - 1, -1, -1):
+            rights[i] = r[:, None]
+            r = (site_weights[i] * r[:, None, :]).view(batch, -1) @ stacked_t[i]
+            r = r / scale(r)[:, None]
+        return rights
+    for i in range(n - 1, -1, -1):
+        block, k, first, last = plan[i]
+        if last:  # the block's end keeps the counts consistent with its coarse state
+            on = active[:, block, None, None]
+            rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
+        rights[i] = rs
+        y = _apply(rs, site_weights[i], stacked_t[i], runs, k, {inc: index[i, :k + 1] for inc, index in targets.items()})
+        y = y / scale(y.sum(1))[:, None, None]
+        if first:
+            r = y[:, 0]
+        else:
+            rs = y
+    return rights
+
+
+def transfer_right_environments(maps: Tensor, weights: Tensor, end: Tensor, *, increments: list[int] | None = None,
+                                groups: list[int] | None = None, thresholds: list[int] | None = None,
+                                active: Tensor | None = None) -> list[Tensor]:
+    """The right environments of the chain of :func:`transfer_log_norm` (same arguments) after each site: a list of
+    ``n`` tensors ``(B, k + 1, P)``, one slot per count of nonzero values in the site's block so far (``k = 0``
+    without ``groups``), zero for counts that contradict the block's coarse state, each normalized (for sampling:
+    :meth:`ConditionalMPS.sample`)."""
+    increments = [0] * maps.shape[1] if increments is None else [int(v) for v in increments]
+    plan, runs = _site_plan(weights.shape[1], groups, thresholds), _runs(increments)
+    slots = 1 + (max(thresholds) if groups is not None else 0)
+    return _right_sweep(maps, weights, end, plan, runs, _slot_targets(plan, runs, slots, maps.device), active, True)
+
+
 class _TransferChain(torch.autograd.Function):
     """log Z of a chain of per-context linear maps ``T_i(b) = sum_j w[b, i, j] K[i, j]`` (see :func:`transfer_log_norm`);
     the backward pass is one adjoint sweep plus vectorized outer products, so autograd records no per-site graph."""
@@ -205,36 +258,9 @@ class _TransferChain(torch.autograd.Function):
         runs = _runs(increments)
         batch, n, n_maps = weights.shape
         size, slots = maps.shape[-1], left.shape[2]
-        # rows (j, q): r' = (w (x) r) @ stacked_t[i]
-        stacked_t = maps.transpose(-1, -2).reshape(n, n_maps * size, size).unbind(0)
-        scale = _scale_fn(ctx.trace, size, maps)
-        # per increment v, the count slot a map moves slot s to: min(s + v, k) (slots above k stay empty), per site
-        targets = {inc: torch.tensor([[min(s + inc, k) for s in range(slots)] for _, k, _, _ in plan],
-                                     device=maps.device) for _, _, inc in runs}
-        site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
-        rights = [None] * n  # right environment after site i, in its block's count slots
-        r = end.expand(batch, size)
-        if slots == 1:
-            for i in range(n - 1, -1, -1):
-                rights[i] = r
-                r = (site_weights[i] * r[:, None, :]).view(batch, -1) @ stacked_t[i]
-                r = r / scale(r)[:, None]  # any positive scale: the gradients below are ratios
-            right = torch.stack(rights)[:, :, None]  # (n, B, 1, P)
-        else:
-            for i in range(n - 1, -1, -1):
-                block, k, first, last = plan[i]
-                if last:
-                    on = active[:, block, None, None]
-                    rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
-                rights[i] = rs
-                y = _apply(rs, site_weights[i], stacked_t[i], runs, k,
-                           {inc: index[i, :k + 1] for inc, index in targets.items()})
-                y = y / scale(y.sum(1))[:, None, None]
-                if first:
-                    r = y[:, 0]
-                else:
-                    rs = y
-            right = torch.stack([_pad_slots(rs, slots) for rs in rights])  # (n, B, S, P)
+        targets = _slot_targets(plan, runs, slots, maps.device)
+        right = torch.stack([_pad_slots(rs, slots) for rs in _right_sweep(
+            maps, weights, end, plan, runs, targets, active, ctx.trace)])  # (n, B, S, P)
         # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
         # all sites at once, one batched GEMM per run of maps
         sets = [(slice(first, stop), right if slots == 1 else right.gather(
