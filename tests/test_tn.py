@@ -702,30 +702,35 @@ def test_conditional_mps_tree_float32_long_chains(n):
     separate log-scales avoid it). 2e-5 leaves a margin of ~4 over the worst observed, and stays far under the
     1e-4 per site a training objective could notice; everything stays finite (per-product log-scaling)."""
     torch.manual_seed(3)
-    batch = 6
-    groups = torch.arange(n) // 10
     for bias, k in [(0.0, 1), (-30.0, 8)]:
-        m = ConditionalMPS(n, 8, 4, rank=1, init_noise=0.3)
-        with torch.no_grad():
-            m.field.weight.normal_()
-            m.field.bias.normal_()
-            m.field.bias.view(n, 2)[:, 1] += bias
-        c = torch.randn(batch, 8)
-        x = m.sample(c)
-        if bias:
-            x.view(batch, -1, 10)[:, :, :k] = 1  # every block active through improbable units
-        kwargs = dict(groups=groups, active=_counts_active(x, groups, [k] * (n // 10)), thresholds=[k] * (n // 10))
+        m, ref64, x, c, constraint = _long_chain_case(n, 1, bias, k)
         m.contraction = "tree"
         assert m._tree_dtype == torch.float32
-        for kw in ({}, kwargs):
+        for kw in ({}, constraint):
             fast = m.log_prob(x, c, **kw)
             assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
-            ref64 = ConditionalMPS(n, 8, 4, rank=1)
-            ref64.load_state_dict(m.state_dict())
-            ref64 = ref64.double()
-            ref64.contraction = "sequential"
-            ref = ref64.log_prob(x, c.double(), **kw)
-            torch.testing.assert_close(fast.double(), ref, rtol=2e-5, atol=0)
+            torch.testing.assert_close(fast.double(), ref64.log_prob(x, c.double(), **kw), rtol=2e-5, atol=0)
+
+
+def _long_chain_case(n, rank, bias, k, batch=6):
+    """A float32 model of ``n`` sites (random fields, ``bias`` added to the nonzero value's field), its float64
+    sequential reference, one draw per context (blocks of 10 made active through their first ``k`` units when
+    ``bias`` is set) and the constraint of blocks of 10 with threshold ``k``."""
+    m = ConditionalMPS(n, 8, 4, rank=rank, init_noise=0.3)
+    with torch.no_grad():
+        m.field.weight.normal_()
+        m.field.bias.normal_()
+        m.field.bias.view(n, 2)[:, 1] += bias
+    c = torch.randn(batch, 8)
+    x = m.sample(c)
+    if bias:
+        x.view(batch, -1, 10)[:, :, :k] = 1  # every block active through improbable units
+    ref64 = ConditionalMPS(n, 8, 4, rank=rank)
+    ref64.load_state_dict(m.state_dict())
+    ref64 = ref64.double()
+    ref64.contraction = "sequential"
+    groups, thresholds = torch.arange(n) // 10, [k] * (n // 10)
+    return m, ref64, x, c, dict(groups=groups, active=_counts_active(x, groups, thresholds), thresholds=thresholds)
 
 
 @pytest.mark.parametrize("n", [500, 2000])
@@ -739,24 +744,10 @@ def test_conditional_mps_transfer_float32_long_chains(n):
     measured 1.5e-5 at rank 1 without a constraint (the tree: 4.6e-6), so 3e-5 there, still ~2e-5 nats per site.
     With count thresholds above 1 the default switches to float64 (then the gap is the float32 parameters' fields)."""
     torch.manual_seed(3)
-    batch, groups = 6, torch.arange(n) // 10
     for rank in (0, 1):
         for bias, k in [(0.0, 1), (-30.0, 1), (-30.0, 8)]:
-            m = ConditionalMPS(n, 8, 4, rank=rank, init_noise=0.3)
-            with torch.no_grad():
-                m.field.weight.normal_()
-                m.field.bias.normal_()
-                m.field.bias.view(n, 2)[:, 1] += bias
-            c = torch.randn(batch, 8)
-            x = m.sample(c)
-            if bias:
-                x.view(batch, -1, 10)[:, :, :k] = 1  # every block active through improbable units
-            thresholds = [k] * (n // 10)
-            constraint = dict(groups=groups, active=_counts_active(x, groups, thresholds), thresholds=thresholds)
-            ref64 = ConditionalMPS(n, 8, 4, rank=rank)
-            ref64.load_state_dict(m.state_dict())
-            ref64 = ref64.double()
-            ref64.contraction, m.contraction = "sequential", "transfer"
+            m, ref64, x, c, constraint = _long_chain_case(n, rank, bias, k)
+            m.contraction = "transfer"
             for kw in ([{}, constraint] if k == 1 else [constraint]):
                 fast = m.log_prob(x, c, **kw)
                 assert torch.isfinite(fast).all()
