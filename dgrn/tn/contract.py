@@ -151,11 +151,17 @@ def _scale_fn(trace: bool, size: int, like: Tensor):
     return lambda x: x @ diagonal
 
 
+def _capped_runs(increments: list[int], plan: list) -> dict[int, list]:
+    """The runs of maps per block threshold ``k``, increments capped at ``k`` (all land in the absorbing slot), so
+    that maps with the same routing share one GEMM (with OR blocks: a zero and a nonzero run)."""
+    return {k: _runs([min(v, k) for v in increments]) for k in {k for _, k, _, _ in plan}}
+
+
 def _slot_targets(plan: list, runs: list, slots: int, device) -> dict[int, Tensor]:
     """Per count increment ``v``, the slot ``min(s + v, k)`` a map moves slot ``s`` to, per site ``(n, slots)``
     (slots above a block's ``k`` stay empty)."""
     return {inc: torch.tensor([[min(s + inc, k) for s in range(slots)] for _, k, _, _ in plan], device=device)
-            for _, _, inc in runs}
+            for inc in range(max(inc for _, _, inc in runs) + 1)}
 
 
 def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: list, targets: dict,
@@ -168,6 +174,7 @@ def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: l
     site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
     scale = _scale_fn(trace, size, maps)
     rights: list[Tensor] = [None] * n  # type: ignore[list-item]
+    capped = _capped_runs([inc for first, stop, inc in runs for _ in range(first, stop)], plan)
     r = end.expand(batch, size)
     if all(k == 0 for _, k, _, _ in plan):
         for i in range(n - 1, -1, -1):
@@ -181,7 +188,8 @@ def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: l
             on = active[:, block, None, None]
             rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
         rights[i] = rs
-        y = _apply(rs, site_weights[i], stacked_t[i], runs, k, {inc: index[i, :k + 1] for inc, index in targets.items()})
+        y = _apply(rs, site_weights[i], stacked_t[i], capped[k], k,
+                   {inc: index[i, :k + 1] for inc, index in targets.items()})
         y = y / scale(y.sum(1))[:, None, None]
         if first:
             r = y[:, 0]
@@ -226,11 +234,12 @@ class _TransferChain(torch.autograd.Function):
                 x = x / tau[:, None]
                 log_scale.append(tau)
         else:
+            capped = _capped_runs(increments, plan)
             for i, (block, k, first, last) in enumerate(plan):
                 if first:  # a block starts with no nonzero site: everything in count slot 0
                     xs = torch.cat([x[:, None], x.new_zeros(batch, k, size)], 1)
                 lefts.append(xs)
-                y = _apply(xs, site_weights[i], stacked[i], runs, k)
+                y = _apply(xs, site_weights[i], stacked[i], capped[k], k)
                 if last:
                     x = torch.where(active[:, block, None], y[:, k], y[:, :k].sum(1))
                     tau = scale(x)
