@@ -28,6 +28,13 @@ def _kinetic_ising(**kwargs) -> SpikeData:
     return kinetic_ising(**kwargs)
 
 
+@_forwards(("dgrn.sim", "hidden_markov_kinetic_ising", ()))
+def _hidden_markov_kinetic_ising(**kwargs) -> SpikeData:
+    from dgrn.sim import hidden_markov_kinetic_ising
+
+    return hidden_markov_kinetic_ising(**kwargs)
+
+
 def _file(path: str, dt: float | None = None) -> SpikeData:
     return SpikeData.load(path, dt=dt)
 
@@ -79,6 +86,7 @@ def _ising2d(**kwargs) -> SpikeData:
 #: Data sources by name (the ``data.dataset.name`` of a config).
 DATASETS: dict[str, Callable[..., SpikeData]] = {
     "kinetic_ising": _kinetic_ising,
+    "hidden_markov_kinetic_ising": _hidden_markov_kinetic_ising,
     "file": _file,
     "clustered_lif": _clustered_lif,
     "connectome": _connectome,
@@ -90,7 +98,8 @@ DATASETS: dict[str, Callable[..., SpikeData]] = {
 
 
 #: Sources that draw trajectories from a seeded network: ``sample_seed`` gives fresh data of the same network.
-SIMULATORS = frozenset({"kinetic_ising", "clustered_lif", "connectome", "ising1d", "ising2d"})
+SIMULATORS = frozenset({"kinetic_ising", "hidden_markov_kinetic_ising", "clustered_lif", "connectome", "ising1d",
+                        "ising2d"})
 
 
 def fresh_trajectories(dataset: dict, sample_seed: int | None) -> dict:

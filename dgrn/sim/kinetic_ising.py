@@ -8,8 +8,8 @@ import torch
 
 from dgrn.data import SpikeData
 
-__all__ = ["REFERENCE_DEGREE", "expected_in_degree", "glauber_dynamics", "kinetic_ising", "planted_couplings",
-           "rate_matched_bias"]
+__all__ = ["REFERENCE_DEGREE", "expected_in_degree", "glauber_dynamics", "kinetic_ising", "kinetic_ising_network",
+           "planted_couplings", "rate_matched_bias"]
 
 # expected inputs per neuron of the 200-neuron, 8-community network at the default p_in, p_out (0.3 * 24 + 0.1 * 175):
 # configs/data/kising200.yaml and the graph benchmark, the densest network simulated at the default couplings before
@@ -72,6 +72,50 @@ def planted_couplings(
     sign_scale = torch.where(same, torch.tensor(float(j_in)), torch.tensor(float(j_out)))
     w = torch.where(present, sign_scale * magnitude, torch.zeros(()))
     return w.float(), labels
+
+
+
+def kinetic_ising_network(
+    n: int,
+    n_communities: int,
+    *,
+    generator: torch.Generator | None = None,
+    p_in: float = 0.3,
+    p_out: float = 0.1,
+    j_in: float = 0.75,
+    j_out: float = -0.75,
+    weight_cv: float = 0.5,
+    reference_degree: float | None = REFERENCE_DEGREE,
+    base_rate: float = 0.05,
+    bias_sd: float = 0.3,
+    shuffle: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    r"""The network of :func:`kinetic_ising`: couplings of :func:`planted_couplings`, multiplied by
+    ``reference_degree / d`` when the expected in-degree :math:`d` (:func:`expected_in_degree`) exceeds
+    ``reference_degree`` (never scaled up; ``None``: never scaled), then the fields of :func:`rate_matched_bias`.
+
+    Everything is drawn from ``generator``, in this order, on the CPU; a generator seeded with ``seed`` gives the
+    network of ``kinetic_ising(..., seed=seed)``, and it is left where a caller can go on drawing from it (the hidden
+    chains of :func:`dgrn.sim.hidden_drive.hidden_markov_kinetic_ising`).
+
+    Returns:
+        ``W`` ``(n, n)`` float32 (``W[i, j]``: influence of ``j`` on ``i``), community labels ``(n,)``, fields ``h``
+        ``(n,)`` float32, and the factor the couplings were multiplied by (1.0 when not scaled).
+    """
+    w, labels = planted_couplings(
+        n, n_communities, p_in=p_in, p_out=p_out, j_in=j_in, j_out=j_out,
+        weight_cv=weight_cv, shuffle=shuffle, generator=generator,
+    )
+    scale = 1.0
+    if reference_degree is not None:
+        if not reference_degree > 0:
+            raise ValueError(f"reference_degree must be > 0 (or None: no scaling), got {reference_degree}")
+        degree = expected_in_degree(n, n_communities, p_in, p_out)
+        if degree > reference_degree:  # only ever down: networks at or below the reference stay bit-identical
+            scale = reference_degree / degree
+            w = w * scale
+    bias = rate_matched_bias(w, base_rate, bias_sd, generator=generator)
+    return w, labels, bias, scale
 
 
 @torch.no_grad()
@@ -142,20 +186,11 @@ def kinetic_ising(
         raise ValueError(f"burn_in must be >= 0, got {burn_in}")
     if not 0.0 < base_rate < 1.0:
         raise ValueError(f"base_rate is a probability per bin in (0, 1), got {base_rate}")
-    net_gen = torch.Generator().manual_seed(int(seed))
-    w, labels = planted_couplings(
-        n, n_communities, p_in=p_in, p_out=p_out, j_in=j_in, j_out=j_out,
-        weight_cv=weight_cv, shuffle=shuffle, generator=net_gen,
+    w, labels, bias, scale = kinetic_ising_network(
+        n, n_communities, generator=torch.Generator().manual_seed(int(seed)), p_in=p_in, p_out=p_out, j_in=j_in,
+        j_out=j_out, weight_cv=weight_cv, reference_degree=reference_degree, base_rate=base_rate, bias_sd=bias_sd,
+        shuffle=shuffle,
     )
-    scale = 1.0
-    if reference_degree is not None:
-        if not reference_degree > 0:
-            raise ValueError(f"reference_degree must be > 0 (or None: no scaling), got {reference_degree}")
-        degree = expected_in_degree(n, n_communities, p_in, p_out)
-        if degree > reference_degree:  # only ever down: networks at or below the reference stay bit-identical
-            scale = reference_degree / degree
-            w = w * scale
-    bias = rate_matched_bias(w, base_rate, bias_sd, generator=net_gen)
 
     out = glauber_dynamics(w, bias, t, burn_in=burn_in, base_rate=base_rate,
                            seed=seed if sample_seed is None else sample_seed, device=device)
