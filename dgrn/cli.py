@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("model", choices=["kinetic-ising", "lif", "connectome"], help="simulator")
     sim.add_argument("--n", type=int, default=100, help="kinetic-ising: neurons (default 100)")
     sim.add_argument("--t", type=int, default=50_000, help="kinetic-ising, connectome: time bins (default 50000)")
-    sim.add_argument("--preset", default="small", help="lif: lkd2012, small or tiny (default small)")
+    sim.add_argument("--preset", default="small", help="lif: lkd2012, metastable, small or tiny (default small)")
     sim.add_argument("--duration-s", type=float, default=10.0, help="lif: recorded seconds (default 10)")
     sim.add_argument("--connectome", default=None, help="connectome: .csv (pre,post,weight[,ei]), .npz or .graphml")
     sim.add_argument("--dynamics", choices=["kinetic_ising", "lif"], default="kinetic_ising", help="connectome: dynamics")

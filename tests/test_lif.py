@@ -189,6 +189,27 @@ def test_lkd2012_preset_shows_slow_cluster_switching():
     assert max(s["active_durations_s"]) < 3.0
 
 
+def test_metastable_preset_switches_like_lkd2012():
+    """1500 neurons in the lkd2012 regime: low irregular firing, one cluster of 24 up at a time on average, switching.
+
+    8 s takes about 6-10 s on one core. The dynamics is chaotic, so another platform gives other spikes with the
+    same statistics; the bounds leave room around what seeds 0-2 gave in 8 s (E 4.6-5.2 Hz, CV 0.96-1.25,
+    0.66-1.02 clusters active, 29-45 stays, longest 0.7-2.1 s) and seeds 0-3 in 30 s (CV 1.04-1.30). Networks
+    scaled by 1/sqrt(in-degree) fail all of them (CV about 0.1, 3-4 clusters locked up for the whole run), and
+    stronger clusters (J+ >= 1.6) give too few stays and too high a CV.
+    """
+    data, times = lif_preset("metastable", 8.0, 0.005, seed=0, return_spike_times=True)
+    assert data.n_network == 1500
+    s = clustered_activity_summary(data, times)
+    assert 2.0 < s["rate_exc"] < 10.0 and 2.0 < s["rate_inh"] < 15.0
+    assert 0.8 < s["cv_isi_exc_median"] < 1.5  # irregular, Poisson-like
+    assert 0.3 < s["active_clusters_mean"] < 3.0  # about one of 24 clusters up at a time
+    durations = s["active_durations_s"]
+    # many on/off switches, from single 50 ms windows to stays of half a second or more, no cluster locked up
+    assert len(durations) >= 15 and min(durations) <= 0.1 and 0.5 <= max(durations) < 6.0
+    assert s["cluster_vs_rest_corr_mean"] < 0  # an active cluster suppresses the rest
+
+
 def test_training_pipeline_on_lif_data(run_train):
     """`python train.py data=lif_small ...`: sparse ground truth reaches the edge AUROC metric."""
     metrics, _ = run_train(["data=lif_small", "data.dataset.preset=tiny", "data.dataset.duration_s=1.0", "data.dataset.dt=0.002",

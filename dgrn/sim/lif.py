@@ -53,13 +53,29 @@ def _scaled(n_exc: int, n_inh: int, n_clusters: int) -> dict:
             **{k: _LKD2012[k] * g for k in ("j_ee", "j_ei", "j_ie", "j_ii")}}
 
 
-#: Named parameter sets for :func:`clustered_lif` (``lif_preset(name, duration_s, dt, seed=...)``). Only
-#: ``lkd2012`` is in the paper's regime (about 4.6 Hz, ISI CV about 1.3, slow cluster switching); at 1000 and 200
-#: neurons the scaled networks fire regularly (40-120 Hz, CV about 0.1, no switching): they exercise the machinery.
+#: Named parameter sets for :func:`clustered_lif` (``lif_preset(name, duration_s, dt, seed=...)``). ``lkd2012``
+#: is the paper's network (about 4.6 Hz, ISI CV 1.0-1.5, slow cluster switching) and ``metastable`` a 1500-neuron
+#: network in the same regime; at 1000 and 200 neurons the ``small`` / ``tiny`` networks, with weights scaled by
+#: 1/sqrt(in-degree), fire regularly (40-120 Hz, CV about 0.1, no switching): they exercise the machinery.
 LIF_PRESETS: dict[str, dict] = {
     "lkd2012": dict(_LKD2012),
     "small": _scaled(800, 200, 10),
     "tiny": _scaled(160, 40, 2),
+    # The lkd2012 regime at 1200 E / 300 I. Weights scale as 1/in-degree (x 4000/1200), not 1/sqrt: this keeps the
+    # mean recurrent input J*K of lkd2012, so its E/I balance and low rates, while the finite-size fluctuations
+    # (J^2*K, x 10/3) drive the switching. Clusters of 50 (24 clusters, p_in/p_out = 2.5 as in lkd2012) with a
+    # weaker within-cluster factor J+ = 1.45 (1.9 locks 3-4 clusters of 80 at 100+ Hz for good; 1.4 gives only
+    # 50-100 ms blips and no stay over 1 s, 1.475-1.6 fewer clusters, longer stays, CV up to 1.7). Measured with
+    # clustered_activity_summary (lif_preset("metastable", 30.0, 0.005, seed=s), s = 0 / 1 / 2 / 3): E 4.6 / 4.9 /
+    # 5.3 / 4.8 Hz, I 6.3 / 6.6 / 7.1 / 6.6 Hz, median ISI CV 1.10 / 1.30 / 1.04 / 1.04, 0.72 / 0.95 / 1.06 / 0.99
+    # clusters active at a time (cluster above 3x the mean E rate in 50 ms windows, at about 40 Hz), 140 / 98 / 110 /
+    # 112 active stays from 0.05 s to 2.1 / 2.55 / 2.75 / 3.25 s (median 0.05 / 0.1 / 0.1 / 0.1 s, 90th percentile
+    # 0.30 / 0.78 / 0.75 / 0.50 s), 19 / 12 / 9 / 15 of the 24 clusters switching on, cluster-vs-rest correlation
+    # -0.16 / -0.28 / -0.23 / -0.25. About 0.8 s of CPU (one thread) per simulated second.
+    # (lkd2012, seed 0, 10 s: E 4.5 Hz, CV 1.5, 2.25 of 50 active, median 0.20 s, 90th percentile 1.06 s, max 2.4 s,
+    # 23 of 50 clusters switching on, cluster-vs-rest -0.43; about 2.1 s per simulated second.)
+    "metastable": {**_LKD2012, "n_exc": 1200, "n_inh": 300, "n_clusters": 24, "cluster_weight": 1.45,
+                   **{k: _LKD2012[k] * 4000 / 1200 for k in ("j_ee", "j_ei", "j_ie", "j_ii")}},
 }
 
 
@@ -489,13 +505,13 @@ def clustered_lif(
     r"""Clustered excitatory/inhibitory LIF network of Litwin-Kumar & Doiron (Nat. Neurosci. 2012).
 
     The network comes from :func:`clustered_lif_network` (defaults: the paper's probabilities and weights, which
-    are meant for 4000 E / 1000 I neurons; :data:`LIF_PRESETS` holds that network and smaller ones with weights
-    rescaled to their in-degree, which fire regularly). Each neuron gets a constant drive ``mu`` uniform in ``mu_exc`` / ``mu_inh``
-    (threshold units) and the dynamics of :func:`simulate_lif` (membrane ``tau_m_exc`` / ``tau_m_inh``, synaptic rise
-    ``tau_rise``, decay ``tau_decay_exc`` / ``tau_decay_inh``, absolute refractory period ``refractory_s``). The
-    network has no noise: trajectories differ only through the random initial voltages (uniform in
-    ``[v_reset, v_threshold)``) and the dynamics is chaotic, so ``sample_seed`` gives fresh trajectories of the
-    same network.
+    are meant for 4000 E / 1000 I neurons; :data:`LIF_PRESETS` holds that network, smaller ones with weights
+    rescaled to their in-degree, which fire regularly, and ``metastable``, 1500 neurons in the paper's regime).
+    Each neuron gets a constant drive ``mu`` uniform in ``mu_exc`` / ``mu_inh`` (threshold units) and the dynamics
+    of :func:`simulate_lif` (membrane ``tau_m_exc`` / ``tau_m_inh``, synaptic rise ``tau_rise``, decay
+    ``tau_decay_exc`` / ``tau_decay_inh``, absolute refractory period ``refractory_s``). The network has no noise:
+    trajectories differ only through the random initial voltages (uniform in ``[v_reset, v_threshold)``) and the
+    dynamics is chaotic, so ``sample_seed`` gives fresh trajectories of the same network.
 
     Args:
         n_exc, n_inh, n_clusters: population sizes and number of excitatory clusters.
