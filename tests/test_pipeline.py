@@ -107,6 +107,11 @@ def test_aplysia_config_trains_on_a_real_recording(run_train):
     assert math.isfinite(metrics["test/nll"]) and 0 < metrics["test/nll"] < 0.5
 
 
+def test_dgrn_aplysia_experiment_starts_from_the_rates(tmp_path):
+    cfg = compose("train", ["experiment=dgrn_aplysia"], tmp_path / "cfg")
+    assert cfg.model.init == "rates" and cfg.data.dataset.name == "aplysia" and cfg.renorm.levels == 2
+
+
 def test_grid_multirun_reports_the_best(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script(["train.py", "-m", *TINY, "test=false", "model.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"])
