@@ -1,12 +1,13 @@
 """Tensor-network benchmark: Born machines against exact Ising references, compression, speed, conditional decoder.
 
-    python bench/tn.py [--sections chain longrange lattice speed conditional] [--threads N] [--seeds S ...]
+    python bench/tn.py [--sections chain longrange lattice speed conditional complex] [--threads N] [--seeds S ...]
 
 Every exact reference is computed in the same run (dgrn.sim.ising: closed forms, enumeration, transfer matrix), and
 every baseline too (the exact model's NLL on the same test set; the C(r) error of 20,000 exact samples; tensorkrowch's
 MPS on the same input; a factorized Bernoulli decoder with the same context). NLLs are in nats per spin on held-out
-exact samples; ``NLL - S`` estimates KL(p || q) per spin; a model's C(r) is exact (pair marginals). Writes
-``bench/results/tn.json`` (``--out``).
+exact samples; ``NLL - S`` estimates KL(p || q) per spin; a model's C(r) is exact (pair marginals). The ``complex``
+section (not in the default list) trains real and complex MPS and TTN at equal counts of real parameters on the
+lattice and long-range cases. Writes ``bench/results/tn.json`` (``--out``).
 """
 from __future__ import annotations
 
@@ -264,24 +265,50 @@ def compare(name: str, n: int, sample_fn, exact: dict, dist, tree, ttn_bond: int
     return out, {"models": first_models, "test": test, "order": order}
 
 
+def longrange_case(alpha: float, n: int = 20) -> dict:
+    """Long-range chain J/r^alpha of ``n`` spins at the specific-heat maximum: ``name``, ``n``, ``beta``,
+    ``sample_fn(k, seed)``, ``exact`` (enumeration), ``dist``, ``tree`` (balanced binary), ``order`` (None)."""
+    r = torch.arange(n)
+    w = chain_couplings(n, alpha=alpha)
+    betas = torch.linspace(0.1, 1.2, 23).tolist()
+    heat = []
+    for b in betas:  # C = beta^2 Var(E) = -beta dS/dbeta; the peak is the finite-size pseudo-critical point
+        h = 1e-4
+        heat.append(-(ising_enumerate(w, b + h)["entropy"] - ising_enumerate(w, b - h)["entropy"]) / (2 * h) * b)
+    beta = betas[max(range(len(betas)), key=heat.__getitem__)]
+    return {"name": f"Long-range chain J/r^{alpha}, {n} spins, beta = {beta:.3f} (specific-heat peak)", "n": n,
+            "beta": beta, "sample_fn": lambda k, seed: ising_sample_exact(w, beta, k, seed=seed),
+            "exact": ising_enumerate(w, beta), "dist": (r[:, None] - r[None, :]).abs(), "tree": balanced_tree(n),
+            "order": None}
+
+
+def lattice_case(side: int) -> dict:
+    """2D Ising at T_c on a ``side x side`` torus: as :func:`longrange_case`, with the lattice (binary quadtree)
+    tree and the row-snake ``order`` of the MPS; exact reference by transfer matrix."""
+    n = side * side
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    dx = (x.reshape(-1)[:, None] - x.reshape(-1)[None, :]).abs()
+    dy = (y.reshape(-1)[:, None] - y.reshape(-1)[None, :]).abs()
+    dist = torch.minimum(dx, side - dx) + torch.minimum(dy, side - dy)  # Manhattan distance on the torus
+    snake = torch.cat([torch.arange(row * side, (row + 1) * side).flip(0) if row % 2 else
+                       torch.arange(row * side, (row + 1) * side) for row in range(side)])
+    if side <= 4:
+        sample_fn = lambda k, seed: ising_sample_exact(square_lattice_couplings(side), CRITICAL_BETA, k, seed=seed)  # noqa: E731
+    else:
+        sample_fn = lambda k, seed: ising_transfer_sample(side, side, CRITICAL_BETA, k, seed=seed)  # noqa: E731
+    return {"name": f"2D Ising at T_c, {side}x{side} torus", "n": n, "sample_fn": sample_fn,
+            "exact": ising_transfer(side, side, CRITICAL_BETA, correlations=True), "dist": dist,
+            "tree": lattice_tree(side), "order": snake}
+
+
 def longrange(args) -> dict:
     """Long-range chain J/r^alpha, 20 spins, at the specific-heat maximum of each alpha."""
-    n, results = 20, {}
-    r = torch.arange(n)
-    dist = (r[:, None] - r[None, :]).abs()
+    results = {}
     for alpha in (1.5, 3.0):
-        w = chain_couplings(n, alpha=alpha)
-        betas = torch.linspace(0.1, 1.2, 23).tolist()
-        heat = []
-        for b in betas:  # C = beta^2 Var(E) = -beta dS/dbeta; the peak is the finite-size pseudo-critical point
-            h = 1e-4
-            heat.append(-(ising_enumerate(w, b + h)["entropy"] - ising_enumerate(w, b - h)["entropy"]) / (2 * h) * b)
-        beta = betas[max(range(len(betas)), key=heat.__getitem__)]
-        exact = ising_enumerate(w, beta)
-        res, _ = compare(f"Long-range chain J/r^{alpha}, 20 spins, beta = {beta:.3f} (specific-heat peak)", n,
-                         lambda k, seed: ising_sample_exact(w, beta, k, seed=seed), exact, dist, balanced_tree(n),
+        case = longrange_case(alpha)
+        res, _ = compare(case["name"], case["n"], case["sample_fn"], case["exact"], case["dist"], case["tree"],
                          args.ttn_bond_1d, args, mera_bond=args.mera_bond or None)
-        res.update(beta=beta)
+        res.update(beta=case["beta"])
         results[f"alpha={alpha}"] = res
     return results
 
@@ -290,20 +317,10 @@ def lattice(args) -> dict:
     """2D Ising at T_c on L x L tori: MPS in row-snake order vs TTN on the lattice (binary quadtree) tree."""
     results = {}
     for side in args.sides:
-        n = side * side
-        y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-        dx = (x.reshape(-1)[:, None] - x.reshape(-1)[None, :]).abs()
-        dy = (y.reshape(-1)[:, None] - y.reshape(-1)[None, :]).abs()
-        dist = torch.minimum(dx, side - dx) + torch.minimum(dy, side - dy)  # Manhattan distance on the torus
-        snake = torch.cat([torch.arange(row * side, (row + 1) * side).flip(0) if row % 2 else
-                           torch.arange(row * side, (row + 1) * side) for row in range(side)])
-        exact = ising_transfer(side, side, CRITICAL_BETA, correlations=True)
-        if side <= 4:
-            sample_fn = lambda k, seed: ising_sample_exact(square_lattice_couplings(side), CRITICAL_BETA, k, seed=seed)  # noqa: E731
-        else:
-            sample_fn = lambda k, seed: ising_transfer_sample(side, side, CRITICAL_BETA, k, seed=seed)  # noqa: E731
-        res, fitted = compare(f"2D Ising at T_c, {side}x{side} torus", n, sample_fn, exact, dist, lattice_tree(side),
-                              args.ttn_bond_2d, args, order=snake)
+        case = lattice_case(side)
+        n, exact = case["n"], case["exact"]
+        res, fitted = compare(case["name"], n, case["sample_fn"], exact, case["dist"], case["tree"],
+                              args.ttn_bond_2d, args, order=case["order"])
         if side == max(args.sides):
             res["compression"] = {}
             rows = []
@@ -435,6 +452,113 @@ def conditional(args) -> dict:
     return {"conditional": results}
 
 
+COMPLEX_CASES = {"4x4": lambda: lattice_case(4), "8x8": lambda: lattice_case(8),
+                 "J/r^1.5": lambda: longrange_case(1.5), "J/r^3": lambda: longrange_case(3.0)}
+#: the training protocol of each case: the one of lowest validation NLL for the real networks in this bench
+#: (sweeps on the 8x8 critical lattice, full-batch L-BFGS elsewhere; docs/benchmarks/tensor-networks.md)
+COMPLEX_PROTOCOLS = {"4x4": "L-BFGS", "8x8": "sweeps", "J/r^1.5": "L-BFGS", "J/r^3": "L-BFGS"}
+
+
+def closest_bond(n_params, target: int, largest: int) -> int:
+    """Bond dimension whose parameter count ``n_params(D)`` is closest to ``target`` (the smaller on a tie)."""
+    return min(range(1, largest + 1), key=lambda d: (abs(n_params(d) - target), d))
+
+
+def complex_born(args) -> dict:
+    """Real against complex MPS and TTN at equal counts of real parameters on each case of ``--complex-cases``.
+
+    The complex networks have bond dimension ``--complex-bond`` and dtype complex64 (a complex entry counts 2 real
+    parameters); each real network (float32, as in the other sections) has the bond dimension whose parameter count
+    is closest to its complex twin's (about sqrt(2) times larger). Data, splits and metrics as in :func:`compare`;
+    every network is trained by the protocol of its case in ``COMPLEX_PROTOCOLS`` (L-BFGS: ``--lbfgs-chunks`` rounds
+    of 20 iterations from the near-uniform default start, complex imaginary parts at their default 0.1 scale; sweeps:
+    ``--max-sweeps`` from a random start, ``init_noise`` 1 and for complex tensors ``imag_noise`` 1), early-stopped on
+    the validation samples, once per seed in ``--seeds``. Reports KL per spin (test NLL - S), the exact C(r) error
+    and, per network, the paired difference complex - real of the same seed."""
+    results = {"complex_bond": args.complex_bond, "seeds": list(args.seeds), "cases": {}}
+    for key in args.complex_cases:
+        if key not in COMPLEX_CASES:
+            raise SystemExit(f"unknown complex case {key!r}; valid: {sorted(COMPLEX_CASES)}")
+        case = COMPLEX_CASES[key]()
+        n, tree, protocol = case["n"], case["tree"], COMPLEX_PROTOCOLS[key]
+        order = torch.arange(n) if case["order"] is None else case["order"]
+        inverse = torch.argsort(order)
+        x = case["sample_fn"](N_TRAIN + N_TEST + N_CORR, seed=11).long()  # the same samples as compare()
+        train, test, fresh = x[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], x[N_TRAIN + N_TEST:]
+        fit, val = train[:-N_VAL], train[-N_VAL:]
+        s_exact = case["exact"]["entropy"] / n
+        c_exact = correlation_by_distance(case["exact"]["correlation"], case["dist"])[1]
+        floor = corr_error(corr_curve(fresh, case["dist"]), c_exact)
+        dc = args.complex_bond
+        builders = {"TTN": lambda d, **kw: TTN(n, d, tree=tree, **kw), "MPS": lambda d, **kw: MPS(n, d, **kw)}
+        bonds = {}
+        for net, build in builders.items():
+            target = build(dc, dtype=torch.complex64).n_params
+            bonds[net] = {"complex": dc, "real": closest_bond(lambda d: build(d).n_params, target, 4 * dc)}
+        start_kwargs = {"complex": {"dtype": torch.complex64}, "real": {}}
+        if protocol == "sweeps":
+            start_kwargs = {"complex": {"dtype": torch.complex64, "init_noise": 1.0, "imag_noise": 1.0},
+                            "real": {"init_noise": 1.0}}
+        runs = {}
+        for net, build in builders.items():
+            is_mps = net == "MPS"
+            net_fit, net_val, net_test = (fit[:, order], val[:, order], test[:, order]) if is_mps else (fit, val, test)
+            for kind in ("real", "complex"):
+                label = f"{net} {kind}"
+                for seed in args.seeds:
+                    torch.manual_seed(seed)
+                    m = build(bonds[net][kind], **start_kwargs[kind])
+                    start = time.perf_counter()
+                    if protocol == "sweeps":
+                        m = fit_sweeps_early_stop(m, net_fit, net_val, args.max_sweeps,
+                                                  **({"max_bond": m.bond_dim} if is_mps else {}))
+                    else:
+                        m = fit_lbfgs_early_stop(m, net_fit, net_val, args.lbfgs_chunks)
+                    seconds = time.perf_counter() - start
+                    g = exact_spin_correlation(m)
+                    if is_mps:
+                        g = g[inverse][:, inverse]  # back to lattice order
+                    runs.setdefault(label, []).append({
+                        "seed": seed, "n_params": m.n_params, "bond_dim": m.bond_dim, "max_bond": max(m.bond_dims),
+                        "dtype": str(m.tensors[0].dtype).replace("torch.", ""),
+                        "kl_per_spin": per_spin_nll(m, net_test) - s_exact,
+                        "val_nll_minus_s": per_spin_nll(m, net_val) - s_exact,
+                        "corr_error": corr_error(correlation_by_distance(g, case["dist"])[1], c_exact),
+                        "train_seconds": seconds})
+        out = {"name": case["name"], "n_spins": n, "entropy_per_spin": s_exact, "protocol": protocol,
+               "corr_noise_floor": floor, "bonds": bonds, "models": runs, "complex_minus_real": {}}
+        rows = []
+
+        def spread(values):
+            return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 \
+                else f"{values[0]:.4f}"
+
+        for label, per_seed in runs.items():
+            rows.append([label, per_seed[0]["dtype"], per_seed[0]["bond_dim"], per_seed[0]["n_params"],
+                         statistics.mean(r["val_nll_minus_s"] for r in per_seed),
+                         spread([r["kl_per_spin"] for r in per_seed]),
+                         spread([r["corr_error"]["max"] for r in per_seed]),
+                         statistics.mean(r["corr_error"]["mean"] for r in per_seed),
+                         f"{statistics.mean(r['train_seconds'] for r in per_seed):.0f}"])
+        rows.append([f"{N_CORR} exact samples (data C(r) error)", "-", "-", "-", "-", "-", floor["max"], floor["mean"],
+                     "-"])
+        print_table(f"Real vs complex, {case['name']} ({protocol}): KL per spin = test NLL - S (S/N = {s_exact:.4f}), "
+                    f"exact C(r) error; mean ± sd over seeds {list(args.seeds)}",
+                    ["model", "dtype", "bond", "real params", "val NLL - S", "test NLL - S", "max |dC(r)|",
+                     "mean |dC(r)|", "train s / seed"], rows)
+        for net in builders:
+            real, cplx = runs[f"{net} real"], runs[f"{net} complex"]
+            diffs = {"kl": [c["kl_per_spin"] - r["kl_per_spin"] for c, r in zip(cplx, real)],
+                     "corr": [c["corr_error"]["max"] - r["corr_error"]["max"] for c, r in zip(cplx, real)]}
+            wins = {k: sum(d < 0 for d in v) for k, v in diffs.items()}
+            out["complex_minus_real"][net] = {"diffs": diffs, "complex_wins": wins}
+            print(f"{net}: complex - real (paired by seed) KL/spin {spread(diffs['kl'])} (complex smaller for "
+                  f"{wins['kl']} of {len(args.seeds)} seeds), max |dC(r)| {spread(diffs['corr'])} (smaller for "
+                  f"{wins['corr']})")
+        results["cases"][key] = out
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["chain", "longrange", "lattice", "speed", "conditional"])
@@ -462,6 +586,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cond-steps", type=int, default=600)
     parser.add_argument("--cond-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--complex-cases", nargs="+", default=list(COMPLEX_CASES),
+                        help=f"cases of the complex section (of {list(COMPLEX_CASES)})")
+    parser.add_argument("--complex-bond", type=int, default=4,
+                        help="bond dimension of the complex networks of the complex section (the real ones: equal "
+                             "real parameters)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tn.json",
                         help="results file; a run of some sections updates them in it and keeps the others")
     args = parser.parse_args()
@@ -469,7 +598,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     results = {"threads": torch.get_num_threads()}
-    sections = {"chain": chain, "longrange": longrange, "lattice": lattice, "speed": speed, "conditional": conditional}
+    sections = {"chain": chain, "longrange": longrange, "lattice": lattice, "speed": speed, "conditional": conditional,
+                "complex": complex_born}
     for name in args.sections:
         if name not in sections:
             raise SystemExit(f"unknown section {name!r}; valid: {sorted(sections)}")

@@ -1,6 +1,8 @@
 """Tensor-network Born machines against dense contractions and exact enumeration."""
+import copy
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -31,7 +33,7 @@ def dense_ttn(m):
     """Full amplitude vector from a recursive einsum contraction of the tree (independent of TTN's code)."""
     def node(tree):
         if not isinstance(tree, list):
-            return torch.eye(m.phys_dim, dtype=torch.float64), [tree]
+            return torch.eye(m.phys_dim, dtype=tensors[0].dtype), [tree]
         parts = [node(c) for c in tree]
         idx = node.counter
         node.counter += 1
@@ -45,8 +47,8 @@ def dense_ttn(m):
             sites += child_sites
         return out, sites
 
-    # post-order numbering, as in TTN
-    tensors = [t.detach().double() for t in m.tensors]
+    # post-order numbering, as in TTN; complex tensors stay complex
+    tensors = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64) for t in m.tensors]
     node.counter = 0
     psi, sites = node(m.tree)
     psi = psi.reshape(*([m.phys_dim] * len(sites)))
@@ -306,6 +308,214 @@ def test_ttn_bad_trees():
         TTN(40, 2, tree=list(range(40)))
     with pytest.raises(ValueError, match="bond_dim"):
         TTN(4, 0)
+
+
+# ------------------------------------------------------------------------------------ complex Born machines
+COMPLEX = {"dtype": torch.complex128, "init_noise": 1.0, "imag_noise": 1.0}  # far from real: phases matter
+MAKERS = {"MPS": lambda **kw: MPS(7, 3, **kw), "TTN": lambda **kw: TTN(7, 3, tree=TREE, **kw)}
+DENSE = {"MPS": dense_mps, "TTN": dense_ttn}
+
+
+def born(psi):
+    """|psi|^2 / Z from a dense (complex) amplitude vector, in logs."""
+    w = psi.abs() ** 2
+    return (w / w.sum()).log()
+
+
+def test_complex_mps_is_normalized_and_matches_dense_contraction():
+    torch.manual_seed(0)
+    m = MPS(7, 3, **COMPLEX)
+    assert m.tensors[0].dtype == torch.complex128 and m.is_complex
+    x = all_states(7)
+    lp = m.log_prob(x)
+    assert lp.dtype == torch.float64  # real log-probabilities
+    assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+    psi = dense_mps(m)  # independent einsum of the complex site tensors
+    assert psi.imag.abs().max() > 0.1 * psi.real.abs().max()  # genuinely complex amplitudes
+    torch.testing.assert_close(lp, born(psi))
+    # the real part alone is a different distribution: the phases are not a gauge
+    assert (born(psi.real) - lp).abs().max() > 0.1
+    m64 = MPS(7, 3, dtype=torch.complex64, init_noise=1.0, imag_noise=1.0)
+    assert m64.log_prob(x).dtype == torch.float32 and m64.n_params == 2 * sum(t.numel() for t in m64.tensors)
+
+
+@pytest.mark.parametrize("tree", [TREE, balanced_tree(7, arity=3)])
+def test_complex_ttn_is_normalized_and_matches_dense_contraction(tree):
+    torch.manual_seed(0)
+    m = TTN(7, 3, tree=tree, **COMPLEX)
+    x = all_states(7)
+    lp = m.log_prob(x)
+    assert lp.dtype == torch.float64 and lp.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+    psi = dense_ttn(m)
+    assert psi.imag.abs().max() > 0.1 * psi.real.abs().max()
+    torch.testing.assert_close(lp, born(psi))
+    assert TTN(7, 3, tree=tree, dtype=torch.complex64).log_prob(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("net", ["MPS", "TTN"])
+def test_complex_mps_and_ttn_samples_and_marginals_are_exact(net):
+    torch.manual_seed(1)
+    m = MAKERS[net](**COMPLEX)
+    x = all_states(7)
+    lp = m.log_prob(x)
+    samples = m.sample(100_000, generator=torch.Generator().manual_seed(0))
+    assert total_variation(samples, lp) < 0.03  # 128 states, 100k draws: expected TV about 0.014
+    p = lp.exp().reshape([2] * 7)
+    ref = p.sum((0, 2, 3, 4, 6)).log()  # sites 1 and 5
+    marg = m.log_marginal(x, [1, 5])
+    assert marg.dtype == torch.float64
+    torch.testing.assert_close(marg, ref[x[:, 1], x[:, 5]])
+    torch.testing.assert_close(m.log_marginal(x, [3]), p.sum((0, 1, 2, 4, 5, 6)).log()[x[:, 3]])
+    pairs = pair_marginals(m)
+    ref = torch.zeros(2, 2, dtype=torch.float64).index_put_((x[:, 2], x[:, 6]), lp.exp(), accumulate=True)
+    torch.testing.assert_close(pairs[2, 6], ref)
+
+
+@pytest.mark.parametrize("net", ["MPS", "TTN"])
+def test_complex_mps_and_ttn_canonical_form_and_truncation(net):
+    torch.manual_seed(2)
+    m = (MPS(8, 6, **COMPLEX) if net == "MPS" else TTN(8, 4, **COMPLEX))
+    x = all_states(8)
+    lp = m.log_prob(x)
+    psi = DENSE[net](m)
+    psi = psi / psi.norm()
+    m.canonicalize()
+    torch.testing.assert_close(m.log_prob(x), lp)
+    if net == "MPS":  # right-canonical with the conjugate: sum_s A[s] A[s]^H = I
+        for a in m.tensors[1:]:
+            torch.testing.assert_close(torch.einsum("lsr,msr->lm", a, a.conj()), torch.eye(a.shape[0], dtype=a.dtype))
+    else:  # every non-root node an isometry toward the root: T^H T = I
+        for t in m.tensors[:-1]:
+            mat = t.reshape(-1, t.shape[-1])
+            torch.testing.assert_close(mat.mH @ mat, torch.eye(mat.shape[1], dtype=mat.dtype))
+    m.truncate(0.0)
+    torch.testing.assert_close(m.log_prob(x), lp)
+    report = m.truncate(0.02, max_bond=2)
+    assert m.tensors[0].dtype == torch.complex128
+    assert max(report["bond_dims_after"]) <= 2 and report["n_params_after"] < report["n_params_before"]
+    assert m.log_prob(x).exp().sum().item() == pytest.approx(1.0, abs=1e-12)  # still exactly normalized
+    trunc = DENSE[net](m)
+    overlap = torch.vdot(psi, trunc / trunc.norm()).abs().item()  # a global phase is a gauge
+    assert 2 - 2 * overlap <= 2 * report["total_discarded"] + 1e-9
+
+
+@pytest.mark.parametrize("net", ["MPS", "TTN"])
+def test_complex_mps_and_ttn_sweeps_lower_the_nll(net):
+    data = ising_sample_exact(chain_couplings(8), 0.8, 600, seed=0).long()
+    torch.manual_seed(0)
+    m = MPS(8, 2, dtype=torch.complex128, imag_noise=0.5) if net == "MPS" else \
+        TTN(8, 4, dtype=torch.complex128, init_noise=1.0, imag_noise=0.5)
+    nll0 = -m.log_prob(data).mean().item()
+    kwargs = {"tol": 1e-4, "max_bond": 4} if net == "MPS" else {}
+    r1 = m.sweep(data, n_steps=3, **kwargs)
+    r2 = m.sweep(data, n_steps=3, **kwargs)
+    assert r2["nll"] <= r1["nll"] + 1e-9 < nll0 - 0.1
+    assert m.tensors[0].dtype == torch.complex128 and any(t.imag.abs().max() > 1e-3 for t in m.tensors)
+    assert m.log_prob(all_states(8)).exp().sum().item() == pytest.approx(1.0, abs=1e-10)
+
+
+class _Marginal(torch.nn.Module):
+    def __init__(self, model, sites):
+        super().__init__()
+        self.model, self.sites = model, sites
+
+    def forward(self, x):
+        return self.model.log_marginal(x, self.sites)
+
+
+@pytest.mark.parametrize("net", ["MPS", "TTN"])
+def test_complex_mps_and_ttn_gradcheck(net):
+    """torch.autograd.gradcheck in complex128 with respect to the complex tensors (torch checks the Wirtinger
+    derivatives of the real log-probabilities and marginals)."""
+    torch.manual_seed(3)
+    m = MPS(5, 2, **COMPLEX) if net == "MPS" else TTN(5, 2, tree=[[0, [1, 2]], [3, 4]], **COMPLEX)
+    x = all_states(5)[::5]
+    params = tuple(t.detach().clone().requires_grad_(True) for t in m.tensors)
+    marginal = _Marginal(m, [1, 3])
+
+    def log_prob(*tensors):
+        return torch.func.functional_call(m, {f"tensors.{i}": t for i, t in enumerate(tensors)}, (x,))
+
+    def log_marginal(*tensors):
+        return torch.func.functional_call(marginal, {f"model.tensors.{i}": t for i, t in enumerate(tensors)}, (x,))
+
+    assert log_prob(*params).dtype == torch.float64
+    assert torch.autograd.gradcheck(log_prob, params)
+    assert torch.autograd.gradcheck(log_marginal, params)
+
+
+@pytest.mark.parametrize("net", ["MPS", "TTN"])
+def test_complex_mps_and_ttn_start_near_the_real_model(net):
+    """Same seed: the real part of the complex initialization is the real model's, the imaginary part is
+    imag_noise times its random scale, so the distributions nearly agree. A real model cast to complex keeps its
+    distribution exactly, but the gradient in the imaginary directions vanishes there (why dtype= adds noise)."""
+    x = all_states(7)
+    torch.manual_seed(4)
+    real = MAKERS[net](dtype=torch.float64)
+    torch.manual_seed(4)
+    cplx = MAKERS[net](dtype=torch.complex128)
+    main = MAKERS[net](dtype=torch.float64, init_noise=0.0)  # the noise-free part
+    for r, c in zip(real.tensors, cplx.tensors):
+        torch.testing.assert_close(c.real, r)
+    with torch.no_grad():
+        imag = torch.cat([c.imag.reshape(-1) for c in cplx.tensors]).norm()
+        noise = torch.cat([(r - m).reshape(-1) for r, m in zip(real.tensors, main.tensors)]).norm()
+    assert float(imag / noise) == pytest.approx(0.1 / 0.3, rel=0.3)  # defaults: imag_noise 0.1, init_noise 0.3
+    with torch.no_grad():
+        lp_real, lp_cplx = real.log_prob(x), cplx.log_prob(x)
+    kl = float((lp_real.exp() * (lp_real - lp_cplx)).sum())  # about 0.003 (MPS), 1e-4 (TTN)
+    kl_uniform = float((lp_real.exp() * (lp_real + 7 * math.log(2))).sum())  # the real noise alone: 0.07-0.6
+    assert kl < 0.01 and kl < 0.1 * kl_uniform
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that complex modules are new
+        cast = copy.deepcopy(real).to(torch.complex128)
+    torch.testing.assert_close(cast.log_prob(x), real.log_prob(x))
+    cast.log_prob(x[::3]).mean().backward()
+    real.log_prob(x[::3]).mean().backward()
+    for c, r in zip(cast.tensors, real.tensors):
+        assert c.grad.imag.abs().max() < 1e-12
+        torch.testing.assert_close(c.grad.real, r.grad)
+
+
+def test_complex_mps_float32_long_chain():
+    torch.manual_seed(5)
+    m = MPS(300, 6, dtype=torch.complex64, init_noise=0.5, imag_noise=0.5)
+    with torch.no_grad():
+        for a in m.tensors:
+            a.mul_(3.0)  # unscaled, Z would overflow float32
+    x = torch.randint(0, 2, (8, 300))
+    lp32 = m.log_prob(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that complex modules are new
+        lp64 = m.to(torch.complex128).log_prob(x)
+    assert lp32.dtype == torch.float32 and torch.isfinite(lp32).all()
+    torch.testing.assert_close(lp32.double(), lp64, rtol=1e-4, atol=0)
+    assert torch.isfinite(m.log_prob(m.sample(4))).all()
+
+
+def test_complex_mps_and_ttn_bad_input():
+    with pytest.raises(TypeError, match="complex128"):
+        MPS(4, 2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        TTN(4, 2, dtype=torch.float16)
+    with pytest.raises(ValueError, match="imag_noise.*real"):
+        MPS(4, 2, imag_noise=0.1)  # no complex dtype: nothing to scale
+    with pytest.raises(ValueError, match="imag_noise"):
+        TTN(4, 2, dtype=torch.complex128, imag_noise=-1.0)
+    for m in (MPS(4, 2, dtype=torch.complex128), TTN(4, 2, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="discard their imaginary parts"):
+            m.to(torch.float64)  # real-only cast of a complex model
+        assert m.tensors[0].is_complex()  # left unchanged
+        with pytest.raises(TypeError, match="real integers"):
+            m.log_prob(torch.zeros(1, 4, dtype=torch.complex64))
+    mera = MERA(8, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mera.to(torch.complex128)
+    with pytest.raises(TypeError, match="MERA is real-only"):
+        mera.log_prob(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="MERA is real-only"):
+        mera.sample(2)
 
 
 # ------------------------------------------------------------------------------------------ ConditionalMPS

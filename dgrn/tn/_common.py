@@ -1,6 +1,9 @@
 """Input checks and small shared pieces of the tensor-network modules."""
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +12,53 @@ def check_size(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+#: dtypes a Born machine's tensors may have: real (:math:`p = \psi^2 / Z`) or complex (:math:`p = |\psi|^2 / Z`)
+BORN_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+#: default scale of the imaginary part of a complex Born machine's initial tensors
+IMAG_NOISE = 0.1
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """``dtype`` of a Born machine's tensors (``None``: torch's default dtype); a clear error for any other."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype) or dtype not in BORN_DTYPES:
+        raise TypeError(f"dtype must be one of torch.float32, torch.float64 (real tensors) or torch.complex64, "
+                        f"torch.complex128 (complex tensors, p = |psi|^2 / Z); got {dtype!r}")
+    return dtype
+
+
+def check_imag_noise(imag_noise, dtype: torch.dtype) -> float:
+    """Scale of the imaginary part of the initial tensors: only meaningful, so only accepted, for complex dtypes."""
+    if imag_noise is None:
+        return IMAG_NOISE
+    if not dtype.is_complex:
+        raise ValueError(f"imag_noise={imag_noise!r} scales the imaginary part of complex tensors, but dtype is "
+                         f"{dtype} (real): pass dtype=torch.complex128 (or complex64), or drop imag_noise")
+    if not (math.isfinite(float(imag_noise)) and float(imag_noise) >= 0):
+        raise ValueError(f"imag_noise must be a finite number >= 0, got {imag_noise!r}")
+    return float(imag_noise)
+
+
+def abs2(t: Tensor) -> Tensor:
+    r""":math:`|t|^2` elementwise, real (``t ** 2`` for a real tensor)."""
+    return t.real.square() + t.imag.square() if t.is_complex() else t.square()
+
+
+@torch.no_grad()
+def fill_near(tensors, mains, scales, init_noise: float, imag_noise: float) -> None:
+    r"""Set each tensor ``t`` of ``tensors`` to ``main + init_noise * scale * N(0, 1)`` (``main``: the real tensor of
+    ``mains``, ``scale``: the number of ``scales`` at the same position), plus, for complex tensors,
+    ``1j * imag_noise * scale * N(0, 1)``. All real parts are drawn first, so a complex model's real part equals the
+    real model's initialized from the same seed."""
+    tensors, scales = list(tensors), list(scales)
+    for t, main, scale in zip(tensors, mains, scales):
+        t.copy_(main + init_noise * scale * torch.randn(t.shape, dtype=t.real.dtype, device=t.device))
+    for t, scale in zip(tensors, scales):
+        if t.is_complex():
+            t.imag.copy_(imag_noise * scale * torch.randn(t.shape, dtype=t.real.dtype, device=t.device))
 
 
 def check_states(x, n_sites: int, phys_dim: int, device: torch.device) -> Tensor:
@@ -82,13 +132,34 @@ def check_tolerance(tol: float, max_bond: int | None) -> None:
 
 
 class BornMachine(nn.Module):
-    r"""Shared part of the Born machines :math:`p(x) = \psi(x)^2 / Z` whose site/node tensors live in
-    ``self.tensors`` (an ``nn.ParameterList``). Subclasses provide ``log_norm()`` (:math:`\log Z`) and
-    ``log_amplitude_sq(x)`` (:math:`\log \psi(x)^2` of validated ``(B, n)`` configurations)."""
+    r"""Shared part of the Born machines :math:`p(x) = |\psi(x)|^2 / Z` whose site/node tensors live in
+    ``self.tensors`` (an ``nn.ParameterList``, real or complex). Subclasses provide ``log_norm()`` (:math:`\log Z`)
+    and ``log_amplitude_sq(x)`` (:math:`\log |\psi(x)|^2` of validated ``(B, n)`` configurations), both real."""
 
     @property
     def n_params(self) -> int:
-        return sum(t.numel() for t in self.tensors)
+        """Number of real parameters: a complex entry counts 2 (its real and imaginary parts)."""
+        return sum(t.numel() * (2 if t.is_complex() else 1) for t in self.tensors)
+
+    @property
+    def is_complex(self) -> bool:
+        r"""Whether the tensors are complex (:math:`p = |\psi|^2 / Z` with complex amplitudes)."""
+        return self.tensors[0].is_complex()
+
+    def _apply(self, fn, *args, **kwargs):
+        """``nn.Module._apply`` (``to``, ``double``, ``cuda``, ...), refusing to cast complex tensors to a real dtype:
+        that would drop their imaginary parts, a different distribution (torch would only warn)."""
+        tensors = self._modules.get("tensors")
+        if tensors is not None and len(tensors) and tensors[0].is_complex():
+            ref = tensors[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probe = fn(torch.empty(0, dtype=ref.dtype, device=ref.device))
+            if isinstance(probe, Tensor) and not probe.is_complex():
+                raise TypeError(f"{type(self).__name__} has complex tensors ({ref.dtype}); casting them to "
+                                f"{probe.dtype} would discard their imaginary parts (a different distribution). Cast to "
+                                "torch.complex64 / torch.complex128, or build a real model")
+        return super()._apply(fn, *args, **kwargs)
 
     def _set_tensors(self, tensors: list[Tensor]) -> None:
         ref = self.tensors[0]

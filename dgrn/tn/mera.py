@@ -62,6 +62,9 @@ class MERA(nn.Module):
     every coarse site stands for the uniform superposition of the binary sites below it, and the top tensor starts
     near channel 0 everywhere). ``n_params`` counts the entries of the network's tensors
     (:math:`U`, :math:`W`, top), as for :class:`MPS` and :class:`TTN`, not the square generators behind them.
+    Real only: the disentanglers and isometries are orthogonal (exponentials of skew-symmetric matrices), so a
+    MERA cast to a complex dtype refuses to contract (a ``TypeError``); complex Born machines are :class:`MPS` and
+    :class:`TTN` with ``dtype=torch.complex128``.
 
     Args:
         n_sites: ``n``. bond_dim: ``D``, the largest dimension of a coarse site. phys_dim: values per site.
@@ -132,6 +135,10 @@ class MERA(nn.Module):
         isometries start (at zero generator) with their first channel the uniform superposition of their two
         sites, the higher ones with it the first channel of both sites below, so channel 0 all the way up is the
         uniform distribution."""
+        if self.top.is_complex():
+            raise TypeError(f"MERA is real-only (orthogonal disentanglers and isometries from skew-symmetric "
+                            f"generators), but its parameters are {self.top.dtype}: keep it in float32/float64, or use "
+                            "MPS / TTN with dtype=torch.complex128 for a complex Born machine")
         us, ws = [], []
         for i, (_, dim, coarse) in enumerate(self.layer_dims):
             eye = torch.eye(dim * dim, dtype=self.top.dtype, device=self.top.device)

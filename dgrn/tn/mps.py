@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (BornMachine, check_finite, check_size, check_states, check_tolerance,
-                             sample_categorical, truncation_rank)
+from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_size, check_states,
+                             check_tolerance, fill_near, sample_categorical, truncation_rank)
 
 __all__ = ["MPS"]
 
@@ -24,13 +24,13 @@ def _mirror(tensors: list[Tensor]) -> list[Tensor]:
 
 
 def _right_canonical(tensors: list[Tensor]) -> list[Tensor]:
-    r"""Right-canonical copy: every site after the first satisfies :math:`\sum_s A[s] A[s]^\top = I`, and the first
+    r"""Right-canonical copy: every site after the first satisfies :math:`\sum_s A[s] A[s]^\dagger = I`, and the first
     site carries the whole norm, scaled to :math:`\|\psi\| = 1`. Bond dimensions may shrink to the exact ranks."""
     out = list(tensors)
     for i in range(len(out) - 1, 0, -1):
         a = out[i]
         dl, d, dr = a.shape
-        q, r = torch.linalg.qr(a.reshape(dl, d * dr).T)  # A = R^T Q^T, an LQ decomposition
+        q, r = torch.linalg.qr(a.reshape(dl, d * dr).T)  # A = R^T Q^T, an LQ decomposition (also complex)
         out[i] = q.T.reshape(-1, d, dr)
         prev = out[i - 1]
         prev = (prev.reshape(-1, dl) @ r.T).reshape(prev.shape[0], prev.shape[1], -1)
@@ -42,13 +42,25 @@ class MPS(BornMachine):
     r"""Matrix-product-state Born machine over ``n_sites`` discrete variables.
 
     .. math::
-        \psi(x) = A^{(1)}[x_1] A^{(2)}[x_2] \cdots A^{(n)}[x_n], \qquad p(x) = \frac{\psi(x)^2}{Z},
-        \qquad Z = \sum_x \psi(x)^2 ,
+        \psi(x) = A^{(1)}[x_1] A^{(2)}[x_2] \cdots A^{(n)}[x_n], \qquad p(x) = \frac{|\psi(x)|^2}{Z},
+        \qquad Z = \sum_x |\psi(x)|^2 ,
 
-    with real site tensors :math:`A^{(i)}` of shape ``(D_{i-1}, phys_dim, D_i)``, :math:`D_0 = D_n = 1` and the
+    with site tensors :math:`A^{(i)}` of shape ``(D_{i-1}, phys_dim, D_i)``, :math:`D_0 = D_n = 1` and the
     internal bond dimensions capped at ``bond_dim`` (and at the exact ranks ``phys_dim^min(i, n-i)``).
-    ``Z`` is contracted exactly with transfer matrices; amplitudes and transfer matrices are rescaled at every site
-    and the log scales accumulated, so thousands of sites are fine in float32.
+    ``Z`` is contracted exactly with transfer matrices :math:`E \mapsto \sum_s A[s]^\dagger E A[s]`; amplitudes and
+    transfer matrices are rescaled at every site and the log scales accumulated, so thousands of sites are fine in
+    float32.
+
+    The tensors are real (``dtype`` float32/float64) or complex (complex64/complex128): with complex tensors the
+    amplitudes carry phases, every contraction above uses the conjugate (:math:`A^\dagger`, :math:`|\cdot|^2`), and
+    :meth:`log_prob`, :meth:`log_marginal` stay real (float32 for complex64, float64 for complex128); sampling,
+    :meth:`truncate` (complex SVD, real singular values) and :meth:`sweep` work alike. A complex model's real part is
+    initialized exactly as the real model from the same seed, its imaginary part as ``imag_noise`` times the same
+    random scale: near the same (near-uniform) state. Do not start from imaginary parts that are exactly zero (for
+    example a real model cast with ``.to(torch.complex128)``, which keeps its distribution): the likelihood is
+    stationary in the imaginary directions there (its gradient vanishes), so gradient training would stay real.
+    :attr:`n_params` counts real parameters (2 per complex entry). Casting a complex model to a real dtype is refused
+    (it would drop the imaginary parts).
 
     Training: gradient descent on :meth:`log_prob` with any torch optimizer (for example inside a LightningModule),
     or two-site sweeps (:meth:`sweep`) that adapt bond dimensions to a truncation tolerance, as in Han et al.
@@ -60,31 +72,42 @@ class MPS(BornMachine):
         phys_dim: number of values of each variable ``d`` (2 for spikes / spins).
         init_noise: scale of the random part of the initial tensors (identity plus noise: the initial
             distribution is close to uniform, and deep chains start well conditioned).
+        dtype: dtype of the tensors: torch.float32 / float64 (real), torch.complex64 / complex128 (complex);
+            ``None``: torch's default dtype.
+        imag_noise: scale of the imaginary part of the initial tensors (complex ``dtype`` only; default 0.1,
+            against ``init_noise`` 0.3 for the real random part).
 
     Shapes:
         ``log_prob``: ``(B, n)`` integers in ``{0..d-1}`` -> ``(B,)``; ``sample(B)`` -> ``(B, n)`` long.
     """
 
-    def __init__(self, n_sites: int, bond_dim: int, phys_dim: int = 2, *, init_noise: float = 0.3) -> None:
+    def __init__(self, n_sites: int, bond_dim: int, phys_dim: int = 2, *, init_noise: float = 0.3,
+                 dtype: torch.dtype | None = None, imag_noise: float | None = None) -> None:
         super().__init__()
         self.n_sites = check_size("n_sites", n_sites)
         self.bond_dim = check_size("bond_dim", bond_dim)
         self.phys_dim = check_size("phys_dim", phys_dim, 2)
         self.init_noise = float(init_noise)
+        dtype = check_dtype(dtype)
+        self.imag_noise = check_imag_noise(imag_noise, dtype)
         n, d = self.n_sites, self.phys_dim
         # exact-rank cap: D_i <= d^min(i, n-i), compared in logs to avoid huge integers
         dims = [1] + [self.bond_dim if min(i, n - i) * math.log(d) >= math.log(self.bond_dim) else d ** min(i, n - i)
                       for i in range(1, n)] + [1]
-        self.tensors = nn.ParameterList([nn.Parameter(torch.empty(dims[i], d, dims[i + 1])) for i in range(n)])
+        self.tensors = nn.ParameterList([nn.Parameter(torch.empty(dims[i], d, dims[i + 1], dtype=dtype))
+                                         for i in range(n)])
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------- parameters
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        for a in self.tensors:
-            dl, d, dr = a.shape
-            eye = torch.eye(dl, dr, dtype=a.dtype, device=a.device)
-            a.copy_((eye[:, None, :] + self.init_noise * torch.randn_like(a) / math.sqrt(max(dl, dr))) / math.sqrt(d))
+        r""":math:`A[s] = (I + \epsilon G_s / \sqrt{\max(D_l, D_r)}) / \sqrt{d}` with ``init_noise`` :math:`\epsilon`
+        and standard normal :math:`G_s`; complex tensors add :math:`i\,\epsilon' G'_s / \sqrt{d \max(D_l, D_r)}`
+        with ``imag_noise`` :math:`\epsilon'` (real parts drawn first: the same as the real model's)."""
+        mains = [torch.eye(dl, dr, dtype=a.real.dtype, device=a.device)[:, None, :].expand(a.shape) / math.sqrt(d)
+                 for a in self.tensors for dl, d, dr in [a.shape]]
+        scales = [1.0 / math.sqrt(max(dl, dr) * d) for a in self.tensors for dl, d, dr in [a.shape]]
+        fill_near(self.tensors, mains, scales, self.init_noise, self.imag_noise)
 
     @property
     def bond_dims(self) -> list[int]:
@@ -95,20 +118,20 @@ class MPS(BornMachine):
 
     # ------------------------------------------------------------------------------------------ likelihood
     def log_norm(self) -> Tensor:
-        r""":math:`\log Z`, contracted left to right with trace-normalized transfer matrices (scalar)."""
+        r""":math:`\log Z`, contracted left to right with trace-normalized transfer matrices (real scalar)."""
         env = torch.ones(1, 1, dtype=self.tensors[0].dtype, device=self.tensors[0].device)
-        log_z = env.new_zeros(())
+        log_z = env.real.new_zeros(())
         for a in self.tensors:
             dl, d, dr = a.shape
             half = (env @ a.reshape(dl, d * dr)).reshape(dl * d, dr)  # E[l,l'] A[l',s,r]
-            env = a.reshape(dl * d, dr).T @ half  # sum_{l,s} A[l,s,r] (E A)[l,s,r']
-            trace = env.diagonal().sum()
+            env = a.reshape(dl * d, dr).mH @ half  # sum_{l,s} conj(A[l,s,r]) (E A)[l,s,r']
+            trace = env.diagonal().sum().real  # E is Hermitian positive semi-definite
             env = env / trace
             log_z = log_z + trace.log()
         return log_z
 
     def log_amplitude_sq(self, x: Tensor) -> Tensor:
-        r""":math:`\log \psi(x)^2` for validated configurations ``(B, n)`` long, ``(B,)``."""
+        r""":math:`\log |\psi(x)|^2` for validated configurations ``(B, n)`` long, ``(B,)`` real."""
         a0 = self.tensors[0]
         v = torch.ones(x.shape[0], 1, dtype=a0.dtype, device=a0.device)
         tiny = torch.finfo(a0.dtype).tiny
@@ -121,7 +144,7 @@ class MPS(BornMachine):
                 v = torch.where(binary[:, i, None], w[:, 1], w[:, 0])
             else:
                 v = w.gather(1, x[:, i].reshape(-1, 1, 1).expand(-1, 1, dr)).squeeze(1)
-            sq = (v * v).sum(1, keepdim=True).clamp_min(tiny)
+            sq = abs2(v).sum(1, keepdim=True).clamp_min(tiny)
             v = v * sq.rsqrt()  # per-sample rescaling; the log of the scales is taken once at the end
             squares.append(sq)
         return torch.cat(squares, 1).log().sum(1)
@@ -131,7 +154,7 @@ class MPS(BornMachine):
         r"""Exact :math:`\log p(x_S)` of the variables on ``sites`` (the other columns of ``x`` are ignored): ``(B,)``.
 
         Left-to-right contraction of per-sample transfer matrices: a site in ``S`` contributes
-        :math:`A[x_i]^\top E A[x_i]`, any other :math:`\sum_s A[s]^\top E A[s]`.
+        :math:`A[x_i]^\dagger E A[x_i]`, any other :math:`\sum_s A[s]^\dagger E A[s]` (real values for complex tensors).
         """
         x = check_states(x, self.n_sites, self.phys_dim, self.tensors[0].device)
         observed = torch.zeros(self.n_sites, dtype=torch.bool)
@@ -142,14 +165,14 @@ class MPS(BornMachine):
         log_z = self.log_norm()
         check_finite(self, log_z, "MPS")
         env = torch.ones(x.shape[0], 1, 1, dtype=self.tensors[0].dtype, device=x.device)
-        log_m = env.new_zeros(x.shape[0])
+        log_m = env.real.new_zeros(x.shape[0])
         for i, a in enumerate(self.tensors):
             if observed[i]:
                 ax = a.permute(1, 0, 2)[x[:, i]]  # (B, Dl, Dr)
-                env = ax.transpose(1, 2) @ env @ ax
+                env = ax.mH @ env @ ax
             else:
-                env = torch.einsum("lsr,blm,msq->brq", a, env, a)
-            trace = env.diagonal(dim1=1, dim2=2).sum(1)
+                env = torch.einsum("lsr,blm,msq->brq", a.conj(), env, a)
+            trace = env.diagonal(dim1=1, dim2=2).sum(1).real
             env = env / trace[:, None, None]
             log_m = log_m + trace.log()
         return log_m - log_z
@@ -159,7 +182,7 @@ class MPS(BornMachine):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r"""``n`` independent exact samples ``(n, n_sites)`` long.
 
-        From the right-canonical form (:math:`\sum_s A[s]A[s]^\top = I` right of the current site) the conditional
+        From the right-canonical form (:math:`\sum_s A[s]A[s]^\dagger = I` right of the current site) the conditional
         of site ``i`` given the sampled prefix is :math:`p(x_i \mid x_{<i}) = \|v_{i-1} A^{(i)}[x_i]\|^2`, with
         :math:`v` the normalized prefix vector, so sites are drawn left to right, vectorized over samples.
         """
@@ -170,7 +193,7 @@ class MPS(BornMachine):
         for i, a in enumerate(tensors):
             dl, d, dr = a.shape
             w = (v @ a.reshape(dl, d * dr)).reshape(n, d, dr)
-            out[:, i] = sample_categorical((w ** 2).sum(2), generator)
+            out[:, i] = sample_categorical(abs2(w).sum(2), generator)
             v, _ = _normalize_rows(w[torch.arange(n, device=v.device), out[:, i]])
         return out
 
@@ -189,7 +212,7 @@ class MPS(BornMachine):
         coefficients of the normalized state, so the discarded weight
         :math:`\epsilon_b = \sum_{k > \chi} s_k^2 / \sum_k s_k^2` is the local truncation error, and
         :math:`\|\psi - \tilde\psi\|^2 \le 2\sum_b \epsilon_b` for the whole sweep (unit-norm states). ``max_bond``
-        caps the kept rank regardless of ``tol``.
+        caps the kept rank regardless of ``tol``. Complex tensors: complex SVD (real singular values), same bound.
 
         Returns:
             dict with ``discarded`` (per bond), ``total_discarded``, ``bond_dims_before``/``after``,
@@ -218,9 +241,10 @@ class MPS(BornMachine):
 
         At each bond the two site tensors are merged, :math:`B = A^{(i)} A^{(i+1)}`; with the rest of the chain in
         mixed canonical form :math:`Z = \|B\|^2`, so the NLL :math:`\mathcal L(B) = \log\|B\|^2 -
-        \frac{1}{|T|}\sum_{x\in T}\log \psi_x(B)^2` depends on ``B`` through cached left/right environment vectors
+        \frac{1}{|T|}\sum_{x\in T}\log |\psi_x(B)|^2` depends on ``B`` through cached left/right environment vectors
         of the training samples. ``n_steps`` gradient steps on ``B`` (initial size ``lr``, with backtracking so that
-        no step raises the NLL), then an SVD splits it back
+        no step raises the NLL; for complex ``B`` torch's gradient of the real NLL is the conjugate Wirtinger
+        derivative, the steepest-descent direction), then an SVD splits it back
         with the bond dimension chosen by the discarded weight ``tol`` (capped by ``max_bond``): the bond grows
         where the data need it and shrinks where they do not (Han et al. PRX 2018). Replaces the parameters:
         rebuild any optimizer afterwards.
@@ -275,7 +299,7 @@ class MPS(BornMachine):
             def local_nll(m: Tensor) -> Tensor:  # = the NLL of the whole chain: the rest is in canonical form
                 w = (left @ m.reshape(dl, d * d * dr)).reshape(batch, d * d, dr)
                 psi = (w.gather(1, pair_index.reshape(-1, 1, 1).expand(-1, 1, dr)).squeeze(1) * right[i + 2]).sum(1)
-                return (m ** 2).sum().log() - (psi ** 2).clamp_min(torch.finfo(psi.dtype).tiny).log().mean()
+                return abs2(m).sum().log() - abs2(psi).clamp_min(torch.finfo(psi.dtype).tiny).log().mean()
 
             step = lr
             for _ in range(int(n_steps)):
@@ -307,4 +331,5 @@ class MPS(BornMachine):
         return tensors, discarded
 
     def extra_repr(self) -> str:
-        return f"n_sites={self.n_sites}, bond_dim={self.bond_dim}, phys_dim={self.phys_dim}, n_params={self.n_params}"
+        return (f"n_sites={self.n_sites}, bond_dim={self.bond_dim}, phys_dim={self.phys_dim}, n_params={self.n_params}"
+                + (f", dtype={self.tensors[0].dtype}" if self.is_complex else ""))

@@ -16,8 +16,9 @@ def compression_report(model: nn.Module) -> dict:
     r"""Parameters of ``model`` (an :class:`~dgrn.tn.MPS` or :class:`~dgrn.tn.TTN`) against :math:`d^N`.
 
     Returns:
-        dict with ``n_params``, ``log10_states`` (:math:`N \log_{10} d`, the size of a full probability table),
-        ``log10_compression`` (``log10_states - log10(n_params)``) and ``bond_dims``.
+        dict with ``n_params`` (real parameters: a complex entry counts 2), ``log10_states`` (:math:`N \log_{10} d`,
+        the size of a full probability table), ``log10_compression`` (``log10_states - log10(n_params)``) and
+        ``bond_dims``.
     """
     log10_states = model.n_sites * math.log10(model.phys_dim)
     return {

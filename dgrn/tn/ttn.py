@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (BornMachine, check_finite, check_size, check_states, check_tolerance,
-                             sample_categorical, truncation_rank)
+from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_size, check_states,
+                             check_tolerance, fill_near, sample_categorical, truncation_rank)
 
 __all__ = ["TTN", "balanced_tree", "lattice_tree", "tree_from_labels"]
 
@@ -137,13 +137,20 @@ class TTN(BornMachine):
 
     .. math::
         \psi(x) = \text{contraction of } \{T^{(v)}\}_{v \in \text{internal nodes}} \text{ with } e_{x_i}
-        \text{ at leaf } i, \qquad p(x) = \psi(x)^2 / Z,
+        \text{ at leaf } i, \qquad p(x) = |\psi(x)|^2 / Z,
 
     each internal node ``v`` with children ``c_1..c_k`` holding :math:`T^{(v)}` of shape
     ``(D_{c_1}, ..., D_{c_k}, D_v)``; a site child has dimension ``phys_dim``, the root's upward bond is 1 and the
     other bonds are ``min(bond_dim, prod of children dims, phys_dim^(sites outside))``. ``Z`` is contracted bottom-up
-    through the norm matrices :math:`M_v = \sum T T` of each subtree; amplitudes and norm matrices are rescaled at
-    every node with the log scales accumulated.
+    through the norm matrices :math:`M_v[r, r'] = \sum_x \overline{\phi_v(x)[r]}\, \phi_v(x)[r']` of each subtree
+    (:math:`\phi_v` its amplitude vector; :math:`M_v = \sum \bar T\, (\otimes_c M_c)\, T`); amplitudes and norm
+    matrices are rescaled at every node with the log scales accumulated.
+
+    Complex tensors (``dtype`` complex64/complex128) work as for :class:`~dgrn.tn.MPS`: conjugates in every norm,
+    marginal and sampling contraction, real :meth:`log_prob` / :meth:`log_marginal` (float32 / float64), complex
+    QR/SVD in :meth:`truncate` and :meth:`sweep`; real part initialized as the real model from the same seed,
+    imaginary part ``imag_noise`` times the same random scale (do not train from exactly zero imaginary parts: the
+    likelihood is stationary there); :attr:`n_params` counts real parameters; casting to a real dtype is refused.
 
     Exact sampling walks the tree depth first: the context of a subtree is the density matrix on its upward bond
     from the already-sampled leaves (amplitude vectors) and the unsampled ones (norm matrices), so no gauge is
@@ -157,17 +164,22 @@ class TTN(BornMachine):
         tree: rooted tree as nested lists of site indices (``[[0, 1], [2, [3, 4]]]``); see :func:`balanced_tree`
             (the default, binary), :func:`lattice_tree`, :func:`tree_from_labels`. Each site exactly once.
         init_noise: scale of the random part of the initial tensors (near-uniform start).
+        dtype: torch.float32 / float64 (real tensors) or torch.complex64 / complex128; ``None``: torch's default.
+        imag_noise: scale of the imaginary part of the initial tensors (complex ``dtype`` only; default 0.1).
 
     Shapes:
         ``log_prob``: ``(B, n)`` integers in ``{0..d-1}`` -> ``(B,)``; ``sample(B)`` -> ``(B, n)`` long.
     """
 
-    def __init__(self, n_sites: int, bond_dim: int, phys_dim: int = 2, tree=None, *, init_noise: float = 0.3) -> None:
+    def __init__(self, n_sites: int, bond_dim: int, phys_dim: int = 2, tree=None, *, init_noise: float = 0.3,
+                 dtype: torch.dtype | None = None, imag_noise: float | None = None) -> None:
         super().__init__()
         self.n_sites = check_size("n_sites", n_sites)
         self.bond_dim = check_size("bond_dim", bond_dim)
         self.phys_dim = check_size("phys_dim", phys_dim, 2)
         self.init_noise = float(init_noise)
+        dtype = check_dtype(dtype)
+        self.imag_noise = check_imag_noise(imag_noise, dtype)
         self.tree = balanced_tree(self.n_sites) if tree is None else tree
         self._children, sizes = _parse_tree(self.tree, self.n_sites)
         d, n = self.phys_dim, self.n_sites
@@ -189,20 +201,22 @@ class TTN(BornMachine):
                                  "use a deeper tree with fewer children per node")
         shapes = [tuple(d if is_site else dims[idx] for is_site, idx in kids) + (dims[v],)
                   for v, kids in enumerate(self._children)]
-        self.tensors = nn.ParameterList([nn.Parameter(torch.empty(s)) for s in shapes])
+        self.tensors = nn.ParameterList([nn.Parameter(torch.empty(s, dtype=dtype)) for s in shapes])
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------- parameters
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Uniform product state (channel 0 of every bond carries it) plus ``init_noise`` random entries that seed
-        the other channels: the initial distribution is close to uniform at any depth."""
+        the other channels: the initial distribution is close to uniform at any depth. Complex tensors add an
+        imaginary part ``imag_noise`` times the same scale (real parts drawn first: the same as the real model's)."""
+        mains = []
         for t, kids in zip(self.tensors, self._children):
-            main = torch.zeros_like(t)
-            index = tuple(slice(None) if is_site else 0 for is_site, _ in kids) + (0,)
-            main[index] = 1.0
-            rows = math.prod(t.shape[:-1])
-            t.copy_(main + self.init_noise * torch.randn_like(t) / math.sqrt(rows))
+            main = torch.zeros(t.shape, dtype=t.real.dtype, device=t.device)
+            main[tuple(slice(None) if is_site else 0 for is_site, _ in kids) + (0,)] = 1.0
+            mains.append(main)
+        fill_near(self.tensors, mains, [1.0 / math.sqrt(math.prod(t.shape[:-1])) for t in self.tensors],
+                  self.init_noise, self.imag_noise)
 
     @property
     def bond_dims(self) -> list[int]:
@@ -213,17 +227,17 @@ class TTN(BornMachine):
 
     # ------------------------------------------------------------------------------------------ likelihood
     def _norm_matrices(self) -> tuple[list[Tensor], Tensor]:
-        """Trace-normalized norm matrices ``M_v (D_v, D_v)`` of every subtree, and :math:`\\log Z`."""
+        """Trace-normalized norm matrices ``M_v (D_v, D_v)`` of every subtree (Hermitian), and :math:`\\log Z`."""
         mats: list[Tensor] = []
-        log_z = self.tensors[0].new_zeros(())
+        log_z = self.tensors[0].real.new_zeros(())
         for v, kids in enumerate(self._children):
             t = self.tensors[v]
             tm = t.unsqueeze(0)
             for j, (is_site, idx) in enumerate(kids):
                 if not is_site:  # a site's norm matrix is the identity
                     tm = _apply_on_axis(tm, mats[idx], j + 1)
-            m = tm.reshape(-1, t.shape[-1]).T @ t.reshape(-1, t.shape[-1])
-            trace = m.diagonal().sum()
+            m = t.reshape(-1, t.shape[-1]).mH @ tm.reshape(-1, t.shape[-1])  # sum conj(T[a,r]) M[a,a'] T[a',r']
+            trace = m.diagonal().sum().real
             mats.append(m / trace)
             log_z = log_z + trace.log()
         return mats, log_z
@@ -263,7 +277,7 @@ class TTN(BornMachine):
         return w.reshape(batch, -1) if skip is not None else w.reshape(batch)
 
     def log_amplitude_sq(self, x: Tensor) -> Tensor:
-        r""":math:`\log\psi(x)^2` for validated configurations ``(B, n)`` long: ``(B,)``."""
+        r""":math:`\log|\psi(x)|^2` for validated configurations ``(B, n)`` long: ``(B,)`` real."""
         vecs: list[Tensor] = []
         logs = []
         for v in range(len(self._children)):
@@ -278,7 +292,7 @@ class TTN(BornMachine):
         r"""Exact :math:`\log p(x_S)` of the variables on ``sites`` (other columns ignored): ``(B,)``.
 
         Bottom-up norm contraction with a projector :math:`e_{x_i}e_{x_i}^\top` at observed leaves and the identity
-        at the others (per-sample matrices).
+        at the others (per-sample matrices; the tensor conjugated on one side when complex).
         """
         x = check_states(x, self.n_sites, self.phys_dim, self.tensors[0].device)
         sites = torch.as_tensor(sites).long().reshape(-1)
@@ -289,7 +303,7 @@ class TTN(BornMachine):
         check_finite(self, log_z, "TTN")
         proj = torch.eye(self.phys_dim, dtype=self.tensors[0].dtype, device=x.device)[x]  # (B, n, d) one-hot
         sub: list[Tensor] = []
-        log_m = proj.new_zeros(x.shape[0])
+        log_m = proj.real.new_zeros(x.shape[0])
         for v, kids in enumerate(self._children):
             t = self.tensors[v]
             tm = t.unsqueeze(0)
@@ -298,8 +312,8 @@ class TTN(BornMachine):
                     tm = _apply_on_axis(tm, proj[:, idx, :, None] * proj[:, idx, None, :], j + 1)
                 elif not is_site:
                     tm = _apply_on_axis(tm, sub[idx], j + 1)
-            m = tm.reshape(tm.shape[0], -1, t.shape[-1]).transpose(1, 2) @ t.reshape(-1, t.shape[-1])
-            trace = m.diagonal(dim1=1, dim2=2).sum(1)
+            m = t.reshape(-1, t.shape[-1]).mH @ tm.reshape(tm.shape[0], -1, t.shape[-1])
+            trace = m.diagonal(dim1=1, dim2=2).sum(1).real
             sub.append(m / trace[:, None, None])
             log_m = log_m + trace.log()
         return log_m - log_z
@@ -334,10 +348,11 @@ class TTN(BornMachine):
                 for m, dj in later:
                     kron = torch.kron(kron, m if m is not None else torch.eye(dj, dtype=t.dtype, device=t.device))
                 y = torch.einsum("rs,bjsp->bjrp", kron, y)
-            ctx = torch.einsum("bjrp,bkrp->bjk", y, wm.expand(batch, -1, -1, -1))
-            ctx = ctx / ctx.diagonal(dim1=1, dim2=2).sum(1)[:, None, None]
+            # rho[j, k] = sum over the rest of amp(j) conj(amp(k)): the second copy conjugated
+            ctx = torch.einsum("bjrp,bkrp->bjk", y, wm.conj().expand(batch, -1, -1, -1))
+            ctx = ctx / ctx.diagonal(dim1=1, dim2=2).sum(1).real[:, None, None]
             if is_site:
-                out[:, idx] = sample_categorical(ctx.diagonal(dim1=1, dim2=2).clamp_min(0), generator)
+                out[:, idx] = sample_categorical(ctx.diagonal(dim1=1, dim2=2).real.clamp_min(0), generator)
                 vec = eye[out[:, idx]]
             else:
                 vec = self._sample_node(idx, ctx, mats, out, eye, generator)
@@ -414,7 +429,7 @@ class TTN(BornMachine):
         r"""One depth-first sweep of single-node updates maximizing the likelihood of ``x`` (bond dimensions fixed).
 
         The isometric center visits every internal node; there :math:`Z = \|T^{(v)}\|^2` and the NLL
-        :math:`\log\|T^{(v)}\|^2 - \frac{1}{|T|}\sum_x \log\psi_x(T^{(v)})^2` depends on :math:`T^{(v)}` through
+        :math:`\log\|T^{(v)}\|^2 - \frac{1}{|T|}\sum_x \log|\psi_x(T^{(v)})|^2` depends on :math:`T^{(v)}` through
         per-sample environment vectors (children from below, the rest of the tree from above), so ``n_steps``
         gradient steps with backtracking (initial size ``lr``) never raise it. The center moves between nodes by QR.
         Replaces the parameters: rebuild any optimizer afterwards.
@@ -436,7 +451,7 @@ class TTN(BornMachine):
         def optimize(v: int, ctx: Tensor) -> None:
             def nll(t: Tensor) -> Tensor:
                 psi = self._down_vector(v, t, x, vecs, ctx, None)
-                return (t ** 2).sum().log() - (psi ** 2).clamp_min(tiny).log().mean()
+                return abs2(t).sum().log() - abs2(psi).clamp_min(tiny).log().mean()
 
             t, step = tensors[v] / tensors[v].norm(), lr
             for _ in range(int(n_steps)):
@@ -484,4 +499,5 @@ class TTN(BornMachine):
 
     def extra_repr(self) -> str:
         return (f"n_sites={self.n_sites}, bond_dim={self.bond_dim}, phys_dim={self.phys_dim}, "
-                f"n_nodes={len(self._children)}, n_params={self.n_params}")
+                f"n_nodes={len(self._children)}, n_params={self.n_params}"
+                + (f", dtype={self.tensors[0].dtype}" if self.is_complex else ""))
