@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -203,9 +204,9 @@ def read_spike_mat(path: str | Path, dt: float, *, variable: str = "spks", t_sta
         raise ValueError(f"{path}: unit IDs must be integers from 1")
     ids = ids.astype(np.int64)
     n_units = int(ids.max()) if ids.size else 0
-    if t_stop is None and times.size:
-        t_stop = float(np.floor((times.max() - t_start) / dt + 1e-9) + 1) * dt + t_start
-    keep = (times >= t_start) & (times < t_stop if t_stop is not None else True)
+    keep = times >= t_start  # t_stop=None: from_spike_times ends just after the last spike
+    if t_stop is not None:
+        keep &= times < t_stop
     return SpikeData.from_spike_times(times[keep], ids[keep], dt, t_start, t_stop,
                                       unit_ids=np.arange(1, n_units + 1),
                                       meta={"source": str(path), "format": "spike-event mat", **(meta or {})})
@@ -228,8 +229,6 @@ APLYSIA_STIMULUS_S = 30.0
 
 
 def aplysia_dir(root: str | Path | None = None) -> Path:
-    import os
-
     return Path(root if root is not None else os.environ.get("DGRN_APLYSIA_DIR", APLYSIA_DIR))
 
 

@@ -164,7 +164,7 @@ def _slot_targets(plan: list, runs: list, slots: int, device) -> dict[int, Tenso
             for inc in range(max(inc for _, _, inc in runs) + 1)}
 
 
-def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: list, targets: dict,
+def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, increments: list[int], targets: dict,
                  active: Tensor | None, trace: bool) -> list[Tensor]:
     """Right environments after each site, ``(B, k + 1, P)`` in the count slots of the site's block (``k = 0``
     without constraints), each normalized by a positive scale of its own (the adjoint sweep: ``r' = T_i r``)."""
@@ -174,7 +174,7 @@ def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, runs: l
     site_weights = weights.transpose(0, 1).unsqueeze(-1).contiguous().unbind(0)
     scale = _scale_fn(trace, size, maps)
     rights: list[Tensor] = [None] * n  # type: ignore[list-item]
-    capped = _capped_runs([inc for first, stop, inc in runs for _ in range(first, stop)], plan)
+    capped = _capped_runs(increments, plan)
     r = end.expand(batch, size)
     if all(k == 0 for _, k, _, _ in plan):
         for i in range(n - 1, -1, -1):
@@ -208,7 +208,8 @@ def transfer_right_environments(maps: Tensor, weights: Tensor, end: Tensor, *, i
     increments = [0] * maps.shape[1] if increments is None else [int(v) for v in increments]
     plan, runs = _site_plan(weights.shape[1], groups, thresholds), _runs(increments)
     slots = 1 + (max(thresholds) if groups is not None else 0)
-    return _right_sweep(maps, weights, end, plan, runs, _slot_targets(plan, runs, slots, maps.device), active, True)
+    targets = _slot_targets(plan, runs, slots, maps.device)
+    return _right_sweep(maps, weights, end, plan, increments, targets, active, True)
 
 
 class _TransferChain(torch.autograd.Function):
@@ -269,7 +270,7 @@ class _TransferChain(torch.autograd.Function):
         size, slots = maps.shape[-1], left.shape[2]
         targets = _slot_targets(plan, runs, slots, maps.device)
         right = torch.stack([_pad_slots(rs, slots) for rs in _right_sweep(
-            maps, weights, end, plan, runs, targets, active, ctx.trace)])  # (n, B, S, P)
+            maps, weights, end, plan, increments, targets, active, ctx.trace)])  # (n, B, S, P)
         # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
         # all sites at once, one batched GEMM per run of maps
         sets = [(slice(first, stop), right if slots == 1 else right.gather(
