@@ -6,7 +6,8 @@ Every number comes from ``train.py`` on ``data=aplysia`` (20 ms bins, the same c
 model, the best-validation checkpoint scored on the test split): ``model=independent``, ``model=glm``, and DGRN as
 ``experiment=dgrn_aplysia`` (``model.init=rates``) and, with ``--models dgrn_glm_init``, with the model's default
 ``init=glm``. Writes ``bench/results/aplysia.json`` and prints one row per recording and the counts of recordings
-where DGRN is at or below each baseline.
+where DGRN is at or below each baseline. Each result is written as soon as it is known, and a rerun skips the
+(recording, model) pairs already in the output file (``--fresh`` starts over), so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,23 +40,27 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "aplysia.json"))
+    parser.add_argument("--fresh", action="store_true", help="ignore the results already in --out")
     args = parser.parse_args()
     recordings = args.recordings or aplysia_recordings()
-    tasks = [(rec, model) for rec in recordings for model in args.models]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {} if args.fresh or not out.exists() else json.loads(out.read_text())["recordings"]
+    tasks = [(rec, model) for rec in recordings for model in args.models if model not in results.get(rec, {})]
+    lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         def run(task):
             rec, model = task
-            out = run_train([*MODELS[model], f"data.dataset.recording={rec}"],
-                            Path(tmp) / f"{rec}_{model}")
-            print(f"{rec} {model}: test NLL {out['metrics']['test/nll']:.5f} ({out['seconds']:.0f} s)", flush=True)
-            return task, {"test_nll": out["metrics"]["test/nll"], "best_val_nll": out["metrics"].get("best/val/nll"),
-                          "seconds": out["seconds"]}
+            res = run_train([*MODELS[model], f"data.dataset.recording={rec}"], Path(tmp) / f"{rec}_{model}")
+            print(f"{rec} {model}: test NLL {res['metrics']['test/nll']:.5f} ({res['seconds']:.0f} s)", flush=True)
+            with lock:  # saved at once: an interrupted run keeps what it has
+                results.setdefault(rec, {})[model] = {"test_nll": res["metrics"]["test/nll"],
+                                                      "best_val_nll": res["metrics"].get("best/val/nll"),
+                                                      "seconds": res["seconds"]}
+                atomic_write(out, json.dumps({"recordings": results}, indent=1))
         with ThreadPoolExecutor(args.jobs) as pool:
-            done = dict(pool.map(run, tasks))
-    table = {rec: {model: done[(rec, model)] for model in args.models} for rec in recordings}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps({"recordings": table}, indent=1))
+            list(pool.map(run, tasks))
+    table = {rec: {model: results[rec][model] for model in args.models} for rec in recordings}
     print("\nrecording      " + "  ".join(f"{m:>13}" for m in args.models))
     for rec, row in table.items():
         print(f"{rec:14} " + "  ".join(f"{row[m]['test_nll']:13.5f}" for m in args.models))

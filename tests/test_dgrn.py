@@ -117,6 +117,9 @@ def test_build_hierarchy_levels_and_clear_errors(kising):
         build_hierarchy(w, kising.spikes, 3, communities="leiden", tau=10.0, laplacian="normalized")
     with pytest.raises(ValueError, match="merges none"):
         build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=1e-6)
+    with pytest.warns(UserWarning, match="stops at 1 coarse level"):  # strict=False: the levels that can be built
+        shallow = build_hierarchy(w, kising.spikes, 2, communities="leiden", tau=1e-6, strict=False)
+    assert len(shallow["memberships"]) == len(shallow["thresholds"]) == 1 and len(shallow["n_units"]) == 2
 
 
 def test_median_thresholds_make_units_active_half_the_time(kising):

@@ -75,7 +75,8 @@ class DGRN(NextBinModule):
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
         for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
-        ``max_threshold``: when a coarse unit is active, thresholds set on the training split) and return the model,
+        ``max_threshold``: when a coarse unit is active, thresholds set on the training split; a graph that cannot be
+        coarse-grained ``levels`` times gets the levels it can, with a warning) and return the model,
         its decoders started at the training split's rates of every level (``init="glm"``: the fine level at the
         fitted GLM itself, :meth:`dgrn.nn.MultiscaleBornMachine.init_glm`). ``hierarchy_graph`` is the graph the
         communities and the site order come from: ``"couplings"`` (the inferred ones) or ``"correlation"`` (equal-time
@@ -100,7 +101,8 @@ class DGRN(NextBinModule):
             couplings = correlation(spikes)  # zero diagonal
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
-                                    shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold)
+                                    shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold,
+                                    strict=False)
         log.info("DGRN hierarchy: units per level %s, tau %s, thresholds per level %s", hierarchy["n_units"],
                  hierarchy["taus"], [sorted(set(k)) for k in hierarchy["thresholds"]])
         net = dict(kwargs.pop("net", {}))

@@ -8,6 +8,7 @@ metagraph, repeatedly); :class:`MultiscaleBornMachine` models the next bin of ev
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,8 @@ def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | No
 
 def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = "gnn", encoder: nn.Module | None = None,
                     tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
-                    community_options: dict | None = None, pool: str = "or", max_threshold: int | None = None) -> dict:
+                    community_options: dict | None = None, pool: str = "or", max_threshold: int | None = None,
+                    strict: bool = True) -> dict:
     r"""Nested levels of units for :class:`MultiscaleBornMachine`.
 
     Level 1 is the communities of the coupling graph (``communities``: a :func:`dgrn.graph.find_communities`
@@ -117,12 +119,14 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     Args:
         graph: ``(N, N)`` couplings, ``A[i, j]`` = influence of ``j`` on ``i`` (any sign); spikes: ``(T, N)``.
         levels: number of coarse levels ``L >= 0`` (0: the fine level only).
+        strict: raise when the graph cannot be coarse-grained ``levels`` times; ``False``: warn and return the
+            levels that could be built (a recording whose encoder finds 2 communities gets 1 coarse level, not none).
 
     Returns ``{"memberships": [L lists of N ints], "thresholds": [L lists of N ints], "order": [N ints], "taus": [...],
     "n_units": [N, n_1, ..., n_L]}``
-    (plain lists: it goes into the model's hyperparameters). Raises ``ValueError`` when the graph cannot be
-    coarse-grained ``levels`` times (it collapses to one unit, or a step merges nothing) and names the largest
-    ``levels`` that works.
+    (plain lists: it goes into the model's hyperparameters). With ``strict``, raises ``ValueError`` when the graph
+    cannot be coarse-grained ``levels`` times (it collapses to one unit, or a step merges nothing) and names the
+    largest ``levels`` that works.
     """
     if int(levels) != levels or levels < 0:
         raise ValueError(f"levels must be an integer >= 0, got {levels!r}")
@@ -153,14 +157,22 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
             kernel = HeatKernel(sym.numpy(), laplacian=laplacian, method="exact")
             t = select_tau(kernel, tau)[0] if shrink is None else tau_for_shrink(kernel, shrink)
         if t is None:
-            raise ValueError(f"the level-{lvl - 1} graph has {k} unit(s) and no edges to diffuse on: it cannot be "
-                             f"coarse-grained again; use levels <= {lvl - 1}")
-        renorm_pool = DiffusionRenormPooling(tau=t, mode="hard", learn_tau=False, laplacian=laplacian, self_loops=False)
-        out = renorm_pool(torch.eye(k, dtype=torch.float64)[None], adj=weights[None])
-        assign = out.assignment[0]
-        if int(out.num_supernodes[0]) == k:
-            raise ValueError(f"diffusion renormalization at tau={t:.4g} merges none of the {k} level-{lvl - 1} units; "
-                             f"use levels <= {lvl - 1} or another renorm tau")
+            reason = (f"the level-{lvl - 1} graph has {k} unit(s) and no edges to diffuse on: it cannot be "
+                      f"coarse-grained again")
+        else:
+            renorm_pool = DiffusionRenormPooling(tau=t, mode="hard", learn_tau=False, laplacian=laplacian,
+                                                 self_loops=False)
+            out = renorm_pool(torch.eye(k, dtype=torch.float64)[None], adj=weights[None])
+            assign = out.assignment[0]
+            merged = int(out.num_supernodes[0]) < k
+            reason = None if merged else (f"diffusion renormalization at tau={t:.4g} merges none of the {k} "
+                                          f"level-{lvl - 1} units")
+        if reason is not None:
+            if strict:
+                raise ValueError(f"{reason}; use levels <= {lvl - 1}" + ("" if t is None else " or another renorm tau"))
+            warnings.warn(f"{reason}: the hierarchy stops at {lvl - 1} coarse level(s) instead of {levels}",
+                          stacklevel=2)
+            break
         memberships.append(assign[memberships[-1]])
         taus.append(float(t))
         sizes.append(int(out.num_supernodes[0]))
