@@ -685,6 +685,52 @@ def test_conditional_mps_coarse_constraint_matches_restricted_enumeration(active
     assert total_variation(draws, reference) < 0.03
 
 
+@pytest.mark.parametrize("mode", ["sequential", "tree", "transfer"])
+def test_conditional_mps_per_context_thresholds_match_restricted_enumeration(mode):
+    """Thresholds that differ between contexts (B, K), 0 included (an active block left free): every contraction
+    equals the Born weights of each context restricted to its own consistent configurations and renormalized
+    (enumerated independently per context), and sampling follows it."""
+    torch.manual_seed(5)
+    m = ConditionalMPS(6, 3, 3, rank=1, init_noise=1.0).double()
+    with torch.no_grad():
+        m.field.weight.normal_()
+        m.field.bias.normal_()
+    m.contraction = mode
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    cases = [([1, 0, 1], [0, 2, 1]), ([1, 1, 0], [2, 0, 1]), ([0, 0, 1], [2, 3, 0]), ([1, 1, 1], [0, 0, 0])]
+    x = all_states(6)
+    for ctx, (active, thresholds) in enumerate(cases):
+        c = torch.randn(1, 3, dtype=torch.float64).expand(64, -1)
+        act = torch.tensor([active], dtype=torch.bool).expand(64, -1)
+        k = torch.tensor([thresholds]).expand(64, -1)
+        ok = _consistent(x, groups, act, thresholds)
+        m.contraction = "sequential"
+        free = m.log_prob(x, c)
+        m.contraction = mode
+        reference = free.masked_fill(~ok, -torch.inf)
+        reference = reference - reference.logsumexp(0)
+        got = m.log_prob(x, c, groups, act, k)
+        torch.testing.assert_close(got[ok], reference[ok], rtol=0, atol=1e-11)
+        assert torch.isneginf(got[~ok]).all()
+        if mode != "tree":  # sampling: sequential or transfer environments
+            draws = m.sample(c[:1].expand(20_000, -1), torch.Generator().manual_seed(ctx), groups,
+                             act[:1].expand(20_000, -1), k[:1].expand(20_000, -1))
+            assert _consistent(draws, groups, act[:1].expand(20_000, -1), thresholds).all()
+            assert total_variation(draws, reference) < 0.04
+    # a batch mixing the cases at once equals the cases one by one
+    mixed_act = torch.tensor([a for a, _ in cases], dtype=torch.bool)
+    mixed_k = torch.tensor([t for _, t in cases])
+    xs = torch.tensor([[1, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]])
+    cs = torch.randn(4, 3, dtype=torch.float64)
+    one_by_one = torch.cat([m.log_prob(xs[i:i + 1], cs[i:i + 1], groups, mixed_act[i:i + 1], mixed_k[i:i + 1])
+                            for i in range(4)])
+    torch.testing.assert_close(m.log_prob(xs, cs, groups, mixed_act, mixed_k), one_by_one, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="threshold 0 cannot be inactive"):
+        m.log_prob(xs[:1], cs[:1], groups, torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 1]]))
+    with pytest.raises(ValueError, match="per context"):
+        m.log_prob(xs[:1], cs[:1], groups, mixed_act[:1], torch.tensor([[1, 4, 1]]))  # a block of 3 has no 4
+
+
 def test_conditional_mps_count_constraint_three_states():
     """phys_dim 3: a block's count is of its nonzero sites, whatever their value (enumerated over 3^5 states)."""
     torch.manual_seed(3)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_size, check_states, sample_categorical
-from dgrn.tn.contract import (count_pair_map, normalize_slots, pair_sites, transfer_log_norm,
+from dgrn.tn.contract import (count_pair_map, count_slot_mask, normalize_slots, pair_sites, transfer_log_norm,
                               transfer_right_environments, tree_product)
 
 __all__ = ["ConditionalMPS"]
@@ -40,7 +40,8 @@ class ConditionalMPS(nn.Module):
 
     **Coarse-to-fine constraint.** Given ``groups`` (the contiguous block of each site: the supernode of a coarser
     level it belongs to, sites ordered block by block), ``thresholds (K,)`` (default 1) and the coarse state
-    ``active (B, K)`` (block ``k`` has at least ``thresholds[k]`` nonzero sites; threshold 1 is OR pooling),
+    ``active (B, K)`` (block ``k`` has at least ``thresholds[k]`` nonzero sites; threshold 1 is OR pooling; per
+    context, ``thresholds (B, K)`` may differ between rows and be 0, which leaves an active block unconstrained),
     ``log_prob(x, c, groups=..., active=..., thresholds=...)`` is the exact
     :math:`\log p(x \mid c, x^{\rm coarse})` of the Born distribution *restricted to configurations consistent
     with the coarse state* and renormalized over them; inconsistent ``x`` get :math:`-\infty`. The restricted norm
@@ -72,7 +73,7 @@ class ConditionalMPS(nn.Module):
         ``log_prob(x, c)``: ``x (B, n)`` integers in ``{0..d-1}``, ``c (B, context_dim)`` -> ``(B,)``;
         ``sample(c)`` -> ``(B, n)`` long, one draw per context row; ``groups (n,)`` long, nondecreasing from 0 with
         no gaps; ``active (B, K)`` bool with ``K = groups[-1] + 1``; ``thresholds (K,)`` integers from 1 to the
-        block's size.
+        block's size, or ``(B, K)`` from 0 to the block's size.
     """
 
     def __init__(self, n_sites: int, context_dim: int, bond_dim: int, phys_dim: int = 2, *, rank: int = 1,
@@ -140,7 +141,9 @@ class ConditionalMPS(nn.Module):
         return a / a.detach().abs().amax((2, 3, 4), keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
     def _check_groups(self, groups, active, batch: int, thresholds=None) -> tuple:
-        """``(groups, active, thresholds as a list)`` checked, or three ``None`` without a constraint."""
+        """``(groups, allowed, caps)`` checked, or three ``None`` without a constraint: ``allowed (B, K, S)`` the count
+        slots that may end each block (:func:`~dgrn.tn.contract.count_slot_mask`), ``caps`` (a host list) the count
+        each block's slots run up to, its largest threshold (at least 1)."""
         if groups is None and active is None:
             if thresholds is not None:
                 raise ValueError("thresholds need groups and active")
@@ -154,20 +157,27 @@ class ConditionalMPS(nn.Module):
         if groups[0] != 0 or ((steps != 0) & (steps != 1)).any():
             raise ValueError("groups must be contiguous blocks numbered 0, 1, 2, ... in site order "
                              "(order the sites by their coarse unit)")
-        active = torch.as_tensor(active, device=self.core.device)
+        active = torch.as_tensor(active, device=self.core.device).bool()
         n_groups = int(groups[-1]) + 1
         if active.shape != (batch, n_groups):
             raise ValueError(f"active must have shape (batch={batch}, n_groups={n_groups}), got {tuple(active.shape)}")
-        sizes = torch.bincount(groups).tolist()
+        sizes = torch.bincount(groups)
         if thresholds is None:
-            thresholds = [1] * n_groups
+            k = torch.ones(n_groups, dtype=torch.long, device=groups.device)
         else:
-            thresholds = torch.as_tensor(thresholds).reshape(-1).tolist()
-            if len(thresholds) != n_groups or any(int(k) != k or not 1 <= k <= size
-                                                  for k, size in zip(thresholds, sizes)):
-                raise ValueError(f"thresholds must be {n_groups} integers, each from 1 to its block's size {sizes}; "
-                                 f"got {thresholds}")
-        return groups, active.bool(), [int(k) for k in thresholds]
+            k = torch.as_tensor(thresholds, device=groups.device)
+            shared = k.dim() <= 1
+            k = k.reshape(-1) if shared else k
+            if (k.shape != (n_groups,) if shared else k.shape != (batch, n_groups)) or (k != k.round()).any() \
+                    or (k < (1 if shared else 0)).any() or (k > sizes).any():
+                raise ValueError(f"thresholds must be {n_groups} integers, each from 1 to its block's size "
+                                 f"{sizes.tolist()}, or per context ({batch}, {n_groups}) integers from 0 (an "
+                                 f"active block with no constraint) to the block's size; got {k.tolist()}")
+            k = k.long()
+            if not shared and ((k == 0) & ~active).any():
+                raise ValueError("a block with threshold 0 cannot be inactive (fewer than 0 nonzero sites)")
+        caps = (k if k.dim() == 1 else k.amax(0)).clamp_min(1).tolist()
+        return groups, count_slot_mask(active, k, 1 + max(caps)), caps
 
     @staticmethod
     def _transfer(env: Tensor, ai: Tensor) -> Tensor:
@@ -187,10 +197,10 @@ class ConditionalMPS(nn.Module):
         return cls._transfer(counts, a_zero) + torch.cat(
             [torch.zeros_like(up[:, :1]), up[:, :-2], up[:, -2:].sum(1, keepdim=True)], 1)
 
-    def _log_norm(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None,
-                  thresholds: list[int] | None = None) -> Tensor:
+    def _log_norm(self, a: Tensor, groups: Tensor | None = None, allowed: Tensor | None = None,
+                  caps: list[int] | None = None) -> Tensor:
         r""":math:`\log Z(c)` per context from per-context transfer matrices, ``(B,)``; restricted to the
-        configurations consistent with ``active`` when ``groups`` is given."""
+        configurations consistent with ``allowed`` when ``groups`` is given."""
         left, right = self.left.to(a.dtype), self.right.to(a.dtype)
         env = (left[:, None] * left[None, :]).expand(a.shape[0], -1, -1)
         log_z = a.new_zeros(a.shape[0])
@@ -204,12 +214,12 @@ class ConditionalMPS(nn.Module):
             if groups is None:
                 env = self._transfer(env, sites[i])
             else:
-                k = thresholds[block[i]]
+                k = caps[block[i]]
                 if i == 0 or block[i] != block[i - 1]:  # count environments of the block: 0, 1, .., k or more
                     counts = torch.cat([env[:, None], env.new_zeros(env.shape[0], k, *env.shape[1:])], 1)
                 counts = self._count_step(counts, a_zero[i], a_nonzero[i])
                 if i == self.n_sites - 1 or block[i + 1] != block[i]:
-                    env = torch.where(active[:, block[i], None, None], counts[:, k], counts[:, :k].sum(1))
+                    env = (counts * allowed[:, block[i], :k + 1, None, None]).sum(1)
                 else:  # common scale for all count environments, so their sum at the block end stays exact
                     scale = counts.sum(1).diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)
                     counts = counts / scale[:, None, None, None]
@@ -251,12 +261,12 @@ class ConditionalMPS(nn.Module):
         value = torch.einsum("i,bij,j->b", left, m, right)
         return value.abs().clamp_min(torch.finfo(m.dtype).tiny).log()
 
-    def _log_norm_tree(self, a: Tensor, groups: Tensor | None = None, active: Tensor | None = None,
-                       thresholds: list[int] | None = None) -> Tensor:
+    def _log_norm_tree(self, a: Tensor, groups: Tensor | None = None, allowed: Tensor | None = None,
+                       caps: list[int] | None = None) -> Tensor:
         r""":math:`\log Z(c)` as :meth:`_log_norm`, by log-depth tree products of the ``D^2 x D^2`` transfer matrices
         (:mod:`dgrn.tn.contract`): with ``groups``, each block's product carries one slot per count of nonzero sites
         (``0 .. k``), blocks of similar size reduced together (padded with identity sites), then the blocks' maps
-        (the slot ``k`` when active, else the sum of the others) are multiplied by another tree."""
+        (the sum of the slots consistent with the coarse state) are multiplied by another tree."""
         batch, n, dim = a.shape[0], self.n_sites, self.bond_dim
         sq = dim * dim
         left, right = self.left.to(a.dtype), self.right.to(a.dtype)
@@ -289,7 +299,7 @@ class ConditionalMPS(nn.Module):
             buckets.setdefault((size - 1).bit_length(), []).append(j)
         for members in buckets.values():
             length = max(sizes[j] for j in members)
-            k_max = max(thresholds[j] for j in members)
+            k_max = max(caps[j] for j in members)
             slots = k_max + 1
             index = torch.tensor([[starts[j] + p if p < sizes[j] else n for p in range(length)] for j in members],
                                  device=a.device)  # (nb, L): site of each position, n for the identity
@@ -298,12 +308,10 @@ class ConditionalMPS(nn.Module):
             if slots > 2:
                 m = torch.cat([m, m.new_zeros(*m.shape[:3], slots - 2, sq, sq)], 3)
                 s = torch.cat([s, s.new_full((*s.shape[:3], slots - 2), -torch.inf)], 3)
-            k = torch.tensor([thresholds[j] for j in members], device=a.device)
+            k = torch.tensor([caps[j] for j in members], device=a.device)
             m, s = tree_product(m, s, count_pair_map(k, slots).to(a.dtype))  # (B, nb, S, X, X), (B, nb, S)
-            # block map: slot k if active, else the sum of slots 0 .. k-1 (scaled to their largest log-scale)
-            on = active[:, members]  # (B, nb)
-            below = torch.arange(slots, device=a.device) < k[:, None]  # (nb, S)
-            keep = torch.where(on[..., None], torch.arange(slots, device=a.device) == k[:, None], below)  # (B, nb, S)
+            # block map: the sum of the slots consistent with the coarse state (scaled to their largest log-scale)
+            keep = allowed[:, members, :slots]  # (B, nb, S)
             masked = torch.where(keep, s, torch.full_like(s, -torch.inf))
             s_max = masked.amax(-1)
             finite = torch.isfinite(s_max)
@@ -358,10 +366,10 @@ class ConditionalMPS(nn.Module):
             weights = weights[..., None] * (gamma[..., :, None] * gamma[..., None, :]).flatten(2).unsqueeze(2)
         return maps, weights.reshape(log_w.shape[0], n, -1), [0] * terms ** 2 + [1] * ((d - 1) * terms ** 2)
 
-    def _log_prob_transfer(self, x: Tensor, c: Tensor, groups, active, thresholds) -> tuple[Tensor, Tensor]:
+    def _log_prob_transfer(self, x: Tensor, c: Tensor, groups, allowed, caps) -> tuple[Tensor, Tensor]:
         """``(log Z, log |psi(x)|)`` by :func:`~dgrn.tn.contract.transfer_log_norm` (the norm: one GEMM per site for
         all contexts, hand-written backward) and a tree product of the chosen matrices (the amplitude)."""
-        dtype = self._transfer_dtype(thresholds)
+        dtype = self._transfer_dtype(caps)
         n, d, dim, terms = self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
         log_w, parts, gamma = self._transfer_parts(c, dtype)
         maps, weights, increments = self._norm_maps(log_w, parts, gamma)
@@ -370,7 +378,7 @@ class ConditionalMPS(nn.Module):
         for _ in range(TRANSFER_MERGES):  # fewer sequential steps, each with more maps
             maps, weights, increments, block = pair_sites(maps, weights, increments, block)
         log_z = transfer_log_norm(maps, weights, torch.kron(left, left), torch.kron(right, right),
-                                  increments=increments, groups=block, thresholds=thresholds, active=active)
+                                  increments=increments, groups=block, thresholds=caps, active=allowed)
         # the amplitude: the same kind of chain on vectors, the observed value's matrices weighted by the gates
         onehot = torch.nn.functional.one_hot(x, d).to(dtype)
         amp_weights = onehot if gamma is None else (onehot[..., None] * gamma[:, :, None]).flatten(2)
@@ -389,7 +397,7 @@ class ConditionalMPS(nn.Module):
                              "precision (1e-3) would swamp the likelihood, and its rare branches underflow")
         return dtype
 
-    def _transfer_dtype(self, thresholds: list[int] | None) -> torch.dtype:
+    def _transfer_dtype(self, caps: list[int] | None) -> torch.dtype:
         """The transfer chains run in float32 for float32 (and lower) parameters, unless a count threshold is above
         1: every state is trace-normalized at every site (float32 within 5e-7 relative of the float64 reference on
         500 and 2,000 sites, OR blocks of improbable units included), but a block's count slots share one scale, and
@@ -398,7 +406,7 @@ class ConditionalMPS(nn.Module):
         requested = self._requested_dtype()
         if requested is not None:
             return requested
-        if self.core.dtype == torch.float64 or (thresholds is not None and max(thresholds) > 1):
+        if self.core.dtype == torch.float64 or (caps is not None and max(caps) > 1):
             return torch.float64
         return torch.float32
 
@@ -430,24 +438,24 @@ class ConditionalMPS(nn.Module):
         x = check_states(x, self.n_sites, self.phys_dim, self.core.device)
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but c has {c.shape[0]}: one context per configuration")
-        groups, active, thresholds = self._check_groups(groups, active, x.shape[0], thresholds)
+        groups, allowed, caps = self._check_groups(groups, active, x.shape[0], thresholds)
         mode = self._contraction_mode()
         if mode == "transfer":
-            log_z, log_psi = self._log_prob_transfer(x, c, groups, active, thresholds)
+            log_z, log_psi = self._log_prob_transfer(x, c, groups, allowed, caps)
         else:
             dtype = self._tree_dtype if mode == "tree" else self._contract_dtype
             a = self.site_tensors(c).to(dtype)
             if mode == "tree":
-                log_z, log_psi = self._log_norm_tree(a, groups, active, thresholds), self._log_psi_tree(a, x)
+                log_z, log_psi = self._log_norm_tree(a, groups, allowed, caps), self._log_psi_tree(a, x)
             else:
-                log_z, log_psi = self._log_norm(a, groups, active, thresholds), self._log_psi(a, x)
+                log_z, log_psi = self._log_norm(a, groups, allowed, caps), self._log_psi(a, x)
         check_finite(self, log_z, "ConditionalMPS")
         log_p = 2.0 * log_psi - log_z
-        if groups is not None:
-            counts = torch.zeros(active.shape, dtype=torch.long, device=x.device).scatter_add_(
+        if groups is not None:  # zero for configurations whose counts end a block outside its allowed slots
+            counts = torch.zeros(allowed.shape[:2], dtype=torch.long, device=x.device).scatter_add_(
                 1, groups.expand_as(x), (x > 0).long())
-            fired = counts >= torch.tensor(thresholds, device=x.device)
-            log_p = log_p.masked_fill((fired != active).any(1), -torch.inf)
+            slot = torch.minimum(counts, torch.tensor(caps, device=x.device))
+            log_p = log_p.masked_fill(~allowed.gather(2, slot[..., None]).all(1).squeeze(-1), -torch.inf)
         return log_p.to(c.dtype)
 
     def forward(self, x, c, groups=None, active=None, thresholds=None) -> Tensor:
@@ -468,9 +476,9 @@ class ConditionalMPS(nn.Module):
 
     def _sample(self, c, generator, groups, active, thresholds) -> Tensor:
         c = self._check_context(c)
-        groups, active, thresholds = self._check_groups(groups, active, c.shape[0], thresholds)
+        groups, allowed, caps = self._check_groups(groups, active, c.shape[0], thresholds)
         if self._contraction_mode() == "transfer":
-            return self._sample_transfer(c, generator, groups, active, thresholds)
+            return self._sample_transfer(c, generator, groups, allowed, caps)
         a = self.site_tensors(c).to(self._contract_dtype)
         batch, n = c.shape[0], self.n_sites
         tiny = torch.finfo(a.dtype).tiny
@@ -487,10 +495,9 @@ class ConditionalMPS(nn.Module):
                 env = self._transfer(env, at)
                 env = env / env.diagonal(dim1=1, dim2=2).sum(1).clamp_min(tiny)[:, None, None]
                 continue
-            k = thresholds[block[i]]
+            k = caps[block[i]]
             if i == n - 1 or block[i + 1] != block[i]:  # block end: keep the counts consistent with its state
-                fired = torch.arange(k + 1, device=c.device) >= k
-                keep = (fired[None, :] == active[:, block[i], None]).to(a.dtype)
+                keep = allowed[:, block[i], :k + 1].to(a.dtype)
                 after[i] = keep[:, :, None, None] * env[:, None]
                 up = torch.cat([torch.arange(1, k + 1), torch.tensor([k])]).to(c.device)  # count after a nonzero value
             else:
@@ -507,7 +514,7 @@ class ConditionalMPS(nn.Module):
             if groups is None:
                 weights = torch.einsum("bsr,brq,bsq->bs", w, after[i], w)
             else:
-                k = thresholds[block[i]]
+                k = caps[block[i]]
                 if i == 0 or block[i] != block[i - 1]:
                     count = torch.zeros_like(count)
                 env_zero, env_nonzero = after[i][rows, count], after[i][rows, (count + 1).clamp_max(k)]
@@ -520,18 +527,18 @@ class ConditionalMPS(nn.Module):
             v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
         return out
 
-    def _sample_transfer(self, c, generator, groups, active, thresholds) -> Tensor:
+    def _sample_transfer(self, c, generator, groups, allowed, caps) -> Tensor:
         """:meth:`sample` with the right environments of the transfer chain (one GEMM per site for all contexts) and
         the left-to-right draws as elementwise products, no per-context matrix products; in the dtype of the
         transfer chains (every state normalized at every site)."""
-        dtype = self._transfer_dtype(thresholds)
+        dtype = self._transfer_dtype(caps)
         batch, n, d, dim, terms = c.shape[0], self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
         log_w, parts, gamma = self._transfer_parts(c, dtype)
         maps, weights, increments = self._norm_maps(log_w, parts, gamma)
         block = None if groups is None else groups.tolist()
         right = self.right.to(dtype)
         rights = transfer_right_environments(maps, weights, torch.kron(right, right), increments=increments,
-                                             groups=block, thresholds=thresholds, active=active)
+                                             groups=block, thresholds=caps, active=allowed)
         stacked = parts.permute(0, 2, 1, 3, 4).reshape(n, dim, terms * d * dim).unbind(0)  # v @ P_ir[s] for all r, s
         amplitude = (0.5 * log_w).exp().unbind(1)  # (B, d) per site
         gates = gamma.unbind(1) if gamma is not None else None
@@ -549,7 +556,7 @@ class ConditionalMPS(nn.Module):
             if block is None:
                 prob = prob[:, :, 0]
             else:
-                k = thresholds[block[i]]
+                k = caps[block[i]]
                 if i == 0 or block[i] != block[i - 1]:
                     count = torch.zeros_like(count)
                 after = torch.cat([count[:, None], (count + 1).clamp_max(k)[:, None].expand(-1, d - 1)], 1)

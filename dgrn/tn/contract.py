@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["count_pair_map", "normalize_slots", "pair_sites", "transfer_log_norm", "transfer_right_environments",
+__all__ = ["count_pair_map", "count_slot_mask", "normalize_slots", "pair_sites", "transfer_log_norm", "transfer_right_environments",
            "tree_product"]
 
 
@@ -36,6 +36,17 @@ def count_pair_map(thresholds: Tensor, slots: int) -> Tensor:
     ok = (a_ok & b_ok).reshape(len(thresholds), -1, 1)
     target = torch.minimum(pair_sum, k)  # (K, P, 1)
     return (ok & (target == a.reshape(1, 1, -1))).to(torch.get_default_dtype())
+
+
+def count_slot_mask(active: Tensor, thresholds: Tensor, slots: int) -> Tensor:
+    """``(B, K, slots)`` bool: the count slots (nonzero sites of a block, capped) that end block ``g`` consistently
+    with its coarse state, at least ``thresholds[..., g]`` nonzero sites when ``active[b, g]``, fewer otherwise.
+    ``thresholds`` is ``(K,)`` or per context ``(B, K)``; a block's slots must run up to at least its largest
+    threshold (the last slot meaning "that many or more"), so both conditions read off the slot index. A threshold
+    of 0 leaves an active block unconstrained."""
+    s = torch.arange(slots, device=active.device)
+    k = torch.as_tensor(thresholds, device=active.device).long().unsqueeze(-1)
+    return torch.where(active.bool().unsqueeze(-1), s >= k, s < k)
 
 
 def normalize_slots(m: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,7 +176,7 @@ def _slot_targets(plan: list, runs: list, slots: int, device) -> dict[int, Tenso
 
 
 def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, increments: list[int], targets: dict,
-                 active: Tensor | None, trace: bool) -> list[Tensor]:
+                 allowed: Tensor | None, trace: bool) -> list[Tensor]:
     """Right environments after each site, ``(B, k + 1, P)`` in the count slots of the site's block (``k = 0``
     without constraints), each normalized by a positive scale of its own (the adjoint sweep: ``r' = T_i r``)."""
     batch, n, n_maps = weights.shape
@@ -185,8 +196,7 @@ def _right_sweep(maps: Tensor, weights: Tensor, end: Tensor, plan: list, increme
     for i in range(n - 1, -1, -1):
         block, k, first, last = plan[i]
         if last:  # the block's end keeps the counts consistent with its coarse state
-            on = active[:, block, None, None]
-            rs = torch.where(torch.arange(k + 1, device=r.device)[:, None] == k, on, ~on) * r[:, None]
+            rs = allowed[:, block, :k + 1, None] * r[:, None]
         rights[i] = rs
         y = _apply(rs, site_weights[i], stacked_t[i], capped[k], k,
                    {inc: index[i, :k + 1] for inc, index in targets.items()})
@@ -209,7 +219,17 @@ def transfer_right_environments(maps: Tensor, weights: Tensor, end: Tensor, *, i
     plan, runs = _site_plan(weights.shape[1], groups, thresholds), _runs(increments)
     slots = 1 + (max(thresholds) if groups is not None else 0)
     targets = _slot_targets(plan, runs, slots, maps.device)
-    return _right_sweep(maps, weights, end, plan, increments, targets, active, True)
+    return _right_sweep(maps, weights, end, plan, increments, targets, _allowed(groups, thresholds, active), True)
+
+
+def _allowed(groups: list[int] | None, thresholds: list[int] | None, active: Tensor | None) -> Tensor | None:
+    """The slot mask of :func:`count_slot_mask` from ``active`` ``(B, K)`` (at the blocks' thresholds), or ``active``
+    itself when it is already one ``(B, K, S)``."""
+    if groups is None:
+        return None
+    if active.dim() == 3:
+        return active.bool()
+    return count_slot_mask(active, torch.tensor(thresholds), 1 + max(thresholds))
 
 
 class _TransferChain(torch.autograd.Function):
@@ -217,7 +237,7 @@ class _TransferChain(torch.autograd.Function):
     the backward pass is one adjoint sweep plus vectorized outer products, so autograd records no per-site graph."""
 
     @staticmethod
-    def forward(ctx, maps, weights, start, end, increments, groups, thresholds, active, trace):
+    def forward(ctx, maps, weights, start, end, increments, groups, thresholds, allowed, trace):
         batch, n, n_maps = weights.shape
         size = maps.shape[-1]
         plan, runs = _site_plan(n, groups, thresholds), _runs(increments)
@@ -242,7 +262,7 @@ class _TransferChain(torch.autograd.Function):
                 lefts.append(xs)
                 y = _apply(xs, site_weights[i], stacked[i], capped[k], k)
                 if last:
-                    x = torch.where(active[:, block, None], y[:, k], y[:, :k].sum(1))
+                    x = (y * allowed[:, block, :k + 1, None]).sum(1)
                     tau = scale(x)
                     x = x / tau[:, None]
                 else:
@@ -258,19 +278,19 @@ class _TransferChain(torch.autograd.Function):
                 slots = 1 + max(thresholds)
                 left = torch.stack([_pad_slots(xs, slots) for xs in lefts])  # (n, B, S, P)
             ctx.save_for_backward(maps, weights, start, end, left, x, closing)
-            ctx.plan, ctx.increments, ctx.active, ctx.trace = plan, increments, active, trace
+            ctx.plan, ctx.increments, ctx.allowed, ctx.trace = plan, increments, allowed, trace
         return log_z
 
     @staticmethod
     def backward(ctx, grad_out):
         maps, weights, start, end, left, x_end, closing = ctx.saved_tensors
-        plan, increments, active = ctx.plan, ctx.increments, ctx.active
+        plan, increments, allowed = ctx.plan, ctx.increments, ctx.allowed
         runs = _runs(increments)
         batch, n, n_maps = weights.shape
         size, slots = maps.shape[-1], left.shape[2]
         targets = _slot_targets(plan, runs, slots, maps.device)
         right = torch.stack([_pad_slots(rs, slots) for rs in _right_sweep(
-            maps, weights, end, plan, increments, targets, active, ctx.trace)])  # (n, B, S, P)
+            maps, weights, end, plan, increments, targets, allowed, ctx.trace)])  # (n, B, S, P)
         # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
         # all sites at once, one batched GEMM per run of maps
         sets = [(slice(first, stop), right if slots == 1 else right.gather(
@@ -322,8 +342,10 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
         start, end: ``(P,)`` boundary vectors.
         increments: count increment of each map (``J`` nondecreasing integers; default all 0), used with ``groups``.
         groups: block of each site (a host list), blocks contiguous and numbered in site order.
-        thresholds: count threshold of each block (``k >= 1``).
-        active: ``(B, K)`` bool, whether block ``g`` reaches its threshold in context ``b``.
+        thresholds: count threshold of each block (``k >= 1``): its count slots run ``0 .. k``.
+        active: ``(B, K)`` bool, whether block ``g`` reaches its threshold in context ``b``; or ``(B, K, k_max + 1)``
+            bool, the count slots allowed at each block's end (:func:`count_slot_mask`, for thresholds that differ
+            between contexts).
         trace: the states are flattened ``D x D`` environments of a Born norm (``P = D^2``, positive semidefinite),
             normalized by their trace; ``False``: amplitudes (``P = D``), normalized by their Euclidean norm, and the
             result is :math:`\log |s^\top T_1 \cdots T_n e|`.
@@ -334,7 +356,8 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
         raise ValueError(f"increments must be {n_maps} nondecreasing integers >= 0, got {increments}")
     if groups is not None and (thresholds is None or active is None):
         raise ValueError("groups need thresholds and active")
-    return _TransferChain.apply(maps, weights, start, end, increments, groups, thresholds, active, trace)
+    return _TransferChain.apply(maps, weights, start, end, increments, groups, thresholds,
+                                _allowed(groups, thresholds, active), trace)
 
 
 def pair_sites(maps: Tensor, weights: Tensor, increments: list[int], groups: list[int] | None = None
