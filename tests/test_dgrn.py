@@ -82,6 +82,67 @@ def test_samples_are_consistent_across_levels_and_follow_the_model(thresholds):
     assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation; ~64 cells at 20k draws
 
 
+def _temporal_net(members, scales, thresholds=None, context=4) -> MultiscaleBornMachine:
+    torch.manual_seed(1)
+    net = MultiscaleBornMachine(len(members[0]), members, bond_dim=2, rank=1, hidden_size=3, history=2,
+                                context=context, thresholds=thresholds, time_scales=scales).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("thresholds", [None, [[2, 2, 2, 2], [3, 3, 3, 3]]])
+def test_temporal_levels_are_exactly_normalized(thresholds):
+    """Coarse levels on 2- and 4-bin blocks: enumerate all 2^16 fillings of the 4 scored bins of 4 neurons after
+    one context. The joint sums to 1, and summing it over the fillings with each coarse trajectory gives that
+    level's chain (the factors of it and the levels above, summed over bins): exact with OR pooling and with count
+    thresholds over children and child blocks."""
+    net = _temporal_net([[0, 0, 1, 1], [0, 0, 0, 0]], [2, 4], thresholds)
+    ctx = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
+    fill = torch.tensor(list(itertools.product([0, 1], repeat=16)), dtype=torch.float64).reshape(-1, 4, 4)
+    x = torch.cat([ctx[None].expand(fill.shape[0], -1, -1), fill], 1)  # (65536, 8, 4)
+    out = net(x)
+    assert out.shape == (65536, 4, 3)
+    assert (out[:, 1::2, 1] == 0).all() and (out[:, 1:, 2] == 0).all()  # block factors sit at their first bin
+    joint = out.sum((1, 2))
+    torch.testing.assert_close(joint.logsumexp(0), torch.tensor(0.0, dtype=torch.float64), atol=1e-12, rtol=0)
+    # the first block of each level is drawn before any later fine bin: its chain (the factors of it and the
+    # levels above at bin 0) is the marginal of the enumerated joint
+    chains = net.level_log_probs(x)[:, 0]  # (65536, 3)
+    pooled = net.pool(fill, align=0)
+    for lvl in (1, 2):
+        coarse = torch.cat([pooled[above][:, 0] for above in range(lvl, 3)], 1)
+        keys = (coarse * 2 ** torch.arange(coarse.shape[1], dtype=torch.float64)).sum(1).long()
+        summed = torch.stack([joint[keys == key].logsumexp(0) for key in keys.unique()])
+        chain = torch.stack([chains[keys == key, lvl][0] for key in keys.unique()])
+        torch.testing.assert_close(summed, chain, atol=1e-10, rtol=0)
+
+
+def test_temporal_samples_follow_the_model():
+    """Draws of the next 2-bin block (unit 0 needs 2 active (child, bin) pairs) pool consistently and their fine
+    patterns follow the enumerated model (total variation over 64 cells at 20k draws)."""
+    net = _temporal_net([[0, 0, 1]], [2], [[2, 2, 1]], context=2)
+    history = torch.tensor([[[1, 0, 0], [0, 1, 1]]], dtype=torch.float64)
+    draws = net.sample(history, n_samples=20_000, generator=torch.Generator().manual_seed(0))
+    assert [tuple(d.shape) for d in draws] == [(1, 20_000, 2, 3), (1, 20_000, 1, 2)]
+    assert torch.equal(net.pool(draws[0][0], align=0)[1], draws[1][0])
+    fill = torch.tensor(list(itertools.product([0, 1], repeat=6)), dtype=torch.float64).reshape(-1, 2, 3)
+    x = torch.cat([history.expand(64, -1, -1), fill], 1)
+    p = net(x).sum((1, 2)).exp()
+    keys = (net.to_neurons(draws[0][0]).flatten(1) * 2 ** torch.arange(5, -1, -1, dtype=torch.float64)).sum(1).long()
+    freq = torch.bincount(keys, minlength=64).double() / 20_000
+    assert 0.5 * (freq - p).abs().sum() < 0.03
+    with pytest.raises(ValueError, match="multiple"):
+        net(torch.zeros(1, 5, 3, dtype=torch.float64))  # 3 scored bins, 2-bin blocks
+    with pytest.raises(ValueError, match="each dividing the next"):
+        MultiscaleBornMachine(4, [[0, 0, 1, 1], [0, 0, 0, 0]], context=8, time_scales=[2, 3])
+    with pytest.raises(ValueError, match="at least one block"):
+        MultiscaleBornMachine(3, [[0, 0, 1]], context=2, time_scales=[4])
+    with pytest.raises(ValueError, match="1 integers"):
+        MultiscaleBornMachine(3, [[0, 0, 1]], context=2, time_scales=[2, 2])
+
+
 def test_multiscale_float32_dtype_and_bad_input():
     net = MultiscaleBornMachine(6, MEMBERS, context=2)
     x = torch.bernoulli(torch.full((2, 10, 6), 0.2))

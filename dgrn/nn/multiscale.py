@@ -204,6 +204,21 @@ class MultiscaleBornMachine(nn.Module):
     bins and the last ``history`` bins of the neurons (so every level's fields contain a GLM driven by all neurons:
     a coarse level predicted from its own pooled past only would lose what the fine past says about it).
 
+    **Temporal renormalization.** With ``time_scales`` :math:`s_\ell > 1`, level :math:`\ell` evolves on blocks of
+    :math:`s_\ell` bins: :math:`X^{\ell}_{u,b} = [\sum_{v \in u}\sum_{b' \subset b} X^{\ell-1}_{v,b'} \ge k_u]`,
+    counted over the children and over the level-:math:`(\ell-1)` blocks inside block :math:`b` (blocks aligned on
+    the first scored bin of a window). Its GRU runs over its own blocks, so a coarse level sees
+    :math:`s_\ell \times` more past per step at the cost of its few units. The likelihood stays exact by generating
+    in time order, coarse to fine: when a block of level :math:`\ell` starts, it is drawn given the whole past and
+    its parent's state; the :math:`r = s_{\ell+1}/s_\ell` child blocks of a parent block are then drawn one after
+    another, child block :math:`m` restricted so the parent's count can still end as the parent says: with
+    :math:`c_u` the count so far and :math:`n_u` children, an active parent needs at least
+    :math:`\max(0, k_u - c_u - n_u (r - 1 - m))` nonzero children now (zero, i.e. free, until the last chance), an
+    inactive one fewer than :math:`k_u - c_u` (per-context thresholds of :class:`~dgrn.tn.ConditionalMPS`). Each
+    such factor also sees its parent's state, which parent units are already satisfied and :math:`m / r` in its
+    context. Block factors are reported at the first bin of their block (zero elsewhere), so sums over bins are the
+    exact log-likelihood.
+
     Args:
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
         order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
@@ -214,17 +229,22 @@ class MultiscaleBornMachine(nn.Module):
         integers, the threshold :math:`k_u` of each neuron's level-``l`` unit, from 1 to the unit's number of
         children (default: all 1, OR pooling; :func:`unit_thresholds`). Extra keys (``taus``, ``n_units``) are
         accepted and ignored, so the dict of :func:`build_hierarchy` can be passed as is.
+        time_scales: ``L`` integers :math:`s_1 \le \dots \le s_L`, the bins per time step of each coarse level,
+            each dividing the next (default all 1; see *Temporal renormalization*).
 
     Shapes:
         ``forward(x)``: windows ``(B, W, N)`` -> conditional log-probabilities ``(B, W - context, L + 1)``; column
-        ``l`` is :math:`\log p(x^{\ell}_t \mid x^{\ell+1}_t, c^{\ell}_t)` (the top column unconditional).
+        ``l`` is :math:`\log p(x^{\ell}_t \mid x^{\ell+1}_t, c^{\ell}_t)` (the top column unconditional); with time
+        scales, ``W - context`` must be a multiple of :math:`s_L` and ``context`` at least :math:`s_L`.
         ``level_log_probs(x)`` -> the exact marginals per level, same shape. ``pool(x)`` -> list of ``(..., n_l)``.
-        ``sample(x)`` -> list of ``L + 1`` tensors ``(B, n_samples, n_l)``: joint draws of the bin after each window.
+        ``sample(x)`` -> list of ``L + 1`` tensors ``(B, n_samples, n_l)``: joint draws of the bin after each window
+        (with time scales, of the :math:`s_L` bins after it: ``(B, n_samples, s_L / s_l, n_l)``).
     """
 
     def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
                  rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
-                 init_noise: float = 0.3, thresholds: list | None = None, **hierarchy_info: Any) -> None:
+                 init_noise: float = 0.3, thresholds: list | None = None, time_scales: list | None = None,
+                 **hierarchy_info: Any) -> None:
         super().__init__()
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
@@ -244,14 +264,37 @@ class MultiscaleBornMachine(nn.Module):
                 groups = np.zeros(self.n_units[lvl], dtype=np.int64)
                 groups[ix] = index[lvl + 1]
                 self.register_buffer(f"groups_{lvl}", torch.as_tensor(groups), persistent=False)
+        self.time_scales = self._check_time_scales(time_scales)  # bins per step of every level, 1 first
         self.thresholds = self._unit_thresholds(index, thresholds)  # per level >= 1: k of each unit, in rank order
         for lvl, k in enumerate(self.thresholds):
             self.register_buffer(f"thresholds_{lvl}", torch.as_tensor(k), persistent=False)
+        if self.time_scales[-1] > self.context:
+            raise ValueError(f"context ({self.context} bins) must hold at least one block of the coarsest level "
+                             f"({self.time_scales[-1]} bins)")
+        for lvl in range(self.n_levels):  # children per unit: the most a unit can count in one child block
+            self.register_buffer(f"children_{lvl}", torch.bincount(getattr(self, f"groups_{lvl}"),
+                                                                   minlength=self.n_units[lvl + 1]), persistent=False)
+        # a level on a finer clock than its parent also sees the parent's state, its satisfied units and m / r
+        parent_features = [2 * self.n_units[lvl + 1] + 1 if self._ratio(lvl) > 1 else 0 for lvl in range(self.n_levels)]
         self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
-        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons, bond_dim, rank=rank,
+        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons + extra, bond_dim, rank=rank,
                                                     init_noise=init_noise)
-                                      for n in self.n_units)
+                                      for n, extra in zip(self.n_units, parent_features + [0]))
         self.reset_parameters()
+
+    def _check_time_scales(self, time_scales: list | None) -> list[int]:
+        scales = [1] * self.n_levels if time_scales is None else list(time_scales)
+        if len(scales) != self.n_levels or any(int(s) != s or s < 1 for s in scales):
+            raise ValueError(f"time_scales needs {self.n_levels} integers >= 1 (one per coarse level), got {scales}")
+        scales = [1] + [int(s) for s in scales]
+        if any(b % a for a, b in zip(scales, scales[1:])):
+            raise ValueError(f"time_scales must be nondecreasing, each dividing the next (blocks nest), got "
+                             f"{scales[1:]}")
+        return scales
+
+    def _ratio(self, lvl: int) -> int:
+        """Blocks of level ``lvl`` per block of level ``lvl + 1``."""
+        return self.time_scales[lvl + 1] // self.time_scales[lvl]
 
     def _unit_thresholds(self, index: list[np.ndarray], thresholds: list | None) -> list[list[int]]:
         if thresholds is None:
@@ -266,10 +309,12 @@ class MultiscaleBornMachine(nn.Module):
                                  f"{per_neuron.shape}")
             k = np.zeros(self.n_units[lvl], dtype=np.int64)
             k[index[lvl]] = per_neuron
+            # what a unit counts: its children in each of its child blocks
             children = np.bincount(getattr(self, f"groups_{lvl - 1}").numpy(), minlength=self.n_units[lvl])
+            children = children * self._ratio(lvl - 1)
             if not np.array_equal(k[index[lvl]], per_neuron) or (k < 1).any() or (k > children).any():
                 raise ValueError(f"thresholds of level {lvl} must be one integer per unit, from 1 to its number of "
-                                 f"children")
+                                 f"children (times its child blocks per block)")
             out.append(k.tolist())
         return out
 
@@ -317,42 +362,84 @@ class MultiscaleBornMachine(nn.Module):
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
 
-    def pool(self, x: Tensor) -> list[Tensor]:
+    def pool(self, x: Tensor, align: int = 0) -> list[Tensor]:
         """Activity of every level, ``[(..., n_0), ..., (..., n_L)]`` (level 0 is the neurons in decoder order; each
-        coarser level counts the active units of the level below against its units' thresholds)."""
+        coarser level counts the active units of the level below against its units' thresholds). With time scales,
+        ``x`` is ``(..., T, N)`` and level ``l`` is ``(..., T_l, n_l)``: its complete blocks of :math:`s_l` bins with
+        boundaries at ``align`` plus multiples of :math:`s_l` (the first starting at bin ``align % s_l``)."""
+        if self.time_scales[-1] > 1 and x.dim() < 2:
+            raise ValueError(f"pooling over time scales {self.time_scales[1:]} needs activity (..., T, N), got shape "
+                             f"{tuple(x.shape)}")
         out = [torch.empty_like(x).scatter_(-1, self._index(0).expand(*x.shape[:-1], -1), x)]
         for lvl, n in enumerate(self.n_units[1:]):
-            idx = getattr(self, f"groups_{lvl}").expand(*x.shape[:-1], -1)
-            counts = x.new_zeros(*x.shape[:-1], n).scatter_add_(-1, idx, (out[-1] > 0).to(x.dtype))
+            below = out[-1]
+            idx = getattr(self, f"groups_{lvl}").expand(*below.shape[:-1], -1)
+            counts = x.new_zeros(*below.shape[:-1], n).scatter_add_(-1, idx, (below > 0).to(x.dtype))
+            r = self._ratio(lvl)
+            if r > 1:  # and over the child blocks of each block
+                s_child, s_block = self.time_scales[lvl], self.time_scales[lvl + 1]
+                skip = (align % s_block - align % s_child) // s_child
+                blocks = (counts.shape[-2] - skip) // r
+                counts = counts[..., skip:skip + blocks * r, :].unflatten(-2, (blocks, r)).sum(-2)
             out.append((counts >= getattr(self, f"thresholds_{lvl}")).to(x.dtype))
         return out
 
-    def _contexts(self, xs: list[Tensor], lvl: int, upto: int | None = None) -> Tensor:
-        """``c^l_t`` for the bins ``context..W-1`` of the windows (``upto=W``: the bin after the window)."""
-        x = xs[lvl]
-        width = x.shape[1] if upto is None else upto
-        states, _ = self.grus[lvl](x[:, : width - 1] if upto is None else x)
-        feats = [states[:, self.context - 1:]]
-        for k in range(1, self.history + 1):  # the last bins of the *neurons*: every level sees the whole past
-            feats.append(xs[0][:, self.context - k: width - k])
-        return torch.cat(feats, -1)
+    def _history(self, fine: Tensor, starts: Tensor) -> Tensor:
+        """The neurons' last ``history`` bins before each start bin: ``fine (B, T, N)`` -> ``(B, J, history * N)``."""
+        if not self.history:
+            return fine.new_zeros(fine.shape[0], starts.shape[0], 0)
+        return torch.cat([fine[:, starts - k] for k in range(1, self.history + 1)], -1)
+
+    def _parent_terms(self, lvl: int, parent: Tensor, before: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Constraint and context of a level-``lvl`` block inside a longer parent block: ``parent (..., n_{l+1})`` the
+        parent block's state, ``before`` its active children counted in the earlier child blocks of that parent block,
+        ``step (...)`` the child block's position ``m`` in ``0 .. r - 1``. Returns ``(active, thresholds, features)``
+        for :meth:`ConditionalMPS.log_prob` (an inactive parent that this block cannot push past its threshold is
+        passed as an active block with threshold 0: free)."""
+        r = self._ratio(lvl)
+        k, cap = getattr(self, f"thresholds_{lvl}"), getattr(self, f"children_{lvl}")
+        need = k - before.long()
+        later = cap * (r - 1 - step.long())[..., None]  # the most the later child blocks can still add
+        on = parent > 0
+        k_now = torch.where(on, (need - later).clamp_min(0), need)
+        free = ~on & (k_now > cap)
+        features = torch.cat([parent, (need <= 0).to(parent.dtype), (step.to(parent.dtype) / r)[..., None]], -1)
+        return on | free, k_now.masked_fill(free, 0), features
 
     def forward(self, x: Tensor) -> Tensor:
         _check_window(x, self.n_neurons, self.context)
-        xs = self.pool(x)
-        out = []
+        width, ctx = x.shape[1], self.context
+        if (width - ctx) % self.time_scales[-1]:
+            raise ValueError(f"windows score {width - ctx} bins, not a multiple of the coarsest level's "
+                             f"{self.time_scales[-1]}-bin blocks: use a window of context + a multiple of it")
+        xs = self.pool(x, align=ctx)
+        first = [ctx // s for s in self.time_scales]  # index of the first scored block of every level
+        out = x.new_zeros(x.shape[0], width - ctx, self.n_levels + 1)
         for lvl in range(self.n_levels + 1):
-            c = self._contexts(xs, lvl)
-            target = xs[lvl][:, self.context:]
-            flat = target.reshape(-1, target.shape[-1])
+            step = self.time_scales[lvl]
+            states, _ = self.grus[lvl](xs[lvl][:, :-1])  # the state after each block is the next block's context
+            starts = torch.arange(ctx, width, step, device=x.device)
+            feats = [states[:, first[lvl] - 1:], self._history(xs[0], starts)]
+            target = xs[lvl][:, first[lvl]:]
+            constraint = {}
             if lvl < self.n_levels:
-                active = xs[lvl + 1][:, self.context:].reshape(flat.shape[0], -1).bool()
-                lp = self.decoders[lvl].log_prob(flat, c.reshape(flat.shape[0], -1), getattr(self, f"groups_{lvl}"),
-                                                 active, self.thresholds[lvl])
-            else:
-                lp = self.decoders[lvl].log_prob(flat, c.reshape(flat.shape[0], -1))
-            out.append(lp.reshape(target.shape[:2]))
-        return torch.stack(out, -1)
+                parent, n_parent, r = xs[lvl + 1][:, first[lvl + 1]:], self.n_units[lvl + 1], self._ratio(lvl)
+                groups = getattr(self, f"groups_{lvl}")
+                if r == 1:
+                    constraint = dict(active=parent.reshape(-1, n_parent).bool(), thresholds=self.thresholds[lvl])
+                else:
+                    counts = x.new_zeros(*target.shape[:2], n_parent).scatter_add_(
+                        -1, groups.expand_as(target), (target > 0).to(x.dtype)).unflatten(1, (-1, r))
+                    before = (counts.cumsum(2) - counts).flatten(1, 2)
+                    position = (torch.arange(target.shape[1], device=x.device) % r).expand(target.shape[:2])
+                    active, k, parent_feats = self._parent_terms(lvl, parent.repeat_interleave(r, 1), before, position)
+                    feats.append(parent_feats)
+                    constraint = dict(active=active.reshape(-1, n_parent), thresholds=k.reshape(-1, n_parent))
+                constraint["groups"] = groups
+            flat = target.reshape(-1, target.shape[-1])
+            lp = self.decoders[lvl].log_prob(flat, torch.cat(feats, -1).reshape(flat.shape[0], -1), **constraint)
+            out[:, ::step, lvl] = lp.reshape(target.shape[:2])  # a block's factor at its first bin
+        return out
 
     def level_log_probs(self, x: Tensor) -> Tensor:
         r"""Exact :math:`\log p(x^{\ell}_t \mid x_{<t})` of every level, ``(B, W - context, L + 1)``."""
@@ -360,23 +447,42 @@ class MultiscaleBornMachine(nn.Module):
 
     @torch.no_grad()
     def sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Joint samples of the bin after each window, drawn coarse to fine: a list over levels of
-        ``(B, n_samples, n_l)`` (0/1, dtype of ``x``). Level ``l`` of a draw is the pooling of level 0 (``pool``)."""
+        """Joint samples of the bin after each window (with time scales, of the :math:`s_L` bins after it), drawn
+        coarse to fine in time order as :meth:`forward` factorizes them: a list over levels of ``(B, n_samples,
+        n_l)`` (with time scales ``(B, n_samples, s_L / s_l, n_l)``), 0/1 in the dtype of ``x``. Level ``l`` of a
+        draw is the pooling of level 0 (``pool``). The context is the last ``context`` bins of each window."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
-        xs = self.pool(x[:, -self.context:])
-        draws: list[Tensor] = [None] * (self.n_levels + 1)  # type: ignore[list-item]
-        for lvl in range(self.n_levels, -1, -1):
-            c = self._contexts(xs, lvl, upto=self.context + 1)[:, -1]
-            c = c.repeat_interleave(n_samples, 0)
-            if lvl < self.n_levels:
-                active = draws[lvl + 1].reshape(c.shape[0], -1).bool()
-                s = self.decoders[lvl].sample(c, generator, getattr(self, f"groups_{lvl}"), active,
-                                              self.thresholds[lvl])
-            else:
-                s = self.decoders[lvl].sample(c, generator)
-            draws[lvl] = s.to(x.dtype).reshape(x.shape[0], n_samples, -1)
-        return draws
+        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in self.pool(x[:, -self.context:], align=self.context)]
+        drawn: list[list[Tensor]] = [[] for _ in xs]
+        for t in range(self.time_scales[-1]):
+            for lvl in range(self.n_levels, -1, -1):
+                if t % self.time_scales[lvl]:
+                    continue  # a block of this level is under way
+                states, _ = self.grus[lvl](xs[lvl])
+                end = torch.tensor([xs[0].shape[1]], device=x.device)
+                feats = [states[:, -1], self._history(xs[0], end)[:, 0]]
+                constraint = {}
+                if lvl < self.n_levels:
+                    parent, r = drawn[lvl + 1][-1], self._ratio(lvl)
+                    groups = getattr(self, f"groups_{lvl}")
+                    if r == 1:
+                        constraint = dict(active=parent.bool(), thresholds=self.thresholds[lvl])
+                    else:
+                        position = (t // self.time_scales[lvl]) % r
+                        before = parent.new_zeros(parent.shape)
+                        for sibling in drawn[lvl][len(drawn[lvl]) - position:] if position else []:
+                            before.scatter_add_(-1, groups.expand_as(sibling), sibling)
+                        active, k, parent_feats = self._parent_terms(
+                            lvl, parent, before, torch.full(parent.shape[:1], position, device=x.device))
+                        feats.append(parent_feats)
+                        constraint = dict(active=active, thresholds=k)
+                    constraint["groups"] = groups
+                draw = self.decoders[lvl].sample(torch.cat(feats, -1), generator, **constraint).to(x.dtype)
+                drawn[lvl].append(draw)
+                xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
+        out = [torch.stack(d, 1).reshape(x.shape[0], n_samples, len(d), -1) for d in drawn]
+        return [d[:, :, 0] for d in out] if self.time_scales[-1] == 1 else out
 
     def to_neurons(self, level0: Tensor) -> Tensor:
         """Level-0 (decoder order) activity back in the neurons' order, ``(..., N)``."""
