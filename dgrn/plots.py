@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["plot_specific_heat", "plot_metagraph", "plot_flow", "plot_entropy_per_unit", "plot_participation_ratio",
-           "plot_level_predictions"]
+           "plot_level_predictions", "plot_dynamic_scaling"]
 
 
 def _pyplot():
@@ -179,4 +179,61 @@ def plot_level_predictions(probabilities: list, activity: list, path: str | Path
         rate_ax.set_xlabel("observed rate" if lvl == levels - 1 else "", fontsize=8)
         rate_ax.set_ylabel("predicted", fontsize=8)
     axes[0, 0].set_title("predicted next-bin probability (grey) and observed activity (red)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_dynamic_scaling(result: dict, path: str | Path, title: str = "", rescaled: bool = False) -> Path:
+    """Dynamic scaling (a result of :func:`dgrn.readouts.dynamic_scaling` or
+    :func:`~dgrn.readouts.level_autocorrelation_times`). Left: the mean autocorrelation C_K(t) of the clusters of K
+    units, one curve per K, against the lag t in bins (``rescaled``: against t / tau_c(K), where the curves collapse
+    for scale-invariant dynamics), the 1/e level dotted. Right: tau_c(K) on log-log axes with the fitted power law
+    tau_c ~ K^z."""
+    plt = _pyplot()
+    ks = list(result["K"])
+    taus = [np.nan if t is None else float(t) for t in result["tau_c"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    finite = [t for t in taus if np.isfinite(t)]
+    span = len(result["autocorrelation"][0]) - 1
+    if not rescaled and finite:
+        span = min(span, max(5, int(np.ceil(5 * max(finite)))))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(ks)))
+    for k, tau, curve, color in zip(ks, taus, result["autocorrelation"], colors):
+        c = np.asarray(curve, dtype=float)
+        t = np.arange(len(c), dtype=float)
+        if rescaled:
+            if not np.isfinite(tau):
+                continue
+            t = t / tau
+        keep = t <= (5.0 if rescaled else span)
+        left.plot(t[keep], c[keep], color=color, marker="." if keep.sum() < 30 else None, label=f"K = {k:g}")
+    left.axhline(float(result.get("level", np.exp(-1))), color="0.5", lw=0.8, ls=":")
+    left.axhline(0, color="0.8", lw=0.6)
+    left.set_xlabel("t / τ_c(K)" if rescaled else "lag t (bins)")
+    left.set_ylabel("C_K(t)")
+    left.legend(fontsize=7, frameon=False, ncol=2)
+    good = [(k, t) for k, t in zip(ks, taus) if np.isfinite(t) and t > 0]
+    if good:
+        kk, tt = np.asarray(good, dtype=float).T
+        right.loglog(kk, tt, "o", color="C3", label="τ_c(K)")
+        z = result.get("z")
+        if z is not None and len(good) >= 2:
+            amp = np.exp(np.mean(np.log(tt) - z * np.log(kk)))
+            grid = np.geomspace(kk.min(), kk.max(), 50)
+            err = result.get("z_stderr")
+            label = f"∝ K^z, z = {z:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+            right.loglog(grid, amp * grid ** z, "-", color="k", lw=1, label=label)
+        right.legend(fontsize=8, frameon=False)
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (right.xaxis, right.yaxis):  # plain numbers; minor ticks labelled only on a range below 1 decade
+        def minor(v, _, axis=axis):
+            lo, hi = sorted(axis.get_view_interval())
+            return f"{v:.3g}" if lo > 0 and hi / lo < 10 else ""
+
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(minor))
+    right.set_xlabel("cluster size K")
+    right.set_ylabel("correlation time τ_c (bins)")
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(wspace=0.3)
     return _save(fig, path)

@@ -13,6 +13,12 @@ any trained model:
 * :func:`participation_ratio`: effective dimension of the activity covariance.
 * :func:`state_space_table`: parameters against the size of the state space per level.
 * :func:`scale_readouts`: one JSON-ready row per level with all of the above; figures in :mod:`dgrn.plots`.
+* :func:`autocorrelation` and :func:`autocorrelation_time`: normalized autocorrelation per unit and the lag where it
+  falls to :math:`1/e`.
+* :func:`dynamic_scaling`: the dynamic-scaling read-out of Meshulam et al. (PRL 2019): greedy pairing of maximally
+  correlated units into clusters of :math:`K = 1, 2, 4, \dots` units, the mean autocorrelation :math:`C_K(t)` and
+  correlation time :math:`\tau_c(K) \sim K^z` per step, and the exponent :math:`z`;
+  :func:`level_autocorrelation_times` does the same on a given hierarchy (e.g. DGRN's pooled levels).
 
 Entropies are in nats per unit (per bin). Ordering that holds for any stationary binary process and that the
 figure is read against: entropy rate <= pattern entropy <= independent entropy.
@@ -31,7 +37,8 @@ from dgrn.data import SpikeData
 from dgrn.tn import MPS
 
 __all__ = ["independent_entropy", "pattern_entropy", "entropy_production_rate", "markov_entropy_production",
-           "participation_ratio", "state_space_table", "scale_readouts", "PATTERN_METHODS"]
+           "participation_ratio", "state_space_table", "scale_readouts", "autocorrelation", "autocorrelation_time",
+           "dynamic_scaling", "level_autocorrelation_times", "PATTERN_METHODS"]
 
 #: valid ``method`` values of :func:`pattern_entropy`
 PATTERN_METHODS = ("auto", "plugin", "mps")
@@ -415,3 +422,346 @@ def scale_readouts(levels_spikes: Sequence, model_nll_per_unit: Sequence[float |
             row.update({key: table[key] for key in ("n_params", "log2_states", "log2_params", "log2_compression")})
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------------------- dynamic scaling
+#: bound on the number of (complex) FFT entries :func:`autocorrelation` holds at once (columns are done in chunks)
+_FFT_CHUNK = 1 << 23
+
+
+def _max_lag(max_lag, n_bins: int, what: str = "max_lag") -> int:
+    """Validated maximal lag: an integer in ``[1, T - 2]`` (the last lag still averages two products)."""
+    if isinstance(max_lag, bool) or int(max_lag) != max_lag:
+        raise ValueError(f"{what} must be an integer, got {max_lag!r}")
+    max_lag = int(max_lag)
+    if max_lag < 1:
+        raise ValueError(f"{what} must be >= 1, got {max_lag}")
+    if max_lag > n_bins - 2:
+        raise ValueError(f"{what}={max_lag} needs at least {max_lag + 2} bins, got T={n_bins} "
+                         "(give a longer recording or a smaller max_lag)")
+    return max_lag
+
+
+def _default_max_lag(n_bins: int) -> int:
+    """``min(T - 2, max(10, T // 10))``: lags up to a tenth of the recording (at least 10 where T allows)."""
+    if n_bins < 3:
+        raise ValueError(f"an autocorrelation needs at least 3 bins, got T={n_bins}")
+    return min(n_bins - 2, max(10, n_bins // 10))
+
+
+def _fft_length(n: int) -> int:
+    """The smallest ``2^a 3^b 5^c >= n`` (a fast FFT size)."""
+    best, p5 = 1 << (n - 1).bit_length(), 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35 if p35 >= n else p35 << (-(-n // p35) - 1).bit_length()
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _autocorrelation(x: Tensor, max_lag: int) -> Tensor:
+    """:func:`autocorrelation` of a validated float64 ``(T, n)`` tensor, ``(max_lag + 1, n)``."""
+    t = x.shape[0]
+    constant = (x == x[0]).all(0)
+    x = x - x.mean(0)
+    var = (x * x).mean(0)
+    nfft = _fft_length(t + max_lag)  # >= T + max_lag: no circular wrap-around for lags <= max_lag
+    out = torch.empty(x.shape[1], max_lag + 1, dtype=torch.float64, device=x.device)
+    chunk = max(1, _FFT_CHUNK // nfft)
+    for start in range(0, x.shape[1], chunk):  # columns in chunks: bounded memory; rows are contiguous (faster FFT)
+        f = torch.fft.rfft(x[:, start:start + chunk].T.contiguous(), n=nfft, dim=1)
+        out[start:start + chunk] = torch.fft.irfft(f.real ** 2 + f.imag ** 2, n=nfft, dim=1)[:, :max_lag + 1]
+    out = out.T
+    pairs = torch.arange(t, t - max_lag - 1, -1, dtype=torch.float64, device=x.device)
+    out = out / pairs[:, None]  # mean product over the T - lag pairs of bins at each lag
+    constant |= var == 0
+    out = out / torch.where(constant, torch.ones_like(var), var)
+    out[:, constant] = float("nan")
+    return out.contiguous()
+
+
+def autocorrelation(x, max_lag: int) -> Tensor:
+    r"""Normalized autocorrelation of each column of ``x``,
+
+    .. math:: C(t) = \frac{1}{\operatorname{var} x}\,\frac{1}{T - t}\sum_{s=1}^{T-t} (x_s - \bar x)(x_{s+t} - \bar x),
+        \qquad t = 0, \dots, \mathrm{max\_lag},
+
+    with :math:`\bar x` and :math:`\operatorname{var} x = \frac1T \sum_s (x_s - \bar x)^2` over the whole recording,
+    so :math:`C(0) = 1` (the per-lag mean of products, "unbiased" in the number of pairs). Computed for all columns at
+    once by FFT (zero-padded, no wrap-around), in float64.
+
+    Args:
+        x: activity ``(T, n)`` (binary, counts or any real values; tensor, array or :class:`~dgrn.data.SpikeData`).
+        max_lag: largest lag in bins, ``1 <= max_lag <= T - 2``.
+
+    Returns:
+        ``(max_lag + 1, n)`` float64 tensor. A constant column (zero variance) has no autocorrelation: its column is
+        NaN at every lag, including 0.
+    """
+    x = _activity(x, "activity", binary=False).double()
+    return _autocorrelation(x, _max_lag(max_lag, x.shape[0]))
+
+
+def _check_level(level) -> float:
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return level
+
+
+def _crossing(curves: Tensor, level: float) -> Tensor:
+    """Per column of ``curves (L + 1, n)`` (lag 0 first): the first lag where the curve is below ``level``, linearly
+    interpolated between that lag and the one before; NaN where it never is (or the column is NaN)."""
+    below = curves < level
+    found = below.any(0)
+    first = below.to(torch.uint8).argmax(0).clamp_min(1)  # lag 0 is 1 > level for a valid curve
+    hi = curves.gather(0, first[None]).squeeze(0)
+    lo = curves.gather(0, (first - 1)[None]).squeeze(0)
+    frac = ((lo - level) / (lo - hi)).clamp(0.0, 1.0)
+    tau = (first - 1).to(curves.dtype) + frac
+    return torch.where(found, tau, torch.full_like(tau, float("nan")))
+
+
+def autocorrelation_time(x, max_lag: int | None = None, level: float = 1 / math.e) -> Tensor:
+    r"""Autocorrelation time of each column of ``x``: the first lag at which its normalized autocorrelation
+    :func:`autocorrelation` falls below ``level`` (:math:`1/e` by default, the definition of the correlation time
+    :math:`\tau_c` of Meshulam et al., PRL 2019), linearly interpolated between the integer lags on either side.
+
+    For :math:`C(t) = \lambda^t` (a two-state Markov chain, an AR(1) process) the answer is
+    :math:`\ln(\mathrm{level}) / \ln\lambda`, i.e. :math:`-1/\ln\lambda` at :math:`1/e`, up to the linear
+    interpolation between lags, which overestimates a convex decay by at most about :math:`1/(8\tau_c)` bins.
+
+    Args:
+        x: activity ``(T, n)``. max_lag: largest lag searched (default ``min(T - 2, max(10, T // 10))``).
+        level: threshold in ``(0, 1)``.
+
+    Returns:
+        float64 tensor ``(n,)`` in bins. NaN for a column whose autocorrelation stays at or above ``level`` up to
+        ``max_lag`` (the time is longer than the window: raise ``max_lag``) and for a constant column.
+    """
+    x = _activity(x, "activity", binary=False).double()
+    max_lag = _default_max_lag(x.shape[0]) if max_lag is None else _max_lag(max_lag, x.shape[0])
+    return _crossing(_autocorrelation(x, max_lag), _check_level(level))
+
+
+def _sequential_greedy(w: Tensor, left: Tensor) -> list[tuple[int, int]]:
+    """Greedy matching of the units ``left`` by walking all their pairs in the order of :func:`_greedy_pairs`."""
+    m = left.numel()
+    i, j = torch.triu_indices(m, m, 1, device=w.device)  # lexicographic (i, j): the tie order
+    order = w[left[i], left[j]].sort(descending=True, stable=True).indices
+    used, out = set(), []
+    for a, b in zip(i[order].tolist(), j[order].tolist()):
+        if a not in used and b not in used:
+            used.update((a, b))
+            out.append((int(left[a]), int(left[b])))
+            if len(used) >= m - 1:
+                break
+    return out
+
+
+def _greedy_pairs(corr: Tensor) -> Tensor:
+    """Greedy matching of ``n`` units by decreasing ``corr`` (symmetric ``(n, n)``, NaN for constant units): the most
+    correlated pair first, then the most correlated pair among the units left, ...; ties go to the pair with the
+    smaller lower index, then the smaller upper index, and pairs with a constant unit come after every other pair.
+    Returns ``(n // 2, 2)`` int64 unit indices (``i < j`` per row, rows by lower index); for odd ``n`` the one unit
+    left over is in no pair.
+
+    Computed as rounds of mutual best partners: a pair whose members are each other's most correlated remaining
+    unit is heaviest at both ends, so the greedy matching takes it; taking all of them at once and repeating on the
+    rest gives exactly the greedy matching (Preis 1999) at :math:`O(n^2)` per round, a few rounds in practice (a round
+    that matches under 2 % of many units, as with large groups of tied correlations, hands over to a sequential walk
+    of the sorted pairs)."""
+    n = corr.shape[0]
+    w = corr.double()
+    constant = torch.isnan(w).all(1) if n > 1 else torch.zeros(n, dtype=torch.bool, device=w.device)
+    left = torch.arange(n, device=w.device)[~constant]
+    pairs: list[tuple[int, int]] = []
+    while left.numel() >= 2:
+        m = left.numel()
+        sub = w[left][:, left]
+        sub.fill_diagonal_(-math.inf)
+        best = sub.argmax(1)  # the first maximum: the tie order above (left is increasing)
+        i = torch.arange(m, device=w.device)
+        mutual = (best[best] == i) & (i < best)
+        if m > 256 and int(mutual.sum()) * 50 < m:
+            pairs += _sequential_greedy(w, left)
+            left = left[:0]
+            break
+        pairs += list(zip(left[i[mutual]].tolist(), left[best[mutual]].tolist()))
+        matched = torch.zeros(m, dtype=torch.bool, device=w.device)
+        matched[i[mutual]] = True
+        matched[best[mutual]] = True
+        left = left[~matched]
+    # after the real correlations: the unit left over (if any) and the constant units, all tied, in index order
+    paired = {u for p in pairs for u in p}
+    rest = sorted(set(left.tolist()) | set(torch.arange(n)[constant.cpu()].tolist()) - paired)
+    pairs += list(zip(rest[0::2], rest[1::2]))
+    out = torch.tensor(sorted(pairs), dtype=torch.int64, device=w.device).reshape(-1, 2)
+    return out
+
+
+def _covariance(x: Tensor) -> Tensor:
+    """Covariance matrix ``(n, n)`` (float64) of the columns of ``x (T, n)``: the Gram matrix of the centred activity
+    in float32 (half the time of float64; its relative error, ~1e-6, only matters for the order of the pairs)."""
+    y = (x - x.mean(0)).float()
+    return (y.T @ y).double() / x.shape[0]
+
+
+def _correlation_of(cov: Tensor, constant: Tensor) -> Tensor:
+    """Pearson correlation from a covariance matrix; NaN rows and columns for the ``constant`` units."""
+    var = cov.diagonal().clone()
+    constant = constant | (var <= 0)
+    std = torch.where(constant, torch.ones_like(var), var).sqrt()
+    corr = cov / std[:, None] / std[None, :]
+    corr[constant] = float("nan")
+    corr[:, constant] = float("nan")
+    return corr
+
+
+def _none_if_nan(v: float):
+    return None if not math.isfinite(v) else float(v)
+
+
+def _power_law_fit(ks: Sequence[int], taus: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Least squares slope of ``log tau`` against ``log K`` over the finite ``tau`` and its standard error (None
+    below 2, respectively 3, points)."""
+    pts = [(math.log(k), math.log(t)) for k, t in zip(ks, taus) if t is not None and t > 0]
+    if len(pts) < 2:
+        return None, None
+    lk, lt = np.array(pts).T
+    sxx = float(((lk - lk.mean()) ** 2).sum())
+    if sxx == 0:
+        return None, None
+    z = float(((lk - lk.mean()) * (lt - lt.mean())).sum() / sxx)
+    if len(pts) < 3:
+        return z, None
+    resid = lt - lt.mean() - z * (lk - lk.mean())
+    return z, math.sqrt(float((resid ** 2).sum()) / (len(pts) - 2) / sxx)
+
+
+def _level_row(y: Tensor, max_lag: int, level: float, what: str) -> tuple[Tensor, float | None, float | None, int]:
+    """Mean autocorrelation over the non-constant columns of ``y``, its crossing time and the per-column median."""
+    curves = _autocorrelation(y, max_lag)
+    ok = ~torch.isnan(curves[0])
+    if not bool(ok.any()):
+        raise ValueError(f"{what}: every unit is constant, no autocorrelation")
+    curves = curves[:, ok]
+    mean = curves.mean(1)
+    tau_mean = float(_crossing(mean[:, None], level)[0])
+    per = _crossing(curves, level)
+    per = torch.where(torch.isnan(per), torch.full_like(per, math.inf), per).sort().values  # never below: > max_lag
+    median = float((per[(per.numel() - 1) // 2] + per[per.numel() // 2]) / 2)  # mean of the middle two for even n
+    return mean, _none_if_nan(tau_mean), _none_if_nan(median), int(ok.sum())
+
+
+def _scaling_result(ks, rows, max_lag: int, level: float) -> dict:
+    taus = [r[1] for r in rows]
+    z, z_err = _power_law_fit(ks, taus)
+    return {"K": list(ks), "tau_c": taus, "tau_c_median": [r[2] for r in rows],
+            "n_clusters": [r[3] for r in rows], "autocorrelation": [r[0].tolist() for r in rows], "z": z,
+            "z_stderr": z_err, "max_lag": max_lag, "level": level}
+
+
+def dynamic_scaling(spikes, max_lag: int | None = None, n_steps: int | None = None, *,
+                    level: float = 1 / math.e) -> dict:
+    r"""Dynamic scaling under real-space coarse-graining (Meshulam, Gauthier, Brody, Tank & Bialek, PRL 123, 178103,
+    2019): correlation time :math:`\tau_c(K) \sim K^{z}` of clusters of :math:`K` units.
+
+    Step 0 is the units themselves (:math:`K = 1`). Each step pairs the current clusters greedily by Pearson
+    correlation of their activity (the most correlated pair first, then the most correlated pair among the clusters
+    left, ...; with an odd number of clusters the one left over is dropped) and sums each pair, so every cluster of
+    step :math:`k` is the sum of :math:`K = 2^k` units. Per step: the normalized autocorrelation
+    :func:`autocorrelation` of every cluster, averaged over the clusters, :math:`C_K(t)`; :math:`\tau_c(K)` where
+    :math:`C_K` first falls below ``level`` (:func:`autocorrelation_time` of the mean curve); and the median over
+    clusters of their own crossing times. :math:`z` is the least-squares slope of :math:`\ln\tau_c` against
+    :math:`\ln K`: :math:`z = 0` when coarse-graining does not slow the dynamics (e.g. independent copies of one
+    process), :math:`z > 0` when correlated units carry slower shared fluctuations (Meshulam et al. measured
+    :math:`z \approx 0.16`-:math:`0.22` in mouse hippocampus). The curves :math:`C_K(t/\tau_c(K))` collapse when the
+    dynamics is scale invariant.
+
+    On a finite recording the pairing selects the largest *chance* correlations too, and their chance
+    cross-correlations at small lags add to the clusters' autocorrelation: independent units give a small positive
+    :math:`z` (about 0.01-0.02 for 64 two-state chains with :math:`\tau_c = 4.5` bins over :math:`T = 20\,000` bins,
+    shrinking as :math:`1/\sqrt{T}`). Read a small :math:`z` against such a null (the same read-out on units shifted
+    in time against each other, or :func:`level_autocorrelation_times` on fixed clusters).
+
+    Args:
+        spikes: activity ``(T, N)``, ``N >= 2`` (binary, counts, fluorescence: any real values).
+        max_lag: largest lag in bins (default ``min(T - 2, max(10, T // 10))``); raise it if ``tau_c`` is ``None``.
+        n_steps: pairing steps (default: as many as leave at least 2 clusters, i.e. up to
+            :math:`K = 2^{\lfloor \log_2 N \rfloor - 1}`); each step needs at least 2 clusters.
+        level: the threshold defining :math:`\tau_c`, in ``(0, 1)``.
+
+    Returns:
+        JSON-ready dict: ``K`` (cluster size per step), ``tau_c`` (bins; ``None`` where the mean curve stays above
+        ``level`` up to ``max_lag``), ``tau_c_median`` (median of the clusters' own times, clusters that never
+        cross counted as longer than ``max_lag``; ``None`` when that median is), ``n_clusters`` (clusters that are not
+        constant, the ones averaged), ``autocorrelation`` (:math:`C_K(t)`, ``t = 0..max_lag``, per step), ``z`` and
+        ``z_stderr`` (fit over the steps with a ``tau_c``; ``None`` below 2, respectively 3, of them), ``clusters``
+        (per step, the original unit indices summed in each cluster), ``max_lag`` and ``level``. Constant clusters
+        are left out of the averages; all of them constant is an error.
+    """
+    x = _activity(spikes, "activity", binary=False).double()
+    t, n = x.shape
+    if n < 2:
+        raise ValueError(f"dynamic scaling needs at least 2 units, got {n}")
+    max_lag = _default_max_lag(t) if max_lag is None else _max_lag(max_lag, t)
+    level = _check_level(level)
+    most = max(0, n.bit_length() - 2)  # floor(log2 n) - 1
+    if n_steps is None:
+        n_steps = most
+    elif isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    elif n_steps > n.bit_length() - 1:
+        raise ValueError(f"n_steps={n_steps} pairing steps need at least {2 ** n_steps} units, got {n}")
+    members = torch.arange(n, device=x.device)[:, None]
+    y, ks, rows, clusters = x, [], [], []
+    cov = _covariance(x) if n_steps else None
+    for step in range(int(n_steps) + 1):
+        if step:
+            a, b = _greedy_pairs(_correlation_of(cov, (y == y[0]).all(0))).T
+            y = y[:, a] + y[:, b]
+            cov = cov[a][:, a] + cov[a][:, b] + cov[b][:, a] + cov[b][:, b]  # covariance of the sums, exactly
+            members = torch.cat([members[a], members[b]], 1)
+        ks.append(2 ** step)
+        rows.append(_level_row(y, max_lag, level, f"step {step} (K={2 ** step})"))
+        clusters.append(members.sort(1).values.tolist())
+    out = _scaling_result(ks, rows, max_lag, level)
+    out["clusters"] = clusters
+    return out
+
+
+def level_autocorrelation_times(levels: Sequence, block_sizes: Sequence[float], max_lag: int | None = None, *,
+                                level: float = 1 / math.e) -> dict:
+    r""":func:`dynamic_scaling` on a given hierarchy instead of greedy pairing: ``levels[l]`` is the activity
+    ``(T, n_l)`` of level ``l`` (for example DGRN's pooled levels, ``dgrn.renorm.pool_flow(data, flow, "sum")``), whose
+    units hold ``block_sizes[l]`` neurons each (the mean number of neurons per unit where they differ).
+
+    Args:
+        levels: activity per level, all with the same number of bins ``T``.
+        block_sizes: neurons per unit of each level (positive, same length as ``levels``): the :math:`K` of the fit.
+        max_lag, level: as in :func:`dynamic_scaling`.
+
+    Returns:
+        the dict of :func:`dynamic_scaling` with ``K`` = ``block_sizes`` and without ``clusters``.
+    """
+    levels, ks = list(levels), list(block_sizes)
+    if not levels:
+        raise ValueError("no levels given")
+    if len(ks) != len(levels):
+        raise ValueError(f"block_sizes has {len(ks)} entries for {len(levels)} levels")
+    for k in ks:
+        if isinstance(k, bool) or not math.isfinite(float(k)) or float(k) <= 0:
+            raise ValueError(f"block_sizes must be positive numbers, got {k!r}")
+    xs = [_activity(v, f"level {i} activity", binary=False).double() for i, v in enumerate(levels)]
+    t = xs[0].shape[0]
+    for i, v in enumerate(xs):
+        if v.shape[0] != t:
+            raise ValueError(f"level {i} has {v.shape[0]} bins, level 0 has {t}: the levels must share their bins")
+    max_lag = _default_max_lag(t) if max_lag is None else _max_lag(max_lag, t)
+    level = _check_level(level)
+    rows = [_level_row(v, max_lag, level, f"level {i}") for i, v in enumerate(xs)]
+    return _scaling_result([int(k) if float(k).is_integer() else float(k) for k in ks], rows, max_lag, level)
