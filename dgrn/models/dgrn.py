@@ -71,7 +71,8 @@ class DGRN(NextBinModule):
                         encoder: str | None = "community_encoder_kising", graph: dict | None = None,
                         tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
                         pool: str = "or", max_threshold: int | None = None, init: str = "rates",
-                        hierarchy_graph: str = "couplings", **kwargs: Any) -> DGRN:
+                        hierarchy_graph: str = "couplings", time_scales: list[int] | str | None = None,
+                        **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
         build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
         for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
@@ -82,6 +83,9 @@ class DGRN(NextBinModule):
         communities and the site order come from: ``"couplings"`` (the inferred ones) or ``"correlation"`` (equal-time
         Pearson correlations of the training split: the within-bin co-activity the decoders model, which shows
         communities where the lagged couplings are not identifiable, as on the clustered LIF network).
+        ``time_scales``: bins per step of each coarse level (temporal renormalization,
+        :class:`~dgrn.nn.MultiscaleBornMachine`), a list, ``"auto"`` (:func:`choose_time_scales` on the training
+        split's pooled activity, within what the windows allow) or ``None`` (every level on the fine bins).
         Other ``kwargs`` go to the constructor."""
         from dgrn import zoo
         from dgrn.graph import correlation, infer_couplings
@@ -99,17 +103,25 @@ class DGRN(NextBinModule):
             couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
         if hierarchy_graph == "correlation":
             couplings = correlation(spikes)  # zero diagonal
+        net = dict(kwargs.pop("net", {}))
+        net_context = int(net.get("context", 8))
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
                                     shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold,
-                                    strict=False)
-        log.info("DGRN hierarchy: units per level %s, tau %s, thresholds per level %s", hierarchy["n_units"],
-                 hierarchy["taus"], [sorted(set(k)) for k in hierarchy["thresholds"]])
-        net = dict(kwargs.pop("net", {}))
+                                    strict=False, time_scales=time_scales,
+                                    scored_bins=datamodule.hparams.window - net_context)
+        log.info("DGRN hierarchy: units per level %s, tau %s, thresholds per level %s, time scales %s",
+                 hierarchy["n_units"], hierarchy["taus"], [sorted(set(k)) for k in hierarchy["thresholds"]],
+                 hierarchy["time_scales"])
         info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
                 "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian, "pool": pool,
                 "max_threshold": max_threshold, "hierarchy_graph": hierarchy_graph}
         model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
+        top = model.net.time_scales[-1]
+        if (datamodule.hparams.window - net_context) % top:
+            raise ValueError(f"the coarsest level steps {top} bins at a time: the scored bins of a window "
+                             f"(data.window {datamodule.hparams.window} - context {net_context}) must be a multiple "
+                             f"of {top}")
         model.net.init_rates(spikes)
         if init == "glm":
             model.net.init_glm(glm["bias"], glm["weight"])

@@ -21,7 +21,7 @@ from dgrn.nn.renorm_pooling import DiffusionRenormPooling
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS
 
-__all__ = ["MultiscaleBornMachine", "build_hierarchy", "nested_order", "unit_thresholds"]
+__all__ = ["MultiscaleBornMachine", "build_hierarchy", "choose_time_scales", "nested_order", "unit_thresholds"]
 
 
 def nested_order(order: Any, memberships: list[Any]) -> list[np.ndarray]:
@@ -66,26 +66,32 @@ def nested_order(order: Any, memberships: list[Any]) -> list[np.ndarray]:
     return index
 
 
-def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | None = None) -> list[list[int]]:
+def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | None = None,
+                    time_scales: list[int] | None = None) -> list[list[int]]:
     r"""Median pooling thresholds: each coarse unit is active when at least :math:`k_u` of its children are, with
     :math:`k_u \ge 1` the count threshold at which the unit is active in the bins of ``spikes`` ``(T, N)`` closest
     to half the time (the most informative binary summary of the unit; ties: the larger :math:`k_u`), capped at
     ``max_threshold`` (the exact coarse-to-fine likelihood costs :math:`\propto k_u + 1` per site). Levels are
-    thresholded in turn, each from the pooled states of the level below. Returns, per level, the threshold of every
-    neuron's unit (the format of ``memberships``)."""
+    thresholded in turn, each from the pooled states of the level below; with ``time_scales`` (bins per step of each
+    coarse level, :class:`MultiscaleBornMachine`) a unit counts its children over its child blocks. Returns, per
+    level, the threshold of every neuron's unit (the format of ``memberships``)."""
     if max_threshold is not None and (int(max_threshold) != max_threshold or max_threshold < 1):
         raise ValueError(f"max_threshold must be an integer >= 1 or None, got {max_threshold!r}")
     states = (torch.as_tensor(np.asarray(spikes)) > 0).double()
     if states.dim() != 2 or states.shape[0] == 0:
         raise ValueError(f"spikes must be (T >= 1, N), got {tuple(states.shape)}")
     below = torch.arange(states.shape[1])  # level-(l-1) unit of each neuron
+    scales = [1] + list(time_scales or [1] * len(memberships))
     out = []
-    for lab in memberships:
+    for lvl, lab in enumerate(memberships):
         lab = relabel(torch.as_tensor(np.asarray(lab)))
         parent = torch.zeros(int(below.max()) + 1, dtype=torch.long)
         parent[below] = lab
         counts = states.new_zeros(states.shape[0], int(lab.max()) + 1).index_add_(1, parent, states)
-        children = torch.bincount(parent, minlength=counts.shape[1])
+        r = scales[lvl + 1] // scales[lvl]
+        blocks = counts.shape[0] // r
+        counts = counts[:blocks * r].unflatten(0, (blocks, r)).sum(1)
+        children = torch.bincount(parent, minlength=counts.shape[1]) * r
         top = int(children.max()) if max_threshold is None else min(int(children.max()), int(max_threshold))
         ks = torch.arange(1, top + 1, dtype=torch.float64)
         distance = ((counts[:, :, None] >= ks).double().mean(0) - 0.5).abs()  # (units, k)
@@ -100,7 +106,8 @@ def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | No
 def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = "gnn", encoder: nn.Module | None = None,
                     tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
                     community_options: dict | None = None, pool: str = "or", max_threshold: int | None = None,
-                    strict: bool = True) -> dict:
+                    strict: bool = True, time_scales: list[int] | str | None = None,
+                    scored_bins: int | None = None, context: int | None = None) -> dict:
     r"""Nested levels of units for :class:`MultiscaleBornMachine`.
 
     Level 1 is the communities of the coupling graph (``communities``: a :func:`dgrn.graph.find_communities`
@@ -121,9 +128,12 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
         levels: number of coarse levels ``L >= 0`` (0: the fine level only).
         strict: raise when the graph cannot be coarse-grained ``levels`` times; ``False``: warn and return the
             levels that could be built (a recording whose encoder finds 2 communities gets 1 coarse level, not none).
+        time_scales: bins per step of each coarse level (:class:`MultiscaleBornMachine`; a list, cut to the levels
+            built), ``"auto"`` (:func:`choose_time_scales` on ``spikes``, within ``scored_bins`` and ``context``:
+            the scored bins and the context of the model's windows) or ``None`` (all 1).
 
     Returns ``{"memberships": [L lists of N ints], "thresholds": [L lists of N ints], "order": [N ints], "taus": [...],
-    "n_units": [N, n_1, ..., n_L]}``
+    "n_units": [N, n_1, ..., n_L], "time_scales": [L ints] or None}``
     (plain lists: it goes into the model's hyperparameters). With ``strict``, raises ``ValueError`` when the graph
     cannot be coarse-grained ``levels`` times (it collapses to one unit, or a step merges nothing) and names the
     largest ``levels`` that works.
@@ -140,7 +150,8 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     adj = torch.as_tensor(as_adjacency(graph).toarray(), dtype=torch.float64)
     n = adj.shape[0]
     if levels == 0:
-        return {"memberships": [], "thresholds": [], "order": list(range(n)), "taus": [], "n_units": [n]}
+        return {"memberships": [], "thresholds": [], "order": list(range(n)), "taus": [], "n_units": [n],
+                "time_scales": None}
     opts = dict(community_options or {})
     if communities == "gnn":
         opts.update(encoder=encoder, spikes=spikes)
@@ -178,10 +189,47 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
         sizes.append(int(out.num_supernodes[0]))
         weights = out.adj[0]
     memberships = [m.tolist() for m in memberships]
+    if time_scales == "auto":
+        time_scales = choose_time_scales(spikes, memberships, scored_bins=scored_bins, context=context)
+    elif time_scales is not None:
+        time_scales = [int(t) for t in time_scales][:len(memberships)]
     thresholds = ([[1] * n for _ in memberships] if pool == "or"
-                  else unit_thresholds(spikes, memberships, max_threshold))
+                  else unit_thresholds(spikes, memberships, max_threshold, time_scales))
     return {"memberships": memberships, "thresholds": thresholds, "order": order.tolist(), "taus": taus,
-            "n_units": sizes}
+            "n_units": sizes, "time_scales": time_scales}
+
+
+def choose_time_scales(spikes: Any, memberships: list[Any], *, scored_bins: int | None = None,
+                       context: int | None = None) -> list[int]:
+    r"""Bins per step of each coarse level from the data: :math:`s_\ell` is the largest power of 2 at most half of
+    :math:`\tau_\ell`, the median over the level's units of the autocorrelation time
+    (:func:`dgrn.readouts.autocorrelation_time`, the lag at which the autocorrelation falls to :math:`1/e`) of their
+    OR-pooled activity in ``spikes`` ``(T, N)``: a block is then short against the time over which a unit's state
+    persists, so it still says what the next block will be. Nondecreasing over the levels (each divides the next:
+    powers of 2), and at most what the windows allow: :math:`s_L` divides ``scored_bins`` and is at most ``context``.
+    Units whose activity never decorrelates within the lags searched count as slow as the longest lag; units active in
+    every bin (or none) are left out."""
+    from dgrn.readouts import autocorrelation_time
+
+    states = torch.as_tensor(np.asarray(spikes)) > 0
+    limit = 2 ** 30
+    if scored_bins is not None:
+        limit = min(limit, scored_bins & -scored_bins)  # the largest power of 2 dividing it
+    if context is not None:
+        limit = min(limit, 2 ** int(math.log2(context)))
+    max_lag = max(2, min(states.shape[0] // 10, 4 * limit))
+    scales, previous = [], 1
+    for lab in memberships:
+        lab = relabel(torch.as_tensor(np.asarray(lab)))
+        pooled = (torch.zeros(states.shape[0], int(lab.max()) + 1, dtype=torch.float64).index_add_(
+            1, lab, states.double()) > 0).double()
+        varying = pooled[:, (pooled.mean(0) > 0) & (pooled.mean(0) < 1)]  # always on (or off) says nothing of time
+        tau = (autocorrelation_time(varying, max_lag=max_lag).nan_to_num(float(max_lag)).median().item()
+               if varying.shape[1] else 1.0)
+        scale = 2 ** int(math.log2(max(1.0, tau / 2)))
+        previous = min(max(previous, scale), limit)
+        scales.append(previous)
+    return scales
 
 
 class MultiscaleBornMachine(nn.Module):
