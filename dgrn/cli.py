@@ -94,10 +94,11 @@ def _predict(args: argparse.Namespace) -> int:
         return predict_levels(net, data, out, args.model, n_samples=args.samples, chunk=args.chunk)
     x = data.spikes.clamp(max=1).float()
     probs = []
+    rates = getattr(net, "rates", None) or (lambda w: torch.sigmoid(net(w)))  # the HMM's logits are chain-rule factors
     with torch.inference_mode():  # chunks overlap by the context, so every bin after it is predicted once
         for start in range(0, data.n_bins - net.context, args.chunk):
             stop = min(start + args.chunk + net.context, data.n_bins)
-            probs.append(torch.sigmoid(net(x[None, start:stop]))[0])
+            probs.append(rates(x[None, start:stop])[0])
     probs = torch.cat(probs).numpy().astype(np.float32)
 
     def write(tmp: str) -> None:

@@ -69,7 +69,11 @@ class NextBinModule(L.LightningModule):
         self.test_metrics.update(*self._step(x))
 
     def predict_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        return torch.sigmoid(self(x))
+        """Firing probability of every scored bin and neuron given the past, ``(B, W - context, N)`` (a net whose
+        logits condition on other neurons of the same bin, as the HMM's chain-rule factors do, gives them by
+        ``rates``)."""
+        rates = getattr(self.net, "rates", None)
+        return rates(x) if rates is not None else torch.sigmoid(self(x))
 
     def _log_epoch(self, split: str, metrics: SpikePredictionMetrics) -> None:
         values = metrics.compute()

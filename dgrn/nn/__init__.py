@@ -4,20 +4,22 @@ from __future__ import annotations
 from torch import nn
 
 from dgrn.nn.community import CommunityEncoder, DirectedGraphConv
-from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli
+from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli, raised_cosine_basis
 from dgrn.nn.gru import GRUBernoulli
+from dgrn.nn.hmm import BernoulliHMM
 from dgrn.nn.multiscale import MultiscaleBornMachine, build_hierarchy, nested_order
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling, RenormPoolingOutput
 
 __all__ = [
-    "BernoulliGLM", "CommunityEncoder", "DiffusionRenormPooling", "DirectedGraphConv", "GRUBernoulli",
+    "BernoulliGLM", "BernoulliHMM", "CommunityEncoder", "DiffusionRenormPooling", "DirectedGraphConv", "GRUBernoulli",
     "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "build_hierarchy", "build_network", "nested_order",
+    "raised_cosine_basis",
 ]
 
 #: Architectures by name (the ``net.name`` of a model config): next-bin networks, and the community encoder
 #: (its zoo entry records no ``n_neurons``: it serves graphs of any size).
 NETWORKS: dict[str, type[nn.Module]] = {
-    "glm": BernoulliGLM, "independent": IndependentBernoulli, "gru": GRUBernoulli,
+    "glm": BernoulliGLM, "independent": IndependentBernoulli, "gru": GRUBernoulli, "hmm": BernoulliHMM,
     "community_encoder": CommunityEncoder, "dgrn": MultiscaleBornMachine,
 }
 

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.nn.glm import _check_window
+from dgrn.nn.glm import _bernoulli_draws, _check_sample_window, _check_window
 
 __all__ = ["GRUBernoulli"]
 
@@ -26,6 +26,8 @@ class GRUBernoulli(nn.Module):
 
     Shapes:
         input ``(B, L, N)``; output logits ``(B, L - context, N)`` for bins ``context .. L-1``.
+        ``sample(x, n_samples)``: windows ``(B, W >= context, N)`` -> ``(B, n_samples, N)`` draws of the bin after
+        each window.
     """
 
     def __init__(self, n_neurons: int, hidden_size: int = 64, num_layers: int = 1, context: int = 16) -> None:
@@ -47,6 +49,15 @@ class GRUBernoulli(nn.Module):
         _check_window(x, self.n_neurons, self.context)
         states, _ = self.gru(x[:, :-1])  # states[:, t] has seen bins 0..t and predicts bin t + 1
         return self.readout(states[:, self.context - 1:])
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """Exact draws of the bin after each window ``x`` ``(B, W >= context, N)`` given the whole window (the state
+        starts at zero at its first bin, as in ``forward``, whose prediction of a bin appended to ``x`` this is):
+        ``(B, n_samples, N)``, 0/1 in ``x``'s dtype."""
+        _check_sample_window(x, self.n_neurons, self.context)
+        states, _ = self.gru(x)
+        return _bernoulli_draws(self.readout(states[:, -1]), n_samples, generator)
 
     def coupling_matrix(self) -> None:
         return None

@@ -1,0 +1,232 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgrn.models import NextBinModule
+from dgrn.nn import BernoulliHMM, build_network
+
+
+def randomized(m: BernoulliHMM, scale: float = 1.0) -> BernoulliHMM:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, scale)
+    return m
+
+
+def brute_force_prefix_log_probs(m: BernoulliHMM, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x_0..x_t)`` for every ``t`` of one window ``x`` ``(W, N)``, by summing over all ``K^(t+1)`` paths."""
+    k = m.n_states
+    pi0 = m.initial_log_distribution(torch.float64).exp().tolist()
+    a = m.log_transition_matrix(torch.float64).exp().tolist()
+    p = torch.sigmoid(m.emission_logits.double()).tolist()
+
+    def emit(s: int, row: torch.Tensor) -> float:
+        return math.prod(p[s][i] if row[i] else 1 - p[s][i] for i in range(len(row)))
+
+    out = []
+    for t in range(x.shape[0]):
+        total = 0.0
+        for path in itertools.product(range(k), repeat=t + 1):
+            w = pi0[path[0]] * emit(path[0], x[0])
+            for u in range(1, t + 1):
+                w *= a[path[u - 1]][path[u]] * emit(path[u], x[u])
+            total += w
+        out.append(math.log(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def bernoulli_loglik(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+
+@pytest.mark.parametrize("start", ["stationary", "initial"])
+@pytest.mark.parametrize("context", [0, 1])
+def test_filter_equals_brute_force_over_hidden_paths(start, context):
+    torch.manual_seed(1)
+    m = randomized(BernoulliHMM(3, n_states=3, context=context, start=start).double())
+    x = (torch.rand(2, 4, 3) < 0.5).double()
+    expected = []
+    for w in x:  # predictive log p(x_t | x_<t) = log p(x_0..t) - log p(x_0..t-1)
+        prefix = brute_force_prefix_log_probs(m, w)
+        expected.append(torch.cat([prefix[:1], prefix.diff()])[context:])
+    expected = torch.stack(expected)
+    torch.testing.assert_close(m.log_prob(x), expected, atol=1e-12, rtol=1e-12)
+    # the chain-rule logits of forward sum to the same joint
+    torch.testing.assert_close(bernoulli_loglik(m(x), x[:, context:]), expected, atol=1e-12, rtol=1e-12)
+
+
+def test_rates_and_chain_rule_logits_match_enumeration_of_the_next_bin():
+    torch.manual_seed(2)
+    m = randomized(BernoulliHMM(3, n_states=3, context=0)).double()
+    x = (torch.rand(1, 4, 3) < 0.5).double()
+    patterns = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
+    # p(x_3 = pattern | x_0..2) by brute force over the paths of the 4 bins
+    joint = torch.stack([brute_force_prefix_log_probs(m, torch.cat([x[0, :3], q[None]]))[-1] for q in patterns])
+    cond = (joint - torch.logsumexp(joint, 0)).exp()
+    rates = (cond[:, None] * patterns).sum(0)
+    torch.testing.assert_close(m.rates(x)[0, -1], rates, atol=1e-12, rtol=1e-12)
+    # chain-rule logit of neuron i = P(x_i = 1 | the neurons before i, the past), by marginalizing the enumeration
+    logits = m(x)[0, -1]
+    row = x[0, -1]
+    for i in range(3):
+        same = (patterns[:, :i] == row[:i]).all(1)
+        p1 = cond[same & (patterns[:, i] == 1)].sum() / cond[same].sum()
+        torch.testing.assert_close(torch.sigmoid(logits[i]), p1, atol=1e-12, rtol=1e-12)
+
+
+def test_stationary_distribution_is_invariant_and_differentiable():
+    torch.manual_seed(3)
+    m = randomized(BernoulliHMM(2, n_states=4), 2.0).double()
+    pi = m.stationary_distribution()
+    a = m.log_transition_matrix().exp()
+    torch.testing.assert_close(pi @ a, pi, atol=1e-12, rtol=0)
+    torch.testing.assert_close(pi, torch.linalg.matrix_power(a, 4096)[0], atol=1e-10, rtol=0)
+    pi.square().sum().backward()
+    assert torch.isfinite(m.transition_logits.grad).all() and m.transition_logits.grad.abs().sum() > 0
+
+
+def test_score_equals_hmmlearn_categorical_on_one_neuron():
+    """One Bernoulli neuron is a categorical HMM over the symbols {0, 1}: hmmlearn's own model, public API."""
+    hmm = pytest.importorskip("hmmlearn.hmm")
+    torch.manual_seed(4)
+    m = randomized(BernoulliHMM(1, n_states=3, context=0, start="initial")).double()
+    x = (torch.rand(1, 50, 1) < 0.3).double()
+    ref = hmm.CategoricalHMM(n_components=3, init_params="", params="")
+    ref.startprob_ = m.initial_log_distribution().exp().detach().numpy()
+    ref.transmat_ = m.log_transition_matrix().exp().detach().numpy()
+    p = torch.sigmoid(m.emission_logits).detach().numpy()[:, 0]
+    ref.emissionprob_ = np.stack([1 - p, p], 1)
+    ref.n_features = 2
+    expected = ref.score(x[0].numpy().astype(int))
+    assert float(m.log_prob(x).sum().detach()) == pytest.approx(expected, abs=1e-9, rel=1e-10)
+
+
+@pytest.mark.parametrize("start", ["stationary", "initial"])
+def test_score_equals_hmmlearn_on_a_population(start):
+    pytest.importorskip("hmmlearn")
+    torch.manual_seed(5)
+    m = randomized(BernoulliHMM(6, n_states=3, context=0, start=start)).double()
+    x = (torch.rand(1, 200, 6) < 0.3).double()
+    expected = m.to_hmmlearn().score(x[0].numpy())
+    assert float(m.log_prob(x).sum().detach()) == pytest.approx(expected, abs=1e-8, rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_and_finite_gradients(dtype):
+    torch.manual_seed(6)
+    m = BernoulliHMM(5, n_states=3, context=2, start="initial").to(dtype)
+    x = (torch.rand(4, 12, 5) < 0.2).to(dtype)
+    out, lp, rates = m(x), m.log_prob(x), m.rates(x)
+    assert out.dtype == lp.dtype == rates.dtype == dtype
+    assert out.shape == rates.shape == (4, 10, 5) and lp.shape == (4, 10)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(bernoulli_loglik(out, x[:, 2:]), lp, atol=tol, rtol=tol)
+    (lp.sum() + out.sum()).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # float32 agrees with float64
+    m64 = BernoulliHMM(5, n_states=3, context=2, start="initial").double()
+    m64.load_state_dict(m.state_dict())
+    torch.testing.assert_close(lp.double(), m64.log_prob(x.double()), atol=1e-4, rtol=1e-5)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(7)
+    m = randomized(BernoulliHMM(3, n_states=2, context=1)).double()
+    x = (torch.rand(2, 5, 3) < 0.4).double()
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(*ps):
+        return torch.func.functional_call(m, dict(zip(names, ps)), (x,)).sum()
+
+    assert torch.autograd.gradcheck(f, tuple(p.detach().requires_grad_() for p in m.parameters()))
+
+
+def test_future_bins_do_not_change_the_predictions():
+    torch.manual_seed(8)
+    m = randomized(BernoulliHMM(4, n_states=3, context=2)).double()
+    x = (torch.rand(2, 9, 4) < 0.3).double()
+    future = x.clone()
+    future[:, -1] = 1 - future[:, -1]
+    torch.testing.assert_close(m.rates(future), m.rates(x))
+    torch.testing.assert_close(m.log_prob(future)[:, :-1], m.log_prob(x)[:, :-1])
+
+
+def test_sample_matches_the_predictive_distribution_of_the_next_bin():
+    torch.manual_seed(9)
+    m = randomized(BernoulliHMM(3, n_states=3, context=2), 1.5).double()
+    x = (torch.rand(2, 6, 3) < 0.4).double()
+    n = 40000
+    draws = m.sample(x, n, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (2, n, 3) and draws.dtype == x.dtype and set(draws.unique().tolist()) <= {0.0, 1.0}
+    patterns = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=x.dtype)
+    for b in range(2):  # the window extended by every possible next bin: the net's own p(next bin | window)
+        extended = torch.cat([x[b].expand(len(patterns), -1, -1), patterns[:, None]], 1)
+        p = m.log_prob(extended)[:, -1].exp()
+        torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=x.dtype))
+        freq = (draws[b][:, None] == patterns).all(-1).double().mean(0)
+        assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-3).all(), (freq, p)
+    assert torch.equal(draws, m.sample(x, n, generator=torch.Generator().manual_seed(0)))
+
+
+def simulate(p: np.ndarray, a: np.ndarray, t: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    states = np.empty(t, dtype=int)
+    states[0] = 0
+    for i in range(1, t):
+        states[i] = rng.choice(len(a), p=a[states[i - 1]])
+    return (rng.random((t, p.shape[1])) < p[states]).astype(np.float64), states
+
+
+def test_init_from_data_recovers_planted_states():
+    pytest.importorskip("hmmlearn")
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.4, size=(3, 12))
+    a = np.full((3, 3), 0.01) + np.eye(3) * 0.97
+    spikes, _ = simulate(p, a, 4000, seed=1)
+    m = BernoulliHMM(12, n_states=3, context=0)
+    x = torch.as_tensor(spikes, dtype=torch.float32)[None]
+    before = float(m.log_prob(x).mean().detach())
+    assert m.init_from_data(spikes) is m
+    after = float(m.log_prob(x).mean().detach())
+    assert after > before
+    fitted = torch.sigmoid(m.emission_logits).detach().numpy()
+    err = min(np.abs(fitted[list(perm)] - p).max() for perm in itertools.permutations(range(3)))
+    assert err < 0.06
+    stay = np.diag(m.log_transition_matrix().exp().detach().numpy())
+    assert (stay > 0.9).all()
+
+
+def test_built_by_name_and_trained_through_the_next_bin_module():
+    net = build_network("hmm", n_neurons=4, n_states=2, context=3)
+    assert isinstance(net, BernoulliHMM) and net.coupling_matrix() is None
+    model = NextBinModule(n_neurons=4, net={"name": "hmm", "n_states": 2, "context": 3})
+    x = (torch.rand(5, 10, 4) < 0.2).float()
+    loss = model.training_step(x, 0)
+    # the module's Bernoulli NLL of the chain-rule logits is the HMM's exact NLL per neuron-bin
+    torch.testing.assert_close(loss, -model.net.log_prob(x).mean() / 4)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_train_py_trains_the_hmm(run_train):
+    metrics, _ = run_train(["model=hmm", "model.net.n_states=2", "model.net.context=4"])
+    assert math.isfinite(metrics["test/nll"]) and math.isfinite(metrics["val/bits_per_spike"])
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="start"):
+        BernoulliHMM(3, start="uniform")
+    with pytest.raises(ValueError, match="n_states"):
+        BernoulliHMM(3, n_states=0)
+    m = BernoulliHMM(3, context=4)
+    with pytest.raises(ValueError, match="context"):
+        m(torch.zeros(1, 4, 3))
+    with pytest.raises(ValueError, match="expected windows"):
+        m.sample(torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="expected spikes"):
+        m.init_from_data(np.zeros((10, 2)))
