@@ -1,0 +1,93 @@
+"""Mesoscale evaluation (dgrn.mesoscale) against hand-computed references."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dgrn.mesoscale import (activity_statistics, coarse_states, compare_statistics, forecast_scores, rollout,
+                            run_lengths)
+from dgrn.nn import IndependentBernoulli, MultiscaleBornMachine
+
+
+def test_coarse_states_by_the_rate_rule():
+    # 4 neurons in 2 units, windows of 2 bins; reference rate 0.1 per neuron-bin, factor 3: active above 0.3
+    x = torch.zeros(6, 4)
+    x[0, 0] = x[1, 1] = 1  # window 0: unit 0 has 2 spikes / (2 neurons x 2 bins) = 0.5 -> active
+    x[2, 2] = 1  # window 1: unit 1 has 0.25 -> not active
+    x[4, 2] = x[5, 3] = x[5, 2] = 1  # window 2: unit 1 has 0.75 -> active
+    states = coarse_states(x, [0, 0, 1, 1], 2, reference_rate=0.1)
+    assert states.tolist() == [[True, False], [False, False], [False, True]]
+    # default reference: the record's own mean rate (6 spikes / 24 = 0.25, active above 0.75)
+    assert coarse_states(x, [0, 0, 1, 1], 2).tolist() == [[False, False], [False, False], [False, False]]
+    assert coarse_states(x[None].expand(3, -1, -1), [0, 0, 1, 1], 2, reference_rate=0.1).shape == (3, 3, 2)
+    with pytest.raises(ValueError, match="labels"):
+        coarse_states(x, [0, 1], 2)
+    with pytest.raises(ValueError, match="bins_per_window"):
+        coarse_states(x, [0, 0, 1, 1], 0)
+
+
+def test_run_lengths_against_a_loop():
+    torch.manual_seed(0)
+    states = torch.rand(2, 50, 3) < 0.6
+    expected = []
+    for b in range(2):
+        for u in range(3):
+            run = 0
+            for t in range(50):
+                if states[b, t, u]:
+                    run += 1
+                elif run:
+                    expected.append(run)
+                    run = 0
+            if run:
+                expected.append(run)
+    assert sorted(run_lengths(states).tolist()) == sorted(expected)
+    assert run_lengths(torch.zeros(5, 2, dtype=torch.bool)).numel() == 0
+
+
+def test_forecast_scores_closed_form():
+    p = torch.tensor([0.9, 0.2, 0.6, 0.1])
+    y = torch.tensor([1, 0, 0, 1])
+    out = forecast_scores(p, y)
+    expected = (math.log(0.9) + math.log(0.8) + math.log(0.4) + math.log(0.1)) / 4
+    assert out["log_likelihood"] == pytest.approx(expected)
+    # pairs (positive, negative): (0.9 > 0.2), (0.9 > 0.6), (0.1 < 0.2), (0.1 < 0.6): AUROC 2 / 4
+    assert out["auroc"] == pytest.approx(0.5) and out["base_rate"] == 0.5
+    assert forecast_scores(p, torch.ones(4))["auroc"] is None
+    with pytest.raises(ValueError, match="differ"):
+        forecast_scores(p, y[:3])
+
+
+def test_rollouts_of_independent_neurons_follow_their_rates():
+    net = IndependentBernoulli(3, context=2)
+    with torch.no_grad():
+        net.bias.copy_(torch.logit(torch.tensor([0.1, 0.5, 0.8])))
+    out = rollout(net, torch.zeros(2, 4, 3), n_bins=50, n_rollouts=200, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 200, 50, 3)
+    # 20,000 draws per neuron: standard error <= 0.0036
+    torch.testing.assert_close(out.mean((0, 1, 2)), torch.tensor([0.1, 0.5, 0.8]), atol=0.015, rtol=0)
+
+
+def test_rollouts_of_a_temporal_multiscale_model_are_cut_to_length():
+    torch.manual_seed(0)
+    net = MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=4, time_scales=[4])
+    out = rollout(net, torch.zeros(1, 6, 4), n_bins=10, n_rollouts=3)
+    assert out.shape == (1, 3, 10, 4) and set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_activity_statistics_of_a_record_against_itself_and_another():
+    torch.manual_seed(1)
+    x = (torch.rand(400, 6) < 0.2).float()
+    labels = [0, 0, 0, 1, 1, 1]
+    a = activity_statistics(x, labels, 5, 20, active_factor=1.2)
+    same = compare_statistics(a, a)
+    assert same["durations_ks"] == 0 and same["n_active_tv"] == 0 and same["rate_rmse"] == 0
+    assert same["correlation_rmse"] == 0
+    counts = x.double().unflatten(0, (20, 20)).sum(1)
+    torch.testing.assert_close(a["fano"], counts.var(0) / counts.mean(0))
+    quiet = activity_statistics(x * (torch.rand(400, 6) < 0.5), labels, 5, 20, active_factor=1.2,
+                                reference_rate=float(x.mean()))
+    diff = compare_statistics(a, quiet)
+    assert diff["rate_rmse"] > 0.05 and diff["n_active_tv"] > 0.2
