@@ -34,9 +34,9 @@ def _spikes(x, what: str = "spikes") -> Tensor:
 
 def _labels(labels, n: int) -> tuple[Tensor, int]:
     labels = torch.as_tensor(np.asarray(labels)).long()
-    if labels.shape != (n,) or (labels < 0).any():
-        raise ValueError(f"labels must be {n} nonnegative integers (the unit of every neuron), got shape "
-                         f"{tuple(labels.shape)}")
+    if labels.shape != (n,) or not (labels >= 0).any():
+        raise ValueError(f"labels must be {n} integers (the unit of every neuron, -1 for none), at least one of them "
+                         f"a unit; got shape {tuple(labels.shape)}")
     return labels, int(labels.max()) + 1
 
 
@@ -49,7 +49,9 @@ def coarse_states(spikes, labels, bins_per_window: int, *, active_factor: float 
     neurons and bins of ``spikes``; give the training split's, so that data and samples are judged by one rule).
 
     Args:
-        spikes: ``(..., T, N)`` activity (counts are binarized). labels: ``(N,)`` unit of every neuron.
+        spikes: ``(..., T, N)`` activity (counts are binarized). labels: ``(N,)`` unit of every neuron, ``-1`` for
+            neurons in no unit (e.g. the inhibitory population of a clustered network); a unit with no neuron is
+            never active.
     """
     x = _spikes(spikes)
     labels, k = _labels(labels, x.shape[-1])
@@ -60,9 +62,10 @@ def coarse_states(spikes, labels, bins_per_window: int, *, active_factor: float 
     rate = float(x.mean()) if reference_rate is None else float(reference_rate)
     n_windows = x.shape[-2] // bins_per_window
     per_window = x[..., :n_windows * bins_per_window, :].unflatten(-2, (n_windows, bins_per_window)).sum(-2)
-    counts = per_window.new_zeros(*per_window.shape[:-1], k).index_add_(-1, labels, per_window)
-    size = torch.bincount(labels, minlength=k).double()
-    return counts / (size * bins_per_window) > active_factor * rate
+    member = labels >= 0
+    counts = per_window.new_zeros(*per_window.shape[:-1], k).index_add_(-1, labels[member], per_window[..., member])
+    size = torch.bincount(labels[member], minlength=k).double()
+    return counts / (size.clamp_min(1) * bins_per_window) > active_factor * rate
 
 
 def run_lengths(states) -> Tensor:

@@ -22,6 +22,8 @@ def test_coarse_states_by_the_rate_rule():
     # default reference: the record's own mean rate (6 spikes / 24 = 0.25, active above 0.75)
     assert coarse_states(x, [0, 0, 1, 1], 2).tolist() == [[False, False], [False, False], [False, False]]
     assert coarse_states(x[None].expand(3, -1, -1), [0, 0, 1, 1], 2, reference_rate=0.1).shape == (3, 3, 2)
+    # neurons in no unit (-1) are left out: unit 1 is then neuron 3 alone, 1 spike in 2 bins in window 2
+    assert coarse_states(x, [0, 0, -1, 1], 2, reference_rate=0.1)[:, 1].tolist() == [False, False, True]
     with pytest.raises(ValueError, match="labels"):
         coarse_states(x, [0, 1], 2)
     with pytest.raises(ValueError, match="bins_per_window"):

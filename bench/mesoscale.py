@@ -1,0 +1,236 @@
+"""Evaluation at every scale: fine-scale NLL, coarse-state forecasting and free-running generation, every model on
+the same data, neurons and splits.
+
+    python bench/mesoscale.py [--datasets kising_hmm kising_hmm50 metastable aplysia] [--seeds 0 1 2]
+                              [--models independent glm glm_long hmm gru cmps dgrn dgrn_temporal] [--jobs 2]
+
+Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
+same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
+observed: slow community switching with an exact reference NLL at 100 %), ``metastable`` (the 1500-neuron LIF
+network in the Litwin-Kumar & Doiron regime, 10 ms bins, 20 % observed), ``aplysia`` (a real recording: seed ``s``
+is the ``s``-th recording). Every model is trained by ``train.py`` (best validation checkpoint), then, from its
+checkpoint:
+
+* ``test_nll``: nats per neuron-bin on the test split (and bits per spike);
+* coarse-state forecasting: the coarse state is which units are active in 50 ms windows (the rate rule of
+  :func:`dgrn.mesoscale.coarse_states` with the training split's mean rate, ``ACTIVE_FACTOR``), units being the planted communities of
+  the observed neurons (simulations; inhibitory LIF neurons left out) or the communities found on the training
+  split's correlations (real data), the same for every model. From ``--contexts`` points of the test split, each
+  model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`) and forecasts the state of the window
+  ending 50, 200 and 500 ms later (``(hits + 0.5) / (rollouts + 1)``): log-likelihood and AUROC;
+* free-running generation: ``--generate-s`` seconds from ``--chains`` chains after the first test context, against
+  the whole test split: KS statistic of the active-state durations, total variation of the number of active units,
+  RMS errors of rates, Fano factors and pairwise correlations at 250 ms (:func:`dgrn.mesoscale.compare_statistics`).
+
+Writes ``bench/results/mesoscale.json`` (each result saved as soon as it is known; a rerun skips what is there,
+``--fresh`` starts over) and prints a table per dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.dgrn import run_train  # noqa: E402
+from dgrn.data import atomic_write  # noqa: E402
+
+MODELS = {
+    "independent": ["model=independent", "renorm=none"],
+    "glm": ["model=glm", "renorm=none"],
+    "glm_long": ["model=glm_long", "renorm=none"],  # history set to 200 ms per dataset below
+    "hmm": ["model=hmm", "renorm=none"],
+    "gru": ["model=gru", "renorm=none"],
+    "cmps": ["model=dgrn", "renorm=none"],  # the ConditionalMPS decoder alone
+    "dgrn": ["model=dgrn", "renorm=community_lrg"],
+    "dgrn_temporal": ["model=dgrn", "renorm=community_lrg", "renorm.time_scales=auto"],
+}
+
+#: the rate rule of the coarse state per dataset (dgrn.mesoscale.coarse_states: active above this many times the mean
+#: rate): the hidden drive of kinetic Ising switches communities *off* (about 7 times fewer spikes), so a community is
+#: "on" above half the mean rate; a LIF cluster or a real community is active at 3 times the mean
+ACTIVE_FACTOR = {"kising_hmm": 0.5, "kising_hmm50": 0.5, "metastable": 3.0, "aplysia": 3.0}
+#: dataset -> (build_dataset spec per seed, train.py overrides, dt)
+DATASETS = {
+    "kising_hmm": (lambda s: dict(name="hidden_markov_kinetic_ising", n=100, t=50000, n_communities=4, n_states=2,
+                                  dwell=[20, 200], drive=-2.0, seed=s), ["data.observed_fraction=1.0"], 0.01),
+    "kising_hmm50": (lambda s: dict(name="hidden_markov_kinetic_ising", n=100, t=50000, n_communities=4,
+                                    n_states=2, dwell=[20, 200], drive=-2.0, seed=s),
+                     ["data.observed_fraction=0.5"], 0.01),
+    "metastable": (lambda s: dict(name="clustered_lif", preset="metastable", duration_s=300.0, dt=0.01, seed=s),
+                   ["data.observed_fraction=0.2"], 0.01),
+    "aplysia": (lambda s: dict(name="aplysia", recording=s, dt=0.02), ["data.window=32", "data.batch_size=8"], 0.02),
+}
+WINDOW_S, HORIZONS_S, CORR_S = 0.05, (0.05, 0.2, 0.5), 0.25
+
+
+def data_file(name: str, seed: int, folder: Path) -> Path:
+    """The recording of ``name`` at ``seed``, simulated (or read) once and saved."""
+    from dgrn.data import aplysia_recordings
+    from dgrn.datasets import build_dataset
+
+    spec = DATASETS[name][0](aplysia_recordings()[seed] if name == "aplysia" else seed)
+    path = folder / f"{'_'.join(str(v) for v in spec.values() if not isinstance(v, list))}.npz"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        build_dataset(spec.pop("name"), **spec).save(path)
+    return path
+
+
+def overrides(model: str, dataset: str, path: Path, seed: int, epochs: int | None) -> list[str]:
+    dt = DATASETS[dataset][2]
+    out = ["data=file", f"data.dataset.path={path}", f"seed={seed}", *DATASETS[dataset][1], *MODELS[model]]
+    if model == "glm_long":
+        out.append(f"model.net.history={round(0.2 / dt)}")
+    if dataset == "aplysia" and model.startswith(("dgrn", "cmps")):
+        out.append("model.init=rates")  # the GLM start overfits these short recordings (bench/aplysia.py)
+    if epochs is not None:
+        out.append(f"trainer.max_epochs={epochs}")
+    return out
+
+
+def evaluate(checkpoint: str, *, contexts: int, rollouts: int, generate_s: float, chains: int, seed: int,
+             active_factor: float) -> dict:
+    """Forecasting and generation scores of one trained checkpoint (run in its own process)."""
+    import torch
+
+    from dgrn.graph import correlation, find_communities
+    from dgrn.mesoscale import activity_statistics, coarse_states, compare_statistics, forecast_scores, rollout
+    from dgrn.models import SpikeDataModule, module_for
+    from dgrn.data.windows import block_split
+    from dgrn.runner import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    module = module_for(ckpt["hyper_parameters"])(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    net = module.net.eval()
+    dm = SpikeDataModule(**ckpt["datamodule_hyper_parameters"])
+    data = dm.spike_data
+    x = data.spikes.clamp(max=1).float()
+    train = dm.split_spikes("train").clamp(max=1).float()
+    rate = float(train.mean())
+    labels = data.observed_communities()
+    if labels is None:  # real data: communities of the training split's correlations, the same for every model
+        labels = find_communities(correlation(train))
+    labels = torch.as_tensor(labels).long().clone()
+    if "n_exc" in data.meta:  # LIF: the inhibitory population is not a cluster
+        labels[torch.as_tensor(data.observed) >= int(data.meta["n_exc"])] = -1
+    per_window = max(1, round(WINDOW_S / data.dt))
+    horizons = [max(per_window, round(h / data.dt)) for h in HORIZONS_S]
+    hp = dm.hparams
+    segments = block_split(data.n_bins, hp.val_fraction, hp.test_fraction, hp.n_blocks, hp.split_seed)["test"]
+    past = max(64, net.context)
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.cat([torch.arange(a + past, b - horizons[-1] + 1) for a, b in segments
+                        if b - a > past + horizons[-1]])
+    starts = starts[torch.randperm(starts.numel(), generator=gen)[:contexts]].sort().values
+    windows = torch.stack([x[t - past:t] for t in starts.tolist()])
+    begin = time.perf_counter()
+    drawn = rollout(net, windows, horizons[-1], rollouts, generator=gen)  # (C, R, H, N)
+    forecast_seconds = time.perf_counter() - begin
+    out = {"forecast_seconds": forecast_seconds}
+    rule = dict(reference_rate=rate, active_factor=active_factor)
+    units = labels.unique()[labels.unique() >= 0]
+    for h, h_s in zip(horizons, HORIZONS_S):
+        pred = coarse_states(drawn[:, :, h - per_window:h], labels, per_window, **rule)[:, :, 0]  # (C, R, K)
+        truth = torch.stack([coarse_states(x[t + h - per_window:t + h], labels, per_window, **rule)[0]
+                             for t in starts.tolist()])
+        prob = (pred.double().sum(1) + 0.5) / (rollouts + 1)
+        out[f"forecast_{round(h_s * 1000)}ms"] = forecast_scores(prob[:, units], truth[:, units])
+    n_gen = round(generate_s / data.dt)
+    begin = time.perf_counter()
+    sampled = rollout(net, windows[:1], n_gen, chains, generator=gen)[0]  # (chains, T, N)
+    out["generate_seconds"] = time.perf_counter() - begin
+    test = torch.cat([x[a:b] for a, b in segments])
+    corr_bins = max(1, round(CORR_S / data.dt))
+    ref = activity_statistics(test, labels, per_window, corr_bins, **rule)
+    stats = activity_statistics(sampled.reshape(-1, sampled.shape[-1]), labels, per_window, corr_bins, **rule)
+    out["generation"] = compare_statistics(ref, stats)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
+    parser.add_argument("--contexts", type=int, default=64)
+    parser.add_argument("--rollouts", type=int, default=100)
+    parser.add_argument("--generate-s", type=float, default=60.0)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "dgrn_mesoscale_data"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "mesoscale.json"))
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--evaluate", help=argparse.SUPPRESS)  # internal: score one checkpoint, print JSON
+    parser.add_argument("--active-factor", type=float, default=3.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.evaluate:
+        print(json.dumps(evaluate(args.evaluate, contexts=args.contexts, rollouts=args.rollouts,
+                                  generate_s=args.generate_s, chains=args.chains, seed=args.seeds[0],
+                                  active_factor=args.active_factor)))
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {} if args.fresh or not out.exists() else json.loads(out.read_text())
+    folder = Path(args.data_dir)
+    files = {(ds, s): data_file(ds, s, folder) for ds in args.datasets for s in args.seeds}
+    tasks = [(ds, s, m) for ds in args.datasets for s in args.seeds for m in args.models
+             if m not in results.get(ds, {}).get(str(s), {})]
+    lock = threading.Lock()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(task):
+            ds, s, model = task
+            res = run_train(overrides(model, ds, files[(ds, s)], s, args.epochs), Path(tmp) / f"{ds}_{s}_{model}")
+            proc = subprocess.run([sys.executable, __file__, "--evaluate", res["best_checkpoint"], "--seeds", str(s),
+                                   "--contexts", str(args.contexts), "--rollouts", str(args.rollouts),
+                                   "--generate-s", str(args.generate_s), "--chains", str(args.chains),
+                                   "--active-factor", str(ACTIVE_FACTOR[ds])],
+                                  capture_output=True, text=True, env=env, cwd=ROOT)
+            if proc.returncode:
+                raise RuntimeError(f"evaluating {task} failed:\n{proc.stderr[-3000:]}")
+            row = {"test_nll": res["metrics"]["test/nll"], "bits_per_spike": res["metrics"].get("test/bits_per_spike"),
+                   "train_seconds": res["seconds"], **json.loads(proc.stdout.strip().splitlines()[-1])}
+            print(f"{ds} seed {s} {model}: NLL {row['test_nll']:.5f}, forecast 200 ms LL "
+                  f"{row['forecast_200ms']['log_likelihood']:.4f}, durations KS {row['generation']['durations_ks']:.3f}",
+                  flush=True)
+            with lock:
+                results.setdefault(ds, {}).setdefault(str(s), {})[model] = row
+                atomic_write(out, json.dumps(results, indent=1))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(run, tasks))
+    summarize(results, args.datasets, args.models)
+
+
+def summarize(results: dict, datasets: list[str], models: list[str]) -> None:
+    keys = [("test_nll", lambda r: r["test_nll"]),
+            *[(f"LL {h}", lambda r, h=h: r[f"forecast_{h}"]["log_likelihood"]) for h in ("50ms", "200ms", "500ms")],
+            ("AUROC 200ms", lambda r: r["forecast_200ms"]["auroc"]),
+            ("dur KS", lambda r: r["generation"]["durations_ks"]),
+            ("corr RMSE", lambda r: r["generation"]["correlation_rmse"])]
+    for ds in datasets:
+        seeds = results.get(ds, {})
+        print(f"\n{ds} (mean over seeds {sorted(seeds)})")
+        print(f"{'model':14}" + "".join(f"{k:>13}" for k, _ in keys))
+        for model in models:
+            rows = [seeds[s][model] for s in seeds if model in seeds[s]]
+            if rows:
+                values = [[v for v in map(f, rows) if v is not None] for _, f in keys]
+                print(f"{model:14}" + "".join(f"{statistics.mean(v):13.5f}" if v else f"{'-':>13}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
