@@ -143,6 +143,29 @@ def test_temporal_samples_follow_the_model():
         MultiscaleBornMachine(3, [[0, 0, 1]], context=2, time_scales=[2, 2])
 
 
+def test_choose_time_scales_follows_the_pooled_autocorrelation():
+    """Two communities of 4 neurons firing with probability 0.6 only while a slow two-state chain is on (switch
+    probability 1/30): the OR-pooled activity's autocorrelation is 0.95 (1 - 2/30)^t, 1/e at 13.7 bins, so s = 4
+    (the largest power of 2 at most 6.9), nondecreasing up the levels, capped by what the windows allow."""
+    from dgrn.nn import choose_time_scales
+
+    gen = torch.Generator().manual_seed(0)
+    t, flip = 40_000, 1 / 30
+    chains = torch.zeros(t, 2, dtype=torch.bool)
+    state = torch.tensor([True, False])
+    switches = torch.rand(t, 2, generator=gen) < flip
+    for i in range(t):  # a Markov chain: sequential
+        state = state ^ switches[i]
+        chains[i] = state
+    spikes = (torch.rand(t, 8, generator=gen) < 0.6) & chains.repeat_interleave(4, 1)
+    members = [[0, 0, 0, 0, 1, 1, 1, 1], [0] * 8]
+    assert choose_time_scales(spikes, members) == [4, 4]  # the top unit (any of 8 neurons) is slower still
+    assert choose_time_scales(spikes, members, scored_bins=24, context=2) == [2, 2]
+    assert choose_time_scales(spikes[:, :4], [[0, 0, 0, 0]]) == [4]
+    # white noise: no memory, one bin per step
+    assert choose_time_scales(torch.rand(5000, 8, generator=gen) < 0.3, members[:1]) == [1]
+
+
 def test_multiscale_float32_dtype_and_bad_input():
     net = MultiscaleBornMachine(6, MEMBERS, context=2)
     x = torch.bernoulli(torch.full((2, 10, 6), 0.2))

@@ -7,13 +7,14 @@ from dgrn.nn.community import CommunityEncoder, DirectedGraphConv
 from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli, raised_cosine_basis
 from dgrn.nn.gru import GRUBernoulli
 from dgrn.nn.hmm import BernoulliHMM
-from dgrn.nn.multiscale import MultiscaleBornMachine, build_hierarchy, nested_order
+from dgrn.nn.multiscale import (MultiscaleBornMachine, build_hierarchy, choose_time_scales, nested_order,
+                                unit_thresholds)
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling, RenormPoolingOutput
 
 __all__ = [
     "BernoulliGLM", "BernoulliHMM", "CommunityEncoder", "DiffusionRenormPooling", "DirectedGraphConv", "GRUBernoulli",
-    "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "build_hierarchy", "build_network", "nested_order",
-    "raised_cosine_basis",
+    "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "build_hierarchy",
+    "build_network", "choose_time_scales", "nested_order", "raised_cosine_basis", "unit_thresholds",
 ]
 
 #: Architectures by name (the ``net.name`` of a model config): next-bin networks, and the community encoder
