@@ -7,7 +7,7 @@ the same data, neurons and splits.
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
 observed: slow community switching with an exact reference NLL at 100 %), ``metastable`` (the 1500-neuron LIF
-network in the Litwin-Kumar & Doiron regime, 10 ms bins, 20 % observed), ``aplysia`` (a real recording: seed ``s``
+network in the Litwin-Kumar & Doiron regime, 300 s in 10 ms bins, 20 % of its excitatory neurons observed), ``aplysia`` (a real recording: seed ``s``
 is the ``s``-th recording). Every model is trained by ``train.py`` (best validation checkpoint), then, from its
 checkpoint:
 
@@ -68,7 +68,7 @@ DATASETS = {
                                     n_states=2, dwell=[20, 200], drive=-2.0, seed=s),
                      ["data.observed_fraction=0.5"], 0.01),
     "metastable": (lambda s: dict(name="clustered_lif", preset="metastable", duration_s=300.0, dt=0.01, seed=s),
-                   ["data.observed_fraction=0.2"], 0.01),
+                   ["data.observed_fraction=0.2", "data.subsample_population=excitatory"], 0.01),
     "aplysia": (lambda s: dict(name="aplysia", recording=s, dt=0.02), ["data.window=32", "data.batch_size=8"], 0.02),
 }
 WINDOW_S, HORIZONS_S, CORR_S = 0.05, (0.05, 0.2, 0.5), 0.25

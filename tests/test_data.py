@@ -48,6 +48,22 @@ def test_counts_keep_their_values():
     assert d.spikes.dtype == torch.int32 and d.spikes.max() == 300
 
 
+def test_subsample_excitatory_population_draws_from_the_excitatory_neurons_only():
+    data = SpikeData(spikes=torch.randint(0, 2, (50, 20)), dt=0.005, true_communities=torch.arange(20) // 4,
+                     meta={"n_exc": 16})
+    for strategy in ("random", "block"):
+        sub = data.subsample(0.5, seed=3, strategy=strategy, population="excitatory")
+        assert sub.n_neurons == 8 and (sub.observed < 16).all()
+        torch.testing.assert_close(sub.spikes, data.spikes[:, sub.observed])
+        assert sub.meta["subsample"]["population"] == "excitatory"
+        assert sub.meta["subsample"]["parent_n_neurons"] == 20
+    assert (data.subsample(1.0, population="excitatory").observed == torch.arange(16)).all()
+    with pytest.raises(ValueError, match="n_exc"):
+        SpikeData(spikes=torch.zeros(5, 4), dt=0.01).subsample(0.5, population="excitatory")
+    with pytest.raises(ValueError, match="unknown population"):
+        data.subsample(0.5, population="inhibitory")
+
+
 def test_subsample_keeps_ground_truth_and_maps_columns():
     w = torch.randn(10, 10)
     full = make(n=10, true_couplings=w, true_communities=torch.arange(10) % 3)

@@ -320,8 +320,13 @@ class SpikeData:
         *,
         community_weights: Any = None,
         bias: float = 4.0,
+        population: str = "all",
     ) -> "SpikeData":
         """Keep a ``fraction`` of the observed neurons; the rest become hidden.
+
+        ``population="excitatory"`` draws from the excitatory neurons only (network indices below ``meta["n_exc"]``,
+        as the clustered LIF networks record; ``fraction`` is then of them), as an electrode array whose spike
+        sorting keeps putative pyramidal cells.
 
         Strategies (all seeded by ``seed``):
 
@@ -339,6 +344,19 @@ class SpikeData:
         """
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+        if population not in ("all", "excitatory"):
+            raise ValueError(f"unknown population {population!r}; valid: 'all', 'excitatory'")
+        if population == "excitatory":
+            if "n_exc" not in self.meta:
+                raise ValueError("population='excitatory' needs meta['n_exc'] (the E/I split of a simulated network)")
+            exc = self.observed < int(self.meta["n_exc"])
+            if not exc.any():
+                raise ValueError("no excitatory neuron is observed")
+            pool = SpikeData(spikes=self.spikes[:, exc], dt=self.dt, true_couplings=self.true_couplings,
+                             true_communities=self.true_communities, observed=self.observed[exc], meta=self.meta)
+            out = pool.subsample(fraction, seed, strategy, community_weights=community_weights, bias=bias)
+            out.meta["subsample"].update(population=population, parent_n_neurons=self.n_neurons)
+            return out
         n_keep = max(1, int(round(float(fraction) * self.n_neurons)))
         gen = torch.Generator().manual_seed(int(seed))
         if strategy == "random":

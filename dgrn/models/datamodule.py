@@ -23,6 +23,8 @@ class SpikeDataModule(L.LightningDataModule):
         subsample_seed: seed of the choice of observed neurons.
         subsample_strategy: ``"random"``, ``"community"`` (biased towards some communities) or ``"block"``
             (a contiguous run of neurons); see :meth:`dgrn.data.SpikeData.subsample`.
+        subsample_population: ``"all"`` or ``"excitatory"`` (observe excitatory neurons only, of a simulated E/I
+            network; ``observed_fraction`` is then of them).
         window: bins per window. The first ``context`` bins of a window are history only; windows start
             ``window - context`` bins apart, so each bin of a split is scored once.
         context: bins of history the model needs (``train.py`` sets it from the model).
@@ -36,6 +38,7 @@ class SpikeDataModule(L.LightningDataModule):
         observed_fraction: float = 1.0,
         subsample_seed: int = 0,
         subsample_strategy: str = "random",
+        subsample_population: str = "all",
         window: int = 64,
         context: int = 1,
         val_fraction: float = 0.15,
@@ -66,9 +69,10 @@ class SpikeDataModule(L.LightningDataModule):
         if data is None:
             cfg = dict(self.dataset_cfg)
             data = build_dataset(cfg.pop("name"), **cfg)
-        if self.hparams.observed_fraction < 1.0:
+        population = self.hparams.get("subsample_population", "all")  # absent from older checkpoints
+        if self.hparams.observed_fraction < 1.0 or population != "all":
             data = data.subsample(self.hparams.observed_fraction, seed=self.hparams.subsample_seed,
-                                  strategy=self.hparams.subsample_strategy)
+                                  strategy=self.hparams.subsample_strategy, population=population)
         return data
 
     @property
