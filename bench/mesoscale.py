@@ -7,8 +7,8 @@ the same data, neurons and splits.
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
 observed: slow community switching with an exact reference NLL at 100 %), ``metastable`` (the 1500-neuron LIF
-network in the Litwin-Kumar & Doiron regime, 300 s in 10 ms bins, 20 % of its excitatory neurons observed), ``aplysia`` (a real recording: seed ``s``
-is the ``s``-th recording). Every model is trained by ``train.py`` (best validation checkpoint), then, from its
+network in the Litwin-Kumar & Doiron regime, 300 s in 10 ms bins, 20 % of its excitatory neurons observed),
+``aplysia`` (a real recording: seed ``s`` is the ``s``-th recording). Every model is trained by ``train.py`` (best validation checkpoint), then, from its
 checkpoint:
 
 * ``test_nll``: nats per neuron-bin on the test split (and bits per spike);
