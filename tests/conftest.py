@@ -23,6 +23,18 @@ def _seeded_torch():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Small tensors: on 2 shared cores a second intra-op thread makes each op 10-100x slower (``pytestmark =
+    pytest.mark.usefixtures("one_thread")`` in a module of such tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path, monkeypatch):
     """Runs write under the test's tmp dir; torch-geometric and wandb temp files too."""

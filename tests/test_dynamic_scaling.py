@@ -20,12 +20,7 @@ from dgrn.readouts import (_greedy_pairs, autocorrelation, autocorrelation_time,
                            level_autocorrelation_times)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def markov_chains(a: float, b: float, t: int, n: int, seed: int) -> np.ndarray:

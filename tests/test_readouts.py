@@ -12,13 +12,7 @@ from dgrn.readouts import (entropy_production_rate, independent_entropy, markov_
                            participation_ratio, pattern_entropy, scale_readouts, state_space_table)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: on 2 shared cores a second intra-op thread makes each op 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _h(p: float) -> float:
