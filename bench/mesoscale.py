@@ -92,8 +92,8 @@ def overrides(model: str, dataset: str, path: Path, seed: int, epochs: int | Non
     out = ["data=file", f"data.dataset.path={path}", f"seed={seed}", *DATASETS[dataset][1], *MODELS[model]]
     if model == "glm_long":
         out.append(f"model.net.history={round(0.2 / dt)}")
-    if dataset == "aplysia" and model.startswith(("dgrn", "cmps")):
-        out.append("model.init=rates")  # the GLM start overfits these short recordings (bench/aplysia.py)
+    if dataset == "aplysia" and model.startswith(("dgrn", "cmps")):  # the recipe of experiment=dgrn_aplysia
+        out += ["model.init=rates", "model.lr=0.005"]
     if epochs is not None:
         out.append(f"trainer.max_epochs={epochs}")
     return out
