@@ -73,20 +73,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def write_scale_readouts(model, datamodule, metrics: dict[str, float], output_dir: str) -> None:
     """DGRN read-outs per level of the test split: ``readouts.json`` and the figures ``entropy_per_unit.png``,
-    ``participation_ratio.png`` in the run directory."""
+    ``participation_ratio.png`` and ``dynamic_scaling.png`` in the run directory."""
     import json
     from pathlib import Path
 
     from dgrn.data import atomic_write
-    from dgrn.plots import plot_entropy_per_unit, plot_participation_ratio
+    from dgrn.plots import plot_dynamic_scaling, plot_entropy_per_unit, plot_participation_ratio
 
     out = model.scale_readouts(datamodule, metrics)
     folder = Path(output_dir)
     atomic_write(folder / "readouts.json", json.dumps(out, indent=2) + "\n")
     plot_entropy_per_unit(out["levels"], folder / "entropy_per_unit.png")
     plot_participation_ratio(out["levels"], folder / "participation_ratio.png")
-    print(f"[dgrn] entropy production {out['entropy_production_per_bin']:.5f} nats/bin; read-outs per level: "
-          f"{folder / 'readouts.json'} (+ entropy_per_unit.png, participation_ratio.png)")
+    plot_dynamic_scaling(out["dynamic_scaling"], folder / "dynamic_scaling.png")
+    z = out["dynamic_scaling"]["z"]
+    print(f"[dgrn] entropy production {out['entropy_production_per_bin']:.5f} nats/bin; dynamic scaling z = "
+          f"{'n/a' if z is None else f'{z:.3f}'}; read-outs per level: {folder / 'readouts.json'} (+ "
+          "entropy_per_unit.png, participation_ratio.png, dynamic_scaling.png)")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

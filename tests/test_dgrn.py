@@ -281,6 +281,29 @@ def test_dgrn_module_trains_and_round_trips(kising, tmp_path):
     assert module_for({"net": {"name": "glm"}}) is NextBinModule
 
 
+def test_dgrn_with_time_scales_trains_and_reads_out(kising):
+    """A coarse level on 4-bin blocks through the Lightning module: training lowers the validation NLL, the read-outs
+    report the hierarchy's dynamic scaling, and a window whose scored bins do not fill whole blocks is refused."""
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    kwargs = dict(levels=1, communities="leiden", graph={"max_iter": 20}, lr=0.02,
+                  net={"bond_dim": 2, "hidden_size": 8, "context": 4})
+    model = DGRN.from_datamodule(dm, time_scales=[4], **kwargs)
+    assert model.net.time_scales == [1, 4]
+    dm.context = model.context
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    before = float(trainer.callback_metrics["val/nll"])
+    trainer.fit(model, datamodule=dm)
+    assert float(trainer.callback_metrics["val/nll"]) < before
+    out = model.scale_readouts(dm, {k: float(v) for k, v in trainer.callback_metrics.items()})
+    scaling = out["dynamic_scaling"]
+    assert scaling["K"][0] == 1 and len(scaling["tau_c"]) == 2
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DGRN.from_datamodule(SpikeDataModule(kising, observed_fraction=0.5, window=23, n_blocks=10),
+                             time_scales=[8], **{**kwargs, "net": {**kwargs["net"], "context": 8}})
+
+
 def test_dgrn_without_renormalization_logs_its_single_level(kising):
     # renorm=none: one level, whose NLL is the fine NLL (torchmetrics returns a single column as a 0-d tensor)
     dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)

@@ -203,8 +203,10 @@ class DGRN(NextBinModule):
         """Read-outs per level on one split (:func:`dgrn.readouts.scale_readouts`): units, the model's NLL per unit
         (from ``metrics[f"{split}/nll_level{l}"]``) against the time-shuffled and independent nulls, participation
         ratio, parameters versus state space; plus the entropy production rate of the learned dynamics at the fine
-        scale (:func:`dgrn.readouts.entropy_production_rate` on the split's windows)."""
-        from dgrn.readouts import entropy_production_rate, scale_readouts
+        scale (:func:`dgrn.readouts.entropy_production_rate` on the split's windows) and the dynamic scaling of the
+        hierarchy (:func:`dgrn.readouts.level_autocorrelation_times`: the autocorrelation time of every level's
+        summed activity, per bin, against its mean neurons per unit, and the exponent z)."""
+        from dgrn.readouts import entropy_production_rate, level_autocorrelation_times, scale_readouts
 
         spikes = datamodule.split_spikes(split).float().to(self.device)
         levels = [lvl.cpu() for lvl in self.net.pool(spikes.clamp(max=1))]
@@ -219,5 +221,8 @@ class DGRN(NextBinModule):
         windows = torch.stack([datamodule.splits[split][i] for i in range(len(datamodule.splits[split]))])
         epr = entropy_production_rate(lambda w: self.net(w.to(self.device).float()).sum((1, 2)), windows,
                                       n_scored=windows.shape[1] - self.context, batch_size=64)
-        return {"split": split, "levels": rows, "entropy_production_per_bin": epr,
+        summed = [spikes.new_zeros(spikes.shape[0], n).index_add_(1, self.net._index(lvl), spikes).cpu()
+                  for lvl, n in enumerate(self.net.n_units)]
+        scaling = level_autocorrelation_times(summed, [self.net.n_neurons / n for n in self.net.n_units])
+        return {"split": split, "levels": rows, "entropy_production_per_bin": epr, "dynamic_scaling": scaling,
                 "hierarchy": self.hparams.hierarchy_info}
