@@ -26,6 +26,11 @@ def predict_levels(net, data: SpikeData, out: Path, model_name: str, n_samples: 
     """
     if n_samples < 1 or chunk < 1:
         raise ValueError(f"need n_samples >= 1 and chunk >= 1, got {n_samples}, {chunk}")
+    scales = getattr(net, "time_scales", [1])
+    if scales[-1] > 1:
+        raise ValueError(f"{model_name} steps its coarse levels {scales[1:]} bins at a time: bin-by-bin prediction "
+                         "does not apply (score windows with the model itself, draw blocks with "
+                         "dgrn.mesoscale.rollout)")
     x = data.spikes.clamp(max=1).float()
     ctx = net.context
     windows = x.unfold(0, ctx + 1, 1).permute(0, 2, 1)  # (T - ctx, ctx + 1, N): history + the predicted bin
