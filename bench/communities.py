@@ -1,0 +1,482 @@
+"""Communities across regimes (issue 23, item 1): every community method on several graph families, dynamics,
+recording lengths and observed fractions, in the same run.
+
+    python bench/communities.py                      # the full grid (long)
+    python bench/communities.py --quick              # a tiny grid, under 2 minutes, to check the script
+    python bench/communities.py --bins 10000 --fractions 1.0 0.5 --seeds 0 1 2      # the reduced grid of the docs
+
+Grid
+----
+- **Graph families** (signed couplings with E/I structure: excitatory within communities, inhibitory between them,
+  magnitudes ``|j| |1 + 0.5 xi|``, ``j = 0.75``, as :func:`dgrn.sim.kinetic_ising.planted_couplings` draws them):
+
+  - ``lfr0.1``, ``lfr0.3``, ``lfr0.5``: networkx ``LFR_benchmark_graph`` (250 nodes, degree exponent 2.5,
+    community-size exponent 1.5, mean degree 12, max degree 40, communities of 15 to 62 nodes, mixing ``mu``).
+    Each undirected edge gives both directed couplings (independent magnitudes); inter-community edges are
+    inhibitory. LFR generation fails for some seeds (``ExceededMaxIterations``): the generator is retried with
+    seed ``seed + 1000 k`` and the number of attempts is recorded in the cell (``lfr_attempts``).
+  - ``hier``: a hierarchical planted partition: 3 groups x 4 communities of unequal sizes (12 to 28 neurons,
+    about 240 in all), directed edges with probability 0.3 within a community (excitatory), 0.06 between
+    communities of one group (excitatory, ``j/2``) and 0.03 between groups (inhibitory). Scored against the fine
+    (12-community) level; ``ami_coarse`` is the AMI against the 3 groups.
+  - ``planted``: the project's generator, :func:`dgrn.sim.kinetic_ising.kinetic_ising_network` (200 neurons,
+    8 near-equal communities, dense couplings; the ``kinetic_ising`` data set's network).
+
+  In the ``lfr`` and ``hier`` networks a neuron's summed |input| is capped at ``INPUT_CAP`` = 6 (its row of ``W``
+  scaled down; ``coupling_scale`` in a cell is the mean row factor): uncapped, LFR hubs (up to 40 inputs) and the
+  mostly excitatory low-mu graphs lock whole communities on (rate 0.9 per bin; mean rate 0.52 at mu = 0.1,
+  seed 0); capped at 6, every community fires at 0.05 to 0.06. Fields by
+  :func:`~dgrn.sim.kinetic_ising.rate_matched_bias` (base rate 0.05, sd 0.3). ``planted`` keeps the project's
+  own scaling.
+- **Dynamics**: kinetic Ising by the project's parallel Glauber simulator
+  (:func:`dgrn.sim.kinetic_ising.glauber_dynamics`, which takes a given coupling matrix), 1,000 burn-in bins.
+  LIF is not in the grid: :func:`dgrn.sim.lif.simulate_lif` takes a given weight matrix, but its weights are voltage
+  kicks of a balanced clustered network (their scale, the E/I populations and the drive are calibrated for
+  :func:`~dgrn.sim.lif.clustered_lif_network` only) and 10^4 bins of 5 ms at its 0.1 ms step cost minutes per cell
+  on one core.
+- **Recording lengths** ``--bins`` (10^4, 10^5) and **observed fractions** ``--fractions`` (1, 0.5, 0.2; random
+  subset by :meth:`SpikeData.subsample`, seeded by the cell's seed).
+- **Graphs** the methods see: ``ml`` (:func:`dgrn.graph.infer_couplings`, defaults), ``ml_latent`` (the same with
+  a rank-2 latent input, ``latent_rank=2``), ``corr`` (:func:`dgrn.graph.correlation`, diagonal zeroed) and ``true``
+  (the true couplings among the observed neurons: a reference, not an inference).
+- **Methods** on each graph: every registered :data:`dgrn.graph.COMMUNITY_METHODS` method at its defaults
+  (``leiden``, ``markov_stability``, ``lrg``, ``gnn`` with the zoo encoder ``community_encoder_kising`` and the
+  spikes, ``spectral`` told the true K), plus ``leiden_stable`` (resolution chosen by the stability rule below),
+  ``infomap`` (pip ``infomap``, directed, two-level; skipped when not installed) and ``consensus`` (connected
+  components of the majority co-association of the label-free methods' partitions). No stochastic-block-model
+  fit: graph-tool is not pip-installable and no light pip library fits a weighted directed SBM.
+
+  *Resolution rule of* ``leiden_stable``: Leiden at 9 resolutions ``0.25 * sqrt(2)^k`` (0.25 to 4), two seeds each;
+  the score of a resolution is the mean AMI of its two partitions with each other and with the partitions at the
+  neighbouring resolutions; partitions with fewer than 2 communities are excluded; the highest score wins (ties:
+  the resolution nearest 1), and its seed-0 partition is returned.
+- **Metrics**: AMI (sklearn ``adjusted_mutual_info_score``) against the planted communities of the observed
+  neurons, ``k_err = |K - K_planted| / K_planted``, seconds per method (graph inference timed separately).
+
+Writes ``bench/results/communities.json`` cell by cell (a rerun skips cells already there; ``--fresh`` starts over)
+and prints the mean AMI (and mean K error) per method per cell group (family x dynamics x bins x fraction).
+Timings depend on the machine's load.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dgrn.data import SpikeData, atomic_write  # noqa: E402
+from dgrn.graph import COMMUNITY_METHODS, correlation, find_communities, infer_couplings  # noqa: E402
+from dgrn.sim.kinetic_ising import glauber_dynamics, kinetic_ising_network, rate_matched_bias  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "communities.json"
+FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted")
+GRAPHS = ("ml", "ml_latent", "corr", "true")
+EXTRA_METHODS = ("leiden_stable", "infomap", "consensus")
+METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
+DEFAULT_METHOD = ("ml", "leiden")  # what find_communities(infer_couplings(spikes)) gives
+J, WEIGHT_CV, BASE_RATE, BIAS_SD, DT = 0.75, 0.5, 0.05, 0.3, 0.01
+INPUT_CAP = 6.0  # summed |input| per neuron of the lfr and hier networks (see the module docstring)
+
+
+def all_methods() -> list[str]:
+    return sorted(COMMUNITY_METHODS) + list(EXTRA_METHODS)
+
+
+def ami(true, found) -> float:
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    return float(adjusted_mutual_info_score(np.asarray(true), np.asarray(found)))
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+def _signed(edges: torch.Tensor, same: torch.Tensor, gen: torch.Generator, j_between: float | torch.Tensor = -J,
+            j_within: float | torch.Tensor = J) -> torch.Tensor:
+    """Couplings on the directed ``edges`` mask: excitatory within (``same``), inhibitory between."""
+    n = edges.shape[0]
+    magnitude = (1.0 + WEIGHT_CV * torch.randn(n, n, generator=gen)).abs()
+    sign_scale = torch.where(same, torch.as_tensor(j_within, dtype=torch.float32),
+                             torch.as_tensor(j_between, dtype=torch.float32))
+    w = torch.where(edges & ~torch.eye(n, dtype=torch.bool), sign_scale * magnitude, torch.zeros(()))
+    return w.float()
+
+
+def _cap_input(w: torch.Tensor, cap: float = INPUT_CAP) -> tuple[torch.Tensor, float]:
+    """Scale down the rows whose summed |input| exceeds ``cap`` (returns the mean row factor)."""
+    factor = torch.clamp(cap / w.abs().sum(1, keepdim=True).clamp_min(1e-12), max=1.0)
+    return w * factor, float(factor.mean())
+
+
+def lfr_graph(mu: float, seed: int, n: int = 250, max_attempts: int = 20) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    import networkx as nx
+
+    last = None
+    for attempt in range(max_attempts):
+        nx_seed = seed + 1000 * attempt
+        try:
+            g = nx.LFR_benchmark_graph(n, 2.5, 1.5, mu, average_degree=12, max_degree=40, min_community=15,
+                                       max_community=n // 4, seed=nx_seed, max_iters=500)
+            break
+        except Exception as err:  # ExceededMaxIterations and friends: another seed
+            last = err
+    else:
+        raise RuntimeError(f"LFR generation failed {max_attempts} times (mu={mu}, seed={seed}): {last!r}")
+    comms = sorted({frozenset(g.nodes[v]["community"]) for v in g}, key=min)
+    labels = torch.empty(n, dtype=torch.long)
+    for c, members in enumerate(comms):
+        labels[list(members)] = c
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    e = torch.tensor(list(g.edges()), dtype=torch.long)
+    adj[e[:, 0], e[:, 1]] = True
+    adj[e[:, 1], e[:, 0]] = True
+    gen = torch.Generator().manual_seed(int(seed))
+    same = labels[:, None] == labels[None, :]
+    w = _signed(adj, same, gen)
+    return w, labels, {"lfr_attempts": attempt + 1, "lfr_seed": nx_seed, "gen": gen}
+
+
+def hier_graph(seed: int, groups: int = 3, per_group: int = 4) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    gen = torch.Generator().manual_seed(int(seed))
+    sizes = torch.randint(12, 29, (groups * per_group,), generator=gen)
+    fine = torch.repeat_interleave(torch.arange(groups * per_group), sizes)
+    n = fine.numel()
+    perm = torch.randperm(n, generator=gen)
+    fine = fine[perm]
+    coarse = fine // per_group
+    same = fine[:, None] == fine[None, :]
+    same_group = coarse[:, None] == coarse[None, :]
+    prob = torch.where(same, torch.tensor(0.3), torch.where(same_group, torch.tensor(0.06), torch.tensor(0.03)))
+    edges = torch.rand(n, n, generator=gen) < prob
+    j_between = torch.where(same_group, torch.tensor(J / 2), torch.tensor(-J))
+    w = _signed(edges, same, gen, j_between=j_between)
+    return w, fine, {"coarse": coarse, "gen": gen}
+
+
+def make_network(family: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """``(W, labels, bias, info)`` of one network of ``family``, all drawn from ``seed``."""
+    if family.startswith("lfr"):
+        w, labels, info = lfr_graph(float(family[3:]), seed)
+    elif family == "hier":
+        w, labels, info = hier_graph(seed)
+    elif family == "planted":
+        gen = torch.Generator().manual_seed(int(seed))
+        w, labels, bias, scale = kinetic_ising_network(200, 8, generator=gen)
+        return w, labels, bias, {"coupling_scale": scale}
+    else:
+        raise ValueError(f"unknown family {family!r}; valid: {FAMILIES}")
+    gen = info.pop("gen")
+    w, scale = _cap_input(w)
+    info["coupling_scale"] = scale
+    bias = rate_matched_bias(w, BASE_RATE, BIAS_SD, generator=gen)
+    return w, labels, bias, info
+
+
+def simulate(family: str, dynamics: str, bins: int, seed: int) -> tuple[SpikeData, dict]:
+    w, labels, bias, info = make_network(family, seed)
+    if dynamics != "kising":
+        raise ValueError(f"unknown dynamics {dynamics!r}; only 'kising' (LIF on given graphs: see the docstring)")
+    spikes = glauber_dynamics(w, bias, bins, burn_in=1000, base_rate=BASE_RATE, seed=seed)
+    meta = {"family": family}
+    if "coarse" in info:
+        meta["coarse_communities"] = info.pop("coarse").tolist()
+    return SpikeData(spikes, DT, true_couplings=w, true_communities=labels, meta=meta), info
+
+
+# ----------------------------------------------------------------------------------------------- methods
+def leiden_stable(adj, seeds=(0, 1)) -> tuple[np.ndarray, float]:
+    """Leiden at the resolution whose partitions are most stable across seeds and neighbouring resolutions."""
+    from dgrn.graph.communities import leiden
+
+    grid = [0.25 * math.sqrt(2) ** k for k in range(9)]
+    parts = [[leiden(adj, resolution=r, seed=s) for s in seeds] for r in grid]
+    best, best_key = None, None
+    for i, r in enumerate(grid):
+        if min(len(np.unique(p)) for p in parts[i]) < 2:
+            continue
+        pairs = [ami(parts[i][0], parts[i][1])]
+        for k in (i - 1, i + 1):
+            if 0 <= k < len(grid):
+                pairs += [ami(a, b) for a in parts[i] for b in parts[k]]
+        key = (statistics.fmean(pairs), -abs(math.log(r)))
+        if best_key is None or key > best_key:
+            best, best_key = i, key
+    if best is None:
+        return parts[4][0], 1.0
+    return parts[best][0], grid[best]
+
+
+def infomap_labels(adj, seed: int = 0) -> np.ndarray:
+    import infomap
+    from dgrn.graph.convert import edge_weights
+
+    w = edge_weights(adj, "positive").tocoo()
+    im = infomap.Infomap(f"--directed --two-level --silent --seed {seed + 1}")
+    im.add_nodes(range(adj.shape[0]))
+    for i, j, v in zip(w.row.tolist(), w.col.tolist(), w.data.tolist()):
+        im.add_link(j, i, v)  # adj[i, j]: j -> i
+    im.run()
+    mods = im.get_modules()
+    return np.array([mods.get(i, -1 - i) for i in range(adj.shape[0])])
+
+
+def consensus(partitions: list[np.ndarray]) -> np.ndarray:
+    """Majority co-association: ``i`` and ``j`` are linked when more than half of the partitions put them together;
+    the communities are the connected components of those links. (Leiden on the co-association matrix hung inside
+    leidenalg's C optimiser on one cell, planted, 20 % observed, seed 1, even with a bounded number of passes.)"""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    co = np.mean([p[:, None] == p[None, :] for p in partitions], axis=0)
+    return connected_components(sp.csr_matrix(co > 0.5), directed=False)[1]
+
+
+def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: int, encoder, done: dict):
+    if method == "leiden_stable":
+        from dgrn.graph import as_adjacency
+
+        lab, res = leiden_stable(as_adjacency(graph))
+        return lab, {"resolution": res}
+    if method == "infomap":
+        from dgrn.graph import as_adjacency
+
+        return infomap_labels(as_adjacency(graph)), {}
+    if method == "consensus":
+        members = [done[m] for m in ("leiden", "leiden_stable", "markov_stability", "lrg", "infomap", "gnn")
+                   if m in done]
+        if len(members) < 2:
+            raise ValueError("consensus needs at least two label-free partitions")
+        return consensus(members), {"members": len(members)}
+    opts = {}
+    if method == "spectral":
+        opts["n_communities"] = k_true
+    if method == "gnn":
+        if encoder is None:
+            raise ValueError("no encoder")
+        opts.update(encoder=encoder, spikes=spikes)
+    return find_communities(graph, method, **opts).numpy(), {}
+
+
+def _order(methods: list[str]) -> list[str]:
+    """Consensus last (it uses the others)."""
+    return sorted(methods, key=lambda m: m == "consensus")
+
+
+def run_cell(family: str, dynamics: str, bins: int, fraction: float, seed: int, methods: list[str],
+             graphs: tuple[str, ...] = GRAPHS, encoder=None) -> dict:
+    """One cell of the grid: simulate, subsample, infer the graphs, run every method on every graph."""
+    t0 = time.perf_counter()
+    data, info = simulate(family, dynamics, bins, seed)
+    sim_s = time.perf_counter() - t0
+    full_n = data.n_neurons
+    if fraction < 1.0:
+        data = data.subsample(fraction, seed=seed)
+    obs = data.observed
+    planted = data.observed_communities().numpy()
+    k_true = int(len(np.unique(planted)))
+    spikes = data.spikes
+    rec = {"family": family, "dynamics": dynamics, "bins": bins, "fraction": fraction, "seed": seed,
+           "n": full_n, "n_obs": int(obs.numel()), "k_planted": k_true, "rate": float(spikes.float().mean()),
+           "max_community_rate": max(float(spikes[:, planted == c].float().mean()) for c in np.unique(planted)),
+           "sim_s": sim_s, **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
+           "planted_self_ami": ami(planted, planted), "graph_s": {}, "results": {}}
+    coarse = data.meta.get("coarse_communities")
+    coarse = np.asarray(coarse)[obs.numpy()] if coarse is not None else None
+    for gname in graphs:
+        t1 = time.perf_counter()
+        if gname == "ml":
+            g = infer_couplings(spikes)
+        elif gname == "ml_latent":
+            g = infer_couplings(spikes, latent_rank=2)
+        elif gname == "corr":
+            g = correlation(spikes).clone()
+            g.fill_diagonal_(0.0)
+        elif gname == "true":
+            g = data.true_couplings[obs][:, obs].clone()
+        else:
+            raise ValueError(f"unknown graph {gname!r}; valid: {GRAPHS}")
+        rec["graph_s"][gname] = time.perf_counter() - t1
+        out, done = {}, {}
+        for m in _order(methods):
+            if m == "infomap" and not _has_infomap():
+                continue
+            t2 = time.perf_counter()
+            try:
+                with warnings.catch_warnings(), _time_limit(METHOD_TIMEOUT_S):
+                    warnings.simplefilter("ignore")
+                    lab, extra = run_method(m, g, spikes, k_true, encoder, done)
+                lab = np.asarray(lab)
+                done[m] = lab
+                k = int(len(np.unique(lab)))
+                r = {"ami": ami(planted, lab), "k": k, "k_err": abs(k - k_true) / k_true,
+                     "time_s": time.perf_counter() - t2, **extra}
+                if coarse is not None:
+                    r["ami_coarse"] = ami(coarse, lab)
+            except Exception as err:  # a method that fails on a graph is recorded, not fatal
+                r = {"error": f"{type(err).__name__}: {err}"[:300], "time_s": time.perf_counter() - t2}
+            out[m] = r
+        rec["results"][gname] = out
+    rec["cell_s"] = time.perf_counter() - t0
+    return rec
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Raise TimeoutError in the main thread after ``seconds`` (a method that hangs is recorded as failed)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError(f"method ran over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _has_infomap() -> bool:
+    try:
+        import infomap  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def cell_key(family, dynamics, bins, fraction, seed) -> str:
+    return f"{family}|{dynamics}|{bins}|{fraction:g}|{seed}"
+
+
+# ------------------------------------------------------------------------------------------------- table
+def summarize(cells: dict) -> tuple[dict, str]:
+    """Mean AMI and mean K error per (graph/method) per cell group; a plain-text (markdown) table."""
+    groups: dict[str, dict[str, list]] = {}
+    for rec in cells.values():
+        gkey = f"{rec['family']} {rec['dynamics']} T={rec['bins']} f={rec['fraction']:g}"
+        for gname, res in rec["results"].items():
+            for m, r in res.items():
+                groups.setdefault(gkey, {}).setdefault(f"{gname}/{m}", []).append(r)
+    summary = {}
+    for gkey, rows in groups.items():
+        summary[gkey] = {}
+        for label, rs in rows.items():
+            ok = [r for r in rs if "ami" in r]
+            summary[gkey][label] = {
+                "ami": statistics.fmean(r["ami"] for r in ok) if ok else None,
+                "k_err": statistics.fmean(r["k_err"] for r in ok) if ok else None,
+                "time_s": statistics.fmean(r["time_s"] for r in rs),
+                "n": len(ok), "failed": len(rs) - len(ok)}
+    labels = sorted({lab for s in summary.values() for lab in s})
+    gkeys = sorted(summary)
+    lines = ["| method | " + " | ".join(gkeys) + " | mean time (s) |", "|---" * (len(gkeys) + 2) + "|"]
+    for lab in labels:
+        cellstr, times = [], []
+        for g in gkeys:
+            s = summary[g].get(lab)
+            if s is None or s["ami"] is None:
+                cellstr.append("–" if s is None else f"fail {s['failed']}")
+            else:
+                best = max(v["ami"] for v in summary[g].values() if v["ami"] is not None)
+                txt = f"{s['ami']:.3f} ({100 * s['k_err']:.0f}%)"
+                cellstr.append(f"**{txt}**" if s["ami"] >= best - 1e-9 else txt)
+                if s["failed"]:
+                    cellstr[-1] += f" [{s['failed']} fail]"
+            if s is not None:
+                times.append(s["time_s"])
+        lines.append(f"| {lab} | " + " | ".join(cellstr) + f" | {statistics.fmean(times):.2f} |")
+    lines.append("")
+    lines.append("| cell group | best | best AMI | default ml/leiden | gap | best inferred-graph method | its AMI |")
+    lines.append("|---|---|---|---|---|---|---|")
+    default = "/".join(DEFAULT_METHOD)
+    for g in gkeys:
+        vals = {k: v for k, v in summary[g].items() if v["ami"] is not None}
+        best = max(vals, key=lambda k: vals[k]["ami"])
+        inferred = {k: v for k, v in vals.items() if not k.startswith("true/")}
+        best_inf = max(inferred, key=lambda k: inferred[k]["ami"])
+        d = vals.get(default, {}).get("ami")
+        gap = f"{inferred[best_inf]['ami'] - d:.3f}" if d is not None else "–"
+        lines.append(f"| {g} | {best} | {vals[best]['ami']:.3f} | {d if d is None else f'{d:.3f}'} | {gap} | "
+                     f"{best_inf} | {inferred[best_inf]['ami']:.3f} |")
+    return summary, "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def _save(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(payload, indent=1))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--bins", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.2])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--dynamics", nargs="+", default=["kising"], choices=["kising"])
+    ap.add_argument("--methods", nargs="+", default=None, help=f"default: all ({', '.join(all_methods())})")
+    ap.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=GRAPHS)
+    ap.add_argument("--quick", action="store_true", help="tiny grid (under 2 minutes) to check the script")
+    ap.add_argument("--fresh", action="store_true", help="ignore cells already in the results file")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.bins, args.fractions = [0], [2000], [1.0, 0.5]
+        args.families = ["planted", "lfr0.3"]
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name("communities_quick.json")
+    methods = args.methods or all_methods()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    encoder = None
+    if "gnn" in methods:
+        from dgrn.zoo import load_pretrained
+        encoder = load_pretrained("community_encoder_kising")
+    payload = {"cells": {}} if args.fresh or not args.out.exists() else json.loads(args.out.read_text())
+    payload["config"] = {"methods": methods, "graphs": args.graphs, "infomap": _has_infomap(),
+                         "torch_threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    for bins in args.bins:  # cheap cells first: a cut-short run still covers every family
+        for frac in args.fractions:
+            for family in args.families:
+                for dyn in args.dynamics:
+                    for seed in args.seeds:
+                        key = cell_key(family, dyn, bins, frac, seed)
+                        if key in payload["cells"]:
+                            continue
+                        try:
+                            rec = run_cell(family, dyn, bins, frac, seed, methods, tuple(args.graphs), encoder)
+                        except Exception:
+                            print(f"cell {key} failed:\n{traceback.format_exc()}", flush=True)
+                            continue
+                        payload["cells"][key] = rec
+                        _save(args.out, payload)
+                        print(f"{key}: {rec['cell_s']:.1f} s, rate {rec['rate']:.3f}, default AMI "
+                              f"{rec['results'].get('ml', {}).get('leiden', {}).get('ami', float('nan')):.3f}",
+                              flush=True)
+    summary, table = summarize(payload["cells"])
+    payload["summary"] = summary
+    payload["run_s"] = time.perf_counter() - start
+    _save(args.out, payload)
+    print("\nmean AMI (mean |K - K_planted| / K_planted) per graph/method per cell group; bold: best in group\n")
+    print(table)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
