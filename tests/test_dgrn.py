@@ -257,19 +257,24 @@ def test_joint_loglik_metric_matches_the_factorized_path():
         cols.update(torch.zeros(4, 2))
 
 
+def _fit_lowers_val_nll(model, dm, epochs: int) -> L.Trainer:
+    """Train ``model`` on ``dm`` for ``epochs`` and check that the validation NLL fell; returns the trainer."""
+    dm.context = model.context
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    before = float(trainer.callback_metrics["val/nll"])
+    trainer.fit(model, datamodule=dm)
+    assert float(trainer.callback_metrics["val/nll"]) < before
+    return trainer
+
+
 def test_dgrn_module_trains_and_round_trips(kising, tmp_path):
     dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
     model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20},
                                  net={"bond_dim": 2, "hidden_size": 8, "context": 4}, lr=0.02)
     assert model.net.n_units[0] == 20 and model.hparams.hierarchy_info["n_units"] == model.net.n_units
-    dm.context = model.context
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.validate(model, datamodule=dm, verbose=False)
-    before = float(trainer.callback_metrics["val/nll"])
-    trainer.fit(model, datamodule=dm)
-    after = trainer.callback_metrics
-    assert float(after["val/nll"]) < before
+    after = _fit_lowers_val_nll(model, dm, epochs=2).callback_metrics
     assert {"val/nll_level0", "val/nll_level1", "val/c2f_nll", "val/bits_per_spike"} <= set(after)
     torch.testing.assert_close(after["val/nll_level0"], after["val/nll"])
     copy = module_for(dict(model.hparams))(**model.hparams)
@@ -289,13 +294,7 @@ def test_dgrn_with_time_scales_trains_and_reads_out(kising):
                   net={"bond_dim": 2, "hidden_size": 8, "context": 4})
     model = DGRN.from_datamodule(dm, time_scales=[4], **kwargs)
     assert model.net.time_scales == [1, 4]
-    dm.context = model.context
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.validate(model, datamodule=dm, verbose=False)
-    before = float(trainer.callback_metrics["val/nll"])
-    trainer.fit(model, datamodule=dm)
-    assert float(trainer.callback_metrics["val/nll"]) < before
+    trainer = _fit_lowers_val_nll(model, dm, epochs=1)
     out = model.scale_readouts(dm, {k: float(v) for k, v in trainer.callback_metrics.items()})
     scaling = out["dynamic_scaling"]
     assert scaling["K"][0] == 1 and len(scaling["tau_c"]) == 2
