@@ -140,7 +140,7 @@ def evaluate(checkpoint: str, *, contexts: int, rollouts: int, generate_s: float
     forecast_seconds = time.perf_counter() - begin
     out = {"forecast_seconds": forecast_seconds}
     rule = dict(reference_rate=rate, active_factor=active_factor)
-    units = labels.unique()[labels.unique() >= 0]
+    units = labels[labels >= 0].unique()
     for h, h_s in zip(horizons, HORIZONS_S):
         pred = coarse_states(drawn[:, :, h - per_window:h], labels, per_window, **rule)[:, :, 0]  # (C, R, K)
         truth = torch.stack([coarse_states(x[t + h - per_window:t + h], labels, per_window, **rule)[0]
