@@ -83,30 +83,34 @@ def run_lengths(states) -> Tensor:
 
 @torch.no_grad()
 def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, memory: int | None = None) -> Tensor:
     """``n_rollouts`` continuations of each window under ``net``, ``(B, n_rollouts, n_bins, N)`` (neurons' order).
 
     ``net`` is a next-bin model of :mod:`dgrn.nn` (its ``sample(x, n_samples, generator)``); each step feeds the
-    last ``net.context`` bins (observed, then drawn) back; a :class:`~dgrn.nn.MultiscaleBornMachine` with time
-    scales draws a whole top-level block per step (cut to ``n_bins``)."""
+    last ``memory`` bins (observed, then drawn; default: the windows' length ``W``) back, so a recurrent model sees
+    as much past as in a training window of ``W`` bins and a model with a finite history uses the last bins it needs;
+    a :class:`~dgrn.nn.MultiscaleBornMachine` with time scales draws a whole top-level block per step (cut to
+    ``n_bins``)."""
     if windows.dim() != 3:
         raise ValueError(f"windows must be (B, W, N), got shape {tuple(windows.shape)}")
     if n_bins < 1 or n_rollouts < 1:
         raise ValueError(f"need n_bins >= 1 and n_rollouts >= 1, got {n_bins}, {n_rollouts}")
     context = int(net.context)
-    if windows.shape[1] < context:
-        raise ValueError(f"windows have {windows.shape[1]} bins; the model needs a context of {context}")
+    memory = windows.shape[1] if memory is None else int(memory)
+    if memory < context or windows.shape[1] < memory:
+        raise ValueError(f"memory must lie between the model's context ({context}) and the windows' length "
+                         f"({windows.shape[1]} bins), got {memory}")
     batch, _, n = windows.shape
-    x = windows[:, -context:].repeat_interleave(n_rollouts, 0)
+    x = windows[:, -memory:].repeat_interleave(n_rollouts, 0)
     drawn, total = [], 0
     while total < n_bins:
-        out = net.sample(x[:, -context:], 1, generator=generator)
+        out = net.sample(x, 1, generator=generator)
         if isinstance(out, list):  # multiscale: level 0, in decoder order
             out = net.to_neurons(out[0])
         step = out.reshape(x.shape[0], -1, n).to(x.dtype)  # (B R, bins drawn, N)
         drawn.append(step)
         total += step.shape[1]
-        x = torch.cat([x[:, -context:], step], 1)
+        x = torch.cat([x, step], 1)[:, -memory:]
     return torch.cat(drawn, 1)[:, :n_bins].reshape(batch, n_rollouts, n_bins, n)
 
 

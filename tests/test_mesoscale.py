@@ -8,7 +8,7 @@ import torch
 
 from dgrn.mesoscale import (activity_statistics, coarse_states, compare_statistics, forecast_scores, rollout,
                             run_lengths)
-from dgrn.nn import IndependentBernoulli, MultiscaleBornMachine
+from dgrn.nn import GRUBernoulli, IndependentBernoulli, MultiscaleBornMachine
 
 
 def test_coarse_states_by_the_rate_rule():
@@ -93,3 +93,20 @@ def test_activity_statistics_of_a_record_against_itself_and_another():
                                 reference_rate=float(x.mean()))
     diff = compare_statistics(a, quiet)
     assert diff["rate_rmse"] > 0.05 and diff["n_active_tv"] > 0.2
+
+
+def test_rollout_memory_is_the_past_a_recurrent_model_sees():
+    """A GRU's draws depend on the whole window fed back: with ``memory`` equal to the context, bins before it
+    are forgotten (the draws equal those from the shortened window); a memory outside [context, W] is refused."""
+    torch.manual_seed(0)
+    net = GRUBernoulli(3, hidden_size=4, context=2)
+    windows = torch.tensor([[[1.0, 1, 1], [1, 1, 1], [0, 0, 0], [0, 1, 0]]])
+    short = rollout(net, windows[:, -2:], 5, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(rollout(net, windows, 5, 3, generator=torch.Generator().manual_seed(1), memory=2), short)
+    with torch.no_grad():
+        p_full = torch.sigmoid(net(torch.cat([windows, torch.zeros(1, 1, 3)], 1))[:, -1])
+        p_short = torch.sigmoid(net(torch.cat([windows[:, -2:], torch.zeros(1, 1, 3)], 1))[:, -1])
+    assert (p_full - p_short).abs().max() > 1e-3  # the forgotten bins mattered
+    for memory in (1, 5):
+        with pytest.raises(ValueError, match="memory"):
+            rollout(net, windows, 5, memory=memory)

@@ -498,10 +498,11 @@ class MultiscaleBornMachine(nn.Module):
         """Joint samples of the bin after each window (with time scales, of the :math:`s_L` bins after it), drawn
         coarse to fine in time order as :meth:`forward` factorizes them: a list over levels of ``(B, n_samples,
         n_l)`` (with time scales ``(B, n_samples, s_L / s_l, n_l)``), 0/1 in the dtype of ``x``. Level ``l`` of a
-        draw is the pooling of level 0 (``pool``). The context is the last ``context`` bins of each window."""
+        draw is the pooling of level 0 (``pool``). Every level's GRU runs over the whole window, as in :meth:`forward`,
+        whose prediction of a bin appended to ``x`` this is (with time scales, blocks end at the window's end)."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
-        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in self.pool(x[:, -self.context:], align=self.context)]
+        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in self.pool(x, align=x.shape[1])]
         drawn: list[list[Tensor]] = [[] for _ in xs]
         for t in range(self.time_scales[-1]):
             for lvl in range(self.n_levels, -1, -1):
