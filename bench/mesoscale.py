@@ -16,8 +16,8 @@ checkpoint:
   :func:`dgrn.mesoscale.coarse_states` with the training split's mean rate, ``ACTIVE_FACTOR``), units being the planted communities of
   the observed neurons (simulations; inhibitory LIF neurons left out) or the communities found on the training
   split's correlations (real data), the same for every model. From ``--contexts`` points of the test split, each
-  model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`, fed back the last 64 bins, the length of
-  a training window) and forecasts the state of the window
+  model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`, fed back a training window's length of past,
+  ``data.window`` bins) and forecasts the state of the window
   ending 50, 200 and 500 ms later (``(hits + 0.5) / (rollouts + 1)``): log-likelihood and AUROC;
 * free-running generation: ``--generate-s`` seconds from ``--chains`` chains after the first test context, against
   the whole test split: KS statistic of the active-state durations, total variation of the number of active units,
@@ -130,7 +130,7 @@ def evaluate(checkpoint: str, *, contexts: int, rollouts: int, generate_s: float
     horizons = [max(per_window, round(h / data.dt)) for h in HORIZONS_S]
     hp = dm.hparams
     segments = block_split(data.n_bins, hp.val_fraction, hp.test_fraction, hp.n_blocks, hp.split_seed)["test"]
-    past = max(64, net.context)
+    past = int(hp.window)  # the past a training window gives the model
     gen = torch.Generator().manual_seed(seed)
     starts = torch.cat([torch.arange(a + past, b - horizons[-1] + 1) for a, b in segments
                         if b - a > past + horizons[-1]])
