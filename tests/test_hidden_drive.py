@@ -41,7 +41,7 @@ def test_forward_filter_equals_a_brute_force_sum_over_joint_hidden_paths():
     x, w, h, labels, off, p, pi = _truth(d)
     torch.testing.assert_close(torch.tensor(d.meta["transition"], dtype=torch.float64), p, rtol=0, atol=1e-15)
     drive = h + x[:-1] @ w.T  # (6, n): field of bins 1..6 before the hidden offsets
-    log_l = [0.0]
+    log_l, predictive = [0.0], []
     for length in range(1, 7):
         paths = torch.tensor(list(itertools.product(range(4), repeat=length)))  # joint state k = 2 z_0 + z_1
         z = torch.stack([paths // 2, paths % 2], -1)  # (4**length, length, 2)
@@ -51,9 +51,16 @@ def test_forward_filter_equals_a_brute_force_sum_over_joint_hidden_paths():
         logits = drive[:length] + off[labels, z[:, :, labels]]  # (paths, length, n)
         log_emit = _bernoulli(x[1:length + 1], logits).sum((1, 2))
         log_l.append(float(torch.logsumexp(log_prior + log_emit, 0)))
+        # P(z(t) | x(<t)): the paths weighted by the emissions of the bins before the last one
+        before = (log_prior + _bernoulli(x[1:length], logits[:, :-1]).sum((1, 2))).softmax(0)
+        predictive.append(torch.stack([torch.zeros(2, dtype=torch.float64).index_add_(0, z[:, -1, c], before)
+                                       for c in range(2)]))
     brute = torch.tensor(log_l, dtype=torch.float64).diff()
     assert len(paths) == 4**6
     torch.testing.assert_close(hidden_markov_log_likelihood(d), brute, rtol=0, atol=1e-10)
+    log_lik, posterior = hidden_markov_log_likelihood(d, return_posterior=True)
+    torch.testing.assert_close(log_lik, brute, rtol=0, atol=1e-10)
+    torch.testing.assert_close(posterior, torch.stack(predictive), rtol=0, atol=1e-10)
 
 
 def test_factorized_filter_equals_the_product_space_filter():

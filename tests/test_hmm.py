@@ -1,3 +1,4 @@
+import copy
 import itertools
 import math
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dgrn.data import SpikeData, block_split
 from dgrn.models import NextBinModule
 from dgrn.nn import BernoulliHMM, build_network
 
@@ -216,6 +218,38 @@ def test_built_by_name_and_trained_through_the_next_bin_module():
 def test_train_py_trains_the_hmm(run_train):
     metrics, _ = run_train(["model=hmm", "model.net.n_states=2", "model.net.context=4"])
     assert math.isfinite(metrics["test/nll"]) and math.isfinite(metrics["val/bits_per_spike"])
+
+
+def test_em_start_is_baum_welch_on_the_training_blocks():
+    """``init="em"``: fitting starts from ``init_from_data`` on the data module's training blocks (with their
+    lengths); with lr 0 the trained net is exactly that EM fit, which beats the random start on validation."""
+    pytest.importorskip("hmmlearn")
+    import lightning as L
+
+    from dgrn.models import SpikeDataModule
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.4, size=(2, 6))
+    spikes, _ = simulate(p, np.array([[0.97, 0.03], [0.03, 0.97]]), 3000, seed=2)
+    data = SpikeData(torch.as_tensor(spikes, dtype=torch.float32), dt=0.01)
+    dm = SpikeDataModule(dataset=data, window=16, batch_size=32, n_blocks=10)
+    torch.manual_seed(3)
+    model = NextBinModule(n_neurons=6, net={"name": "hmm", "n_states": 2, "context": 4}, lr=0.0, init="em")
+    random_start = copy.deepcopy(model.net)
+    dm.context = model.context
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model, dm)
+    train, lengths = dm.split_spikes("train", return_lengths=True)
+    assert sum(lengths) == train.shape[0] and len(lengths) > 1
+    reference = copy.deepcopy(random_start).init_from_data(train, lengths=lengths, seed=3)
+    torch.testing.assert_close(model.net.emission_logits, reference.emission_logits)
+    torch.testing.assert_close(model.net.transition_logits, reference.transition_logits)
+    val = torch.cat([data.spikes[a:b] for a, b in block_split(data.n_bins, n_blocks=10)["val"]]).float()[None]
+    assert model.net.log_prob(val).sum() > random_start.log_prob(val).sum()
+    with pytest.raises(ValueError, match="init_from_data"):
+        NextBinModule(n_neurons=6, net={"name": "glm"}, init="em")
+    with pytest.raises(ValueError, match="init must be"):
+        NextBinModule(n_neurons=6, net={"name": "hmm"}, init="kmeans")
 
 
 def test_argument_errors():

@@ -83,14 +83,16 @@ class SpikeDataModule(L.LightningDataModule):
     def observed_couplings(self) -> torch.Tensor | None:
         return self.spike_data.observed_couplings()
 
-    def split_spikes(self, split: str = "train") -> torch.Tensor:
+    def split_spikes(self, split: str = "train", return_lengths: bool = False) -> torch.Tensor | tuple:
         """The bins of one split, ``(T_split, N)``: its contiguous blocks concatenated in time (what graph inference
-        and the hierarchy of :class:`dgrn.models.DGRN` are fitted on, so validation and test bins stay unseen)."""
+        and the hierarchy of :class:`dgrn.models.DGRN` are fitted on, so validation and test bins stay unseen); with
+        ``return_lengths``, also the blocks' lengths (a list of ints summing to ``T_split``)."""
         hp = self.hparams
         segments = block_split(self.spike_data.n_bins, hp.val_fraction, hp.test_fraction, hp.n_blocks, hp.split_seed)
         if split not in segments or not segments[split]:
             raise ValueError(f"no {split!r} split (splits: {sorted(k for k, v in segments.items() if v)})")
-        return torch.cat([self.spike_data.spikes[a:b] for a, b in segments[split]])
+        spikes = torch.cat([self.spike_data.spikes[a:b] for a, b in segments[split]])
+        return (spikes, [b - a for a, b in segments[split]]) if return_lengths else spikes
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams

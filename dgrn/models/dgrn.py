@@ -45,7 +45,7 @@ class DGRN(NextBinModule):
         hierarchy_info: how the hierarchy was built (recorded, not used).
     """
 
-    _unused_hparams = ("l1",)  # no coupling matrix to penalize
+    _unused_hparams = ("l1", "init")  # no coupling matrix to penalize; its init is from_datamodule's
 
     def __init__(self, n_neurons: int, net: dict, level_weights: list[float] | None = None, lr: float = 5e-3,
                  weight_decay: float = 0.0, factorized_epochs: int | None = None,

@@ -26,18 +26,32 @@ class NextBinModule(L.LightningModule):
         n_neurons: number of observed neurons.
         net: ``{"name": <dgrn.nn.NETWORKS key>, **kwargs}`` (plain dict, so checkpoints stay weights-only).
         lr, weight_decay: Adam settings. l1: :math:`\lambda_1`.
+        init: ``None`` (the net's own initialization) or ``"em"``: when fitting starts (not when resuming from a
+            checkpoint), the net is started at ``net.init_from_data(train spikes, lengths=...)`` on the data module's
+            training blocks (:meth:`dgrn.nn.BernoulliHMM.init_from_data`: Baum-Welch EM), and gradient training
+            goes on from there.
     """
 
     #: constructor arguments of this class that a subclass does not take (kept out of its hyperparameters)
     _unused_hparams: tuple[str, ...] = ()
 
-    def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0) -> None:
+    def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0,
+                 init: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self._unused_hparams))  # collects a subclass's arguments too
         net_kwargs = dict(net)
         self.net = build_network(net_kwargs.pop("name"), n_neurons=n_neurons, **net_kwargs)
+        if init not in (None, "em"):
+            raise ValueError(f"init must be None or 'em', got {init!r}")
+        if init == "em" and not hasattr(self.net, "init_from_data"):
+            raise ValueError(f"init='em' needs a net with init_from_data (model=hmm); {type(self.net).__name__} has none")
         self.val_metrics = SpikePredictionMetrics(n_neurons)
         self.test_metrics = SpikePredictionMetrics(n_neurons)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.get("init") == "em" and self.trainer.ckpt_path is None:
+            spikes, lengths = self.trainer.datamodule.split_spikes("train", return_lengths=True)
+            self.net.init_from_data(spikes, lengths=lengths, seed=int(torch.initial_seed()) % 2**32)
 
     @property
     def context(self) -> int:

@@ -331,7 +331,8 @@ def _check_reference_input(data: SpikeData) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def hidden_markov_log_likelihood(data: SpikeData, chunk_elements: int = 2**24) -> torch.Tensor:
+def hidden_markov_log_likelihood(data: SpikeData, chunk_elements: int = 2**24,
+                                 return_posterior: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Exact log-likelihood of each bin given the past, :math:`\log p\big(x(t) \mid x(0), \dots, x(t-1)\big)`,
     ``t = 1 .. T-1``, of data from :func:`hidden_markov_kinetic_ising`, under its true parameters (``meta`` and
     ``true_couplings``): the reference a model's NLL per neuron-bin is compared with at 100 % observed.
@@ -358,7 +359,9 @@ def hidden_markov_log_likelihood(data: SpikeData, chunk_elements: int = 2**24) -
 
     Returns:
         ``(T-1,)`` float64: entry ``t-1`` is :math:`\log p(x(t) \mid x(<t))` (nats, summed over the neurons; divide
-        by ``n`` for the NLL per neuron-bin).
+        by ``n`` for the NLL per neuron-bin). With ``return_posterior``, also the filter's predictive posteriors
+        :math:`\alpha_c(t, s) = P(z_c(t) = s \mid x(<t))`, ``(T-1, C, S)`` float64 (row ``t-1`` for bin ``t``): the
+        best estimate of the hidden state a model of the next bin can form from the past.
 
     Raises:
         ValueError: data not from this simulator or lacking its ground truth; not every neuron observed (a
@@ -384,9 +387,12 @@ def hidden_markov_log_likelihood(data: SpikeData, chunk_elements: int = 2**24) -
     log_alpha = stationary.log().numpy()  # (C, S): the chains restart from stationarity at bin 1
     log_e_np = log_e.numpy()
     out = np.empty((max(n_bins - 1, 0), n_comm))
+    posterior = np.empty((max(n_bins - 1, 0), n_comm, n_states)) if return_posterior else None
     lowest = np.finfo(np.float64).min
     with np.errstate(divide="ignore"):  # log(0) of a transition never taken
         for k in range(n_bins - 1):
+            if posterior is not None:
+                posterior[k] = np.exp(log_alpha)
             joint = log_alpha + log_e_np[k]  # (C, S): log p(z_c(t) = s, x_c(t) | x(<t))
             top = np.maximum(joint.max(-1, keepdims=True), lowest)  # finite, so an impossible state stays -inf
             norm = top[:, 0] + np.log(np.exp(joint - top).sum(-1))  # (C,): log p(x_c(t) | x(<t))
@@ -394,4 +400,5 @@ def hidden_markov_log_likelihood(data: SpikeData, chunk_elements: int = 2**24) -
             nxt = (joint - norm[:, None])[:, :, None] + log_p  # (C, S, S): posterior of z(t) times P
             top = np.maximum(nxt.max(1, keepdims=True), lowest)
             log_alpha = top[:, 0] + np.log(np.exp(nxt - top).sum(1))
-    return torch.from_numpy(out.sum(-1))
+    log_lik = torch.from_numpy(out.sum(-1))
+    return (log_lik, torch.from_numpy(posterior)) if return_posterior else log_lik
