@@ -22,8 +22,8 @@ def randomized(m: BernoulliHMM, scale: float = 1.0) -> BernoulliHMM:
 def brute_force_prefix_log_probs(m: BernoulliHMM, x: torch.Tensor) -> torch.Tensor:
     """``log p(x_0..x_t)`` for every ``t`` of one window ``x`` ``(W, N)``, by summing over all ``K^(t+1)`` paths."""
     k = m.n_states
-    pi0 = m.initial_log_distribution(torch.float64).exp().tolist()
-    a = m.log_transition_matrix(torch.float64).exp().tolist()
+    pi0 = m.initial_log_distribution(torch.float64)[0].exp().tolist()
+    a = m.log_transition_matrix(torch.float64)[0].exp().tolist()
     p = torch.sigmoid(m.emission_logits.double()).tolist()
 
     def emit(s: int, row: torch.Tensor) -> float:
@@ -83,8 +83,8 @@ def test_rates_and_chain_rule_logits_match_enumeration_of_the_next_bin():
 def test_stationary_distribution_is_invariant_and_differentiable():
     torch.manual_seed(3)
     m = randomized(BernoulliHMM(2, n_states=4), 2.0).double()
-    pi = m.stationary_distribution()
-    a = m.log_transition_matrix().exp()
+    pi = m.stationary_distribution()[0]
+    a = m.log_transition_matrix()[0].exp()
     torch.testing.assert_close(pi @ a, pi, atol=1e-12, rtol=0)
     torch.testing.assert_close(pi, torch.linalg.matrix_power(a, 4096)[0], atol=1e-10, rtol=0)
     pi.square().sum().backward()
@@ -98,8 +98,8 @@ def test_score_equals_hmmlearn_categorical_on_one_neuron():
     m = randomized(BernoulliHMM(1, n_states=3, context=0, start="initial")).double()
     x = (torch.rand(1, 50, 1) < 0.3).double()
     ref = hmm.CategoricalHMM(n_components=3, init_params="", params="")
-    ref.startprob_ = m.initial_log_distribution().exp().detach().numpy()
-    ref.transmat_ = m.log_transition_matrix().exp().detach().numpy()
+    ref.startprob_ = m.initial_log_distribution()[0].exp().detach().numpy()
+    ref.transmat_ = m.log_transition_matrix()[0].exp().detach().numpy()
     p = torch.sigmoid(m.emission_logits).detach().numpy()[:, 0]
     ref.emissionprob_ = np.stack([1 - p, p], 1)
     ref.n_features = 2
@@ -199,7 +199,7 @@ def test_init_from_data_recovers_planted_states():
     fitted = torch.sigmoid(m.emission_logits).detach().numpy()
     err = min(np.abs(fitted[list(perm)] - p).max() for perm in itertools.permutations(range(3)))
     assert err < 0.06
-    stay = np.diag(m.log_transition_matrix().exp().detach().numpy())
+    stay = np.diag(m.log_transition_matrix()[0].exp().detach().numpy())
     assert (stay > 0.9).all()
 
 
@@ -264,3 +264,69 @@ def test_argument_errors():
         m.sample(torch.zeros(1, 3, 3))
     with pytest.raises(ValueError, match="expected spikes"):
         m.init_from_data(np.zeros((10, 2)))
+
+
+# --- one chain per community, GLM couplings ------------------------------------------------------------------------
+def _switching(start: str = "stationary") -> BernoulliHMM:
+    torch.manual_seed(11)
+    return randomized(BernoulliHMM(5, n_states=2, context=2, start=start, communities=[3, 0, 3, 0, 3], history=2),
+                      0.8).double()
+
+
+def test_switching_glm_equals_the_simulators_exact_filter():
+    """With the true parameters of a hidden-Markov kinetic Ising recording (state logits = bias + the community's
+    offset, lag-1 couplings, the chains' transition matrices, stationary start at bin 1), the model's exact
+    likelihood is the simulator's independent reference (``hidden_markov_log_likelihood``), bin for bin."""
+    from dgrn.sim import hidden_markov_kinetic_ising, hidden_markov_log_likelihood
+
+    d = hidden_markov_kinetic_ising(12, 300, 3, n_states=2, dwell=(5.0, 20.0), drive=-1.5, seed=4)
+    labels = d.true_communities.long()
+    m = BernoulliHMM(12, n_states=2, context=1, communities=labels, history=1).double()
+    with torch.no_grad():
+        bias = torch.tensor(d.meta["bias"], dtype=torch.float64)
+        offsets = torch.tensor(d.meta["offsets"], dtype=torch.float64)  # (C, S)
+        m.emission_logits.copy_(bias[None] + offsets[labels].T)
+        m.weight[0] = d.true_couplings.double()
+        m.transition_logits.copy_(torch.tensor(d.meta["transition"], dtype=torch.float64).log())
+    x = d.spikes.double()[None]
+    torch.testing.assert_close(m.log_prob(x)[0], hidden_markov_log_likelihood(d), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("start", ["stationary", "initial"])
+def test_switching_glm_chain_rule_rates_and_samples_match_enumeration(start):
+    """5 neurons in two interleaved communities with lag-2 couplings: the chain-rule logits sum to the exact
+    log-likelihood, every next-bin pattern's probability (the window extended by it) sums to 1 over the 32 patterns
+    and matches the draws, and the rates are that distribution's marginals."""
+    m = _switching(start)
+    x = (torch.rand(2, 7, 5) < 0.4).double()
+    torch.testing.assert_close(bernoulli_loglik(m(x), x[:, 2:]), m.log_prob(x), atol=1e-12, rtol=0)
+    patterns = torch.tensor(list(itertools.product([0.0, 1.0], repeat=5)), dtype=torch.float64)
+    n = 40000
+    draws = m.sample(x, n, generator=torch.Generator().manual_seed(0))
+    for b in range(2):
+        extended = torch.cat([x[b].expand(len(patterns), -1, -1), patterns[:, None]], 1)
+        p = m.log_prob(extended)[:, -1].exp()
+        torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(m.rates(extended)[0, -1], p @ patterns, atol=1e-12, rtol=0)
+        freq = (draws[b][:, None] == patterns).all(-1).double().mean(0)
+        assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-3).all(), (freq, p)
+
+
+def test_switching_glm_gradcheck_and_refusals():
+    m = _switching("initial")
+    x = (torch.rand(2, 6, 5) < 0.4).double()
+    names = [n for n, _ in m.named_parameters()]
+    assert "weight" in names and m.coupling_matrix().shape == (5, 5)
+
+    def f(*ps):
+        return torch.func.functional_call(m, dict(zip(names, ps)), (x,)).sum()
+
+    assert torch.autograd.gradcheck(f, tuple(p.detach().requires_grad_() for p in m.parameters()))
+    with pytest.raises(ValueError, match="one chain"):
+        m.init_from_data(x[0])
+    with pytest.raises(ValueError, match="one chain"):
+        m.to_hmmlearn()
+    with pytest.raises(ValueError, match="history"):
+        BernoulliHMM(5, context=1, history=2)
+    with pytest.raises(ValueError, match="communities"):
+        BernoulliHMM(5, communities=[0, 1])

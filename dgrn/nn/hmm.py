@@ -18,7 +18,7 @@ _STARTS = ("stationary", "initial")
 
 class BernoulliHMM(nn.Module):
     r"""Hidden Markov model of the population with Bernoulli neurons (metastable cortical states: Jones et al., PNAS
-    2007; Mazzucato et al., J. Neurosci. 2015).
+    2007; Mazzucato et al., J. Neurosci. 2015), optionally one chain per community and with GLM couplings.
 
     A hidden state :math:`s_t \in \{1..K\}` follows a Markov chain, :math:`P(s_t = l \mid s_{t-1} = k) = A_{kl}`, and
     given it the neurons fire independently, :math:`P(x_{ti} = 1 \mid s_t = k) = \sigma(\theta_{ki})`. The predictive
@@ -35,16 +35,35 @@ class BernoulliHMM(nn.Module):
     :math:`\pi_0` by softmax), so the model trains by gradient in :class:`dgrn.models.NextBinModule`;
     :meth:`init_from_data` starts it from Baum-Welch EM (hmmlearn).
 
+    **Communities and couplings** (a switching GLM: slow coarse states, fast fine couplings). With ``communities``
+    (a label per neuron, ``C`` communities) every community :math:`c` has its own chain :math:`s^c_t` with matrix
+    :math:`A^c`, the chains independent a priori, and with ``history`` :math:`H > 0` the neurons are coupled through
+    the past as in :class:`~dgrn.nn.BernoulliGLM`:
+
+    .. math::
+        P(x_{ti} = 1 \mid s_t, x_{<t}) = \sigma\Big(\theta_{s^{c_i}_t, i} + \sum_{k=1}^{H} \sum_j W^{(k)}_{ij}\,
+        x_{t-k, j}\Big).
+
+    Given the past, the spikes of community :math:`c` depend on the chains only through :math:`s^c`, so the filter
+    factorizes exactly over communities (one :math:`K`-state filter each, cost linear in ``C``) and
+    :math:`p(x_t \mid x_{<t}) = \prod_c \sum_k \pi^c_t(k) \prod_{i \in c} p(x_{ti} \mid s^c_t = k, x_{<t})`: a mixture
+    over the slow states, which an additive slow input to a GLM cannot express. The filter starts at bin ``H``
+    (``context >= history``). This is the model class of :func:`dgrn.sim.hidden_markov_kinetic_ising`, and, with
+    the communities of the inferred graph, a model of clusters switching on and off.
+
     ``forward`` returns per-neuron logits shaped like the target, as the factorized nets do, but they are the exact
     chain-rule factors of the joint: logit ``i`` is :math:`\mathrm{logit}\,P(x_{ti} = 1 \mid x_{t,<i}, x_{<t})`
-    (the state posterior updated by the neurons before ``i`` in the same bin), so the Bernoulli log-likelihood summed
-    over the neurons is :math:`\log p(x_t \mid x_{<t})` itself and the loss, NLL and bits per spike of the next-bin
-    module are those of the HMM. Because they condition on the other neurons of the scored bin, they are not
-    firing probabilities: those are :meth:`rates`, and :meth:`log_prob` gives the joint directly.
+    (the state posterior of its community updated by the neurons before ``i`` in it, in the same bin), so the
+    Bernoulli log-likelihood summed over the neurons is :math:`\log p(x_t \mid x_{<t})` itself and the loss, NLL and
+    bits per spike of the next-bin module are those of the HMM. Because they condition on the other neurons of the
+    scored bin, they are not firing probabilities: those are :meth:`rates`, and :meth:`log_prob` gives the joint
+    directly.
 
     Args:
-        n_neurons: ``N``. n_states: ``K``. context: warm-up bins of a window, not scored (>= 0).
+        n_neurons: ``N``. n_states: ``K``. context: warm-up bins of a window, not scored (>= ``history``).
         start: ``"stationary"`` or ``"initial"`` (see above; only ``"initial"`` has an ``init_logits`` parameter).
+        communities: ``N`` integer labels ``0..C-1`` (default: one chain for the whole population). history: lags
+            of the couplings (0: none).
 
     Shapes:
         ``forward(x)``: windows ``(B, W, N)`` 0/1 -> chain-rule logits ``(B, W - context, N)``.
@@ -52,134 +71,200 @@ class BernoulliHMM(nn.Module):
         :math:`P(x_{ti} = 1 \mid x_{<t})` ``(B, W - context, N)``. ``sample(x, n_samples)``: windows
         ``(B, W >= context, N)`` -> ``(B, n_samples, N)`` draws of the bin after each window.
 
-    Cost: one ``(B W, N) x (N, K)`` product for the emission likelihoods, a loop over the ``W`` bins of ``(B, K, K)``
-    log-sum-exps (the filter is sequential), and ``O(B W K N)`` for the chain-rule logits.
+    Cost: ``O(B W K N)`` for the emission likelihoods (plus ``O(B W H N^2)`` for the couplings), a loop over the
+    ``W`` bins of ``(B, C, K, K)`` log-sum-exps (the filter is sequential), and ``O(B W K N)`` for the chain-rule
+    logits.
     """
 
-    def __init__(self, n_neurons: int, n_states: int = 4, context: int = 16, start: str = "stationary") -> None:
+    def __init__(self, n_neurons: int, n_states: int = 4, context: int = 16, start: str = "stationary",
+                 communities: Any = None, history: int = 0) -> None:
         super().__init__()
-        if n_neurons < 1 or n_states < 1 or context < 0:
-            raise ValueError(f"need n_neurons >= 1, n_states >= 1 and context >= 0; got {n_neurons}, {n_states}, "
-                             f"{context}")
+        if n_neurons < 1 or n_states < 1 or context < 0 or history < 0:
+            raise ValueError(f"need n_neurons >= 1, n_states >= 1, context >= 0 and history >= 0; got {n_neurons}, "
+                             f"{n_states}, {context}, {history}")
+        if context < history:
+            raise ValueError(f"context ({context} bins) must be at least the couplings' history ({history} bins)")
         if start not in _STARTS:
             raise ValueError(f"unknown start {start!r}; valid: {list(_STARTS)}")
+        labels = torch.zeros(n_neurons, dtype=torch.long) if communities is None else torch.as_tensor(communities)
+        if labels.shape != (n_neurons,) or labels.is_floating_point() or int(labels.min()) < 0:
+            raise ValueError(f"communities must be {n_neurons} integer labels >= 0, got {list(labels.shape)} values")
+        labels = torch.unique(labels.long(), return_inverse=True)[1]  # 0..C-1, every label used
+        n_comm = int(labels.max()) + 1
         self.n_neurons, self.n_states, self.context, self.start = int(n_neurons), int(n_states), int(context), start
+        self.history, self.n_communities = int(history), n_comm
+        self.register_buffer("communities", labels, persistent=False)
+        order = torch.argsort(labels, stable=True)  # neurons grouped by community, for the chain-rule cumsums
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("first_of_group", torch.searchsorted(labels[order], labels[order]), persistent=False)
         self.emission_logits = nn.Parameter(torch.empty(n_states, n_neurons))  # theta[k, i]
-        self.transition_logits = nn.Parameter(torch.empty(n_states, n_states))  # A = softmax(rows)
+        self.transition_logits = nn.Parameter(torch.empty(n_comm, n_states, n_states))  # A^c = softmax(rows)
         if start == "initial":  # no unused parameter when the chain starts at its stationary distribution
-            self.init_logits = nn.Parameter(torch.empty(n_states))
+            self.init_logits = nn.Parameter(torch.empty(n_comm, n_states))
+        if history:
+            self.weight = nn.Parameter(torch.empty(history, n_neurons, n_neurons))  # W^(k+1)[i, j]: j -> i
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every state near 5 % firing with random spread (to break the symmetry between states), a sticky chain
-        (stay probability 0.9) and a uniform initial distribution."""
+        """Every state near 5 % firing with random spread (to break the symmetry between states), sticky chains
+        (stay probability 0.9), a uniform initial distribution and no couplings."""
         with torch.no_grad():
             self.emission_logits.normal_(math.log(0.05 / 0.95), 0.5)
             k = self.n_states
             self.transition_logits.copy_(torch.eye(k) * (math.log(9.0 * (k - 1)) if k > 1 else 0.0))
             if self.start == "initial":
                 self.init_logits.zero_()
+            if self.history:
+                self.weight.zero_()
+
+    @torch.no_grad()
+    def init_glm(self, bias: Tensor, weight: Tensor, spread: float = 1.0) -> None:
+        """Start at a fitted GLM (``bias (N,)``, ``weight (H', N, N)`` as :func:`dgrn.graph.infer_couplings` with
+        ``return_params=True`` gives them; its first ``history`` lags are used): every state's logits at the bias
+        shifted by evenly spaced offsets in ``[-spread, spread]`` (state 0 lowest), so the states start apart."""
+        offsets = torch.linspace(-spread, spread, self.n_states) if self.n_states > 1 else torch.zeros(1)
+        self.emission_logits.copy_(torch.as_tensor(bias).to(self.emission_logits)[None] + offsets[:, None].to(
+            self.emission_logits))
+        if self.history:
+            w = torch.as_tensor(weight).to(self.weight)
+            self.weight.zero_()
+            self.weight[:min(self.history, w.shape[0])] = w[:self.history]
 
     # --- distributions -------------------------------------------------------------------------------------------
     def log_transition_matrix(self, dtype: torch.dtype | None = None) -> Tensor:
-        """:math:`\\log A` ``(K, K)``, rows (from-state) normalized."""
+        """:math:`\\log A^c` ``(C, K, K)``, rows (from-state) normalized."""
         return torch.log_softmax(self.transition_logits.to(dtype or self.transition_logits.dtype), -1)
 
     def stationary_distribution(self, dtype: torch.dtype | None = None) -> Tensor:
-        """:math:`\\pi` with :math:`\\pi A = \\pi`, :math:`\\sum_k \\pi_k = 1` ``(K,)``: one linear solve (the balance
-        equations with one of them replaced by the normalization), differentiable."""
+        """:math:`\\pi^c` with :math:`\\pi^c A^c = \\pi^c`, :math:`\\sum_k \\pi^c_k = 1` ``(C, K)``: one batched linear
+        solve (the balance equations with one of them replaced by the normalization), differentiable."""
         a = torch.softmax(self.transition_logits.to(dtype or self.transition_logits.dtype), -1)
-        k = a.shape[0]
-        lhs = torch.cat([(a.T - torch.eye(k, dtype=a.dtype, device=a.device))[:-1], a.new_ones(1, k)])
-        rhs = torch.zeros(k, dtype=a.dtype, device=a.device)
-        rhs[-1] = 1.0
+        k = a.shape[-1]
+        eye = torch.eye(k, dtype=a.dtype, device=a.device)
+        lhs = torch.cat([(a.transpose(-1, -2) - eye)[:, :-1], a.new_ones(a.shape[0], 1, k)], 1)
+        rhs = torch.zeros(a.shape[0], k, dtype=a.dtype, device=a.device)
+        rhs[:, -1] = 1.0
         pi = torch.linalg.solve(lhs, rhs).clamp_min(0.0)
-        return pi / pi.sum()
+        return pi / pi.sum(-1, keepdim=True)
 
     def initial_log_distribution(self, dtype: torch.dtype | None = None) -> Tensor:
-        """:math:`\\log \\pi_0` ``(K,)``, the state distribution at a window's first bin."""
+        """:math:`\\log \\pi^c_0` ``(C, K)``, the state distributions at a window's first filtered bin."""
         if self.start == "initial":
             return torch.log_softmax(self.init_logits.to(dtype or self.init_logits.dtype), -1)
         pi = self.stationary_distribution(dtype)
         return pi.clamp_min(torch.finfo(pi.dtype).tiny).log()
 
-    def _emission_log_probs(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """:math:`\\log \\sigma(\\theta)` and :math:`\\log \\sigma(-\\theta)`, each ``(K, N)``."""
-        theta = self.emission_logits.to(dtype)
-        return F.logsigmoid(theta), F.logsigmoid(-theta)
+    def _state_logits(self, x: Tensor) -> Tensor:
+        """Per-state logits of the bins ``history .. W`` of windows ``x`` ``(B, W, N)`` (the last one is the bin after
+        the window), ``(B, W - history + 1, K, N)``: :math:`\\theta_{ki}` plus the coupling drive of the past."""
+        theta = self.emission_logits.to(x.dtype)
+        if not self.history:
+            return theta.expand(x.shape[0], x.shape[1] + 1, -1, -1)
+        padded = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], 1)  # bin W: its past is in the window
+        steps, h = x.shape[1] + 1 - self.history, self.history
+        weight = self.weight.to(x.dtype)
+        drive = sum(padded[:, h - k:h - k + steps] @ weight[k - 1].T for k in range(1, h + 1))  # (B, steps, N)
+        return drive[:, :, None, :] + theta
 
-    def _filter(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward filter over windows ``x`` ``(B, W, N)``: the log predictive state distribution of every bin and of
-        the bin after the window, ``(B, W + 1, K)``, and :math:`\\log p(x_t \\mid x_{<t})` ``(B, W)``."""
-        dtype = x.dtype
-        on, off = self._emission_log_probs(dtype)
-        log_e = x @ on.T + (1 - x) @ off.T  # (B, W, K): log p(x_t | s_t = k)
-        log_a = self.log_transition_matrix(dtype)
-        prior = self.initial_log_distribution(dtype).expand(x.shape[0], -1)
+    def _filter(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward filter over windows ``x`` ``(B, W, N)`` from bin ``history`` on: the log predictive state
+        distributions of every community at bins ``history .. W`` ``(B, W - history + 1, C, K)``,
+        :math:`\\log p(x_t \\mid x_{<t})` of bins ``history .. W-1`` ``(B, W - history)`` and the per-state logits
+        of :meth:`_state_logits`."""
+        logits = self._state_logits(x)
+        target = x[:, self.history:, None, :]
+        emitted = logits[:, :-1]
+        ll = target * F.logsigmoid(emitted) + (1 - target) * F.logsigmoid(-emitted)  # (B, T, K, N)
+        member = F.one_hot(self.communities, self.n_communities).to(x.dtype)  # (N, C)
+        log_e = (ll @ member).transpose(-1, -2)  # (B, T, C, K): log p(x_{t,c} | s^c_t = k, x_{<t})
+        log_a = self.log_transition_matrix(x.dtype)  # (C, K, K)
+        prior = self.initial_log_distribution(x.dtype).expand(x.shape[0], -1, -1)
         priors, preds = [prior], []
-        for t in range(x.shape[1]):  # the filter is sequential in time
+        for t in range(log_e.shape[1]):  # the filter is sequential in time
             joint = prior + log_e[:, t]
-            pred = torch.logsumexp(joint, -1)
-            prior = torch.logsumexp((joint - pred[:, None])[:, :, None] + log_a, 1)
+            pred = torch.logsumexp(joint, -1)  # (B, C)
+            prior = torch.logsumexp((joint - pred[..., None])[..., None] + log_a, -2)
             priors.append(prior)
-            preds.append(pred)
+            preds.append(pred.sum(-1))
         empty = x.new_zeros(x.shape[0], 0)
-        return torch.stack(priors, 1), (torch.stack(preds, 1) if preds else empty)
+        return torch.stack(priors, 1), (torch.stack(preds, 1) if preds else empty), logits
+
+    def _neuron_priors(self, priors: Tensor) -> Tensor:
+        """Community state distributions ``(..., C, K)`` per neuron, ``(..., K, N)``."""
+        return priors[..., self.communities, :].transpose(-1, -2)
 
     # --- next-bin interface --------------------------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact :math:`\\log p(x_t \\mid x_{<t})` of the bins ``context .. W-1`` of windows ``x``: ``(B, W - context)``."""
         _check_window(x, self.n_neurons, self.context)
-        return self._filter(x)[1][:, self.context:]
+        return self._filter(x)[1][:, self.context - self.history:]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Chain-rule logits :math:`\\mathrm{logit}\\, P(x_{ti} = 1 \\mid x_{t,<i}, x_{<t})`, ``(B, W - context, N)``:
-        their Bernoulli log-likelihoods sum over the neurons to :meth:`log_prob`."""
+        """Chain-rule logits :math:`\\mathrm{logit}\\, P(x_{ti} = 1 \\mid x_{t,<i}, x_{<t})`, ``(B, W - context, N)``
+        (``i`` after the neurons of its community with smaller indices): their Bernoulli log-likelihoods sum over the
+        neurons to :meth:`log_prob`."""
         _check_window(x, self.n_neurons, self.context)
-        on, off = self._emission_log_probs(x.dtype)
-        prior = self._filter(x)[0][:, self.context:-1, :, None]  # (B, T, K, 1)
-        target = x[:, self.context:, None, :]  # (B, T, 1, N)
-        ll = target * on + (1 - target) * off  # (B, T, K, N): log p(x_ti | s_t = k)
-        before = F.pad(ll.cumsum(-1)[..., :-1], (1, 0))  # log p(x_t,<i | s_t = k), 0 for the first neuron
-        weight = prior + before  # log of the unnormalized state posterior given the neurons before i
+        priors, _, logits = self._filter(x)
+        first = self.context - self.history
+        prior = self._neuron_priors(priors[:, first:-1])  # (B, T, K, N)
+        lg = logits[:, first:-1]
+        on, off = F.logsigmoid(lg), F.logsigmoid(-lg)
+        target = x[:, self.context:, None, :]
+        ll = (target * on + (1 - target) * off)[..., self.order]  # grouped by community
+        before = ll.cumsum(-1) - ll  # exclusive cumulative sums ...
+        before = before - before[..., self.first_of_group]  # ... restarted at every community's first neuron
+        weight = prior + torch.empty_like(before).index_copy_(-1, self.order, before)
         return torch.logsumexp(weight + on, 2) - torch.logsumexp(weight + off, 2)
 
     def rates(self, x: Tensor) -> Tensor:
-        """Firing probabilities :math:`P(x_{ti} = 1 \\mid x_{<t}) = \\sum_k \\pi_t(k)\\, \\sigma(\\theta_{ki})` of the
+        """Firing probabilities :math:`P(x_{ti} = 1 \\mid x_{<t}) = \\sum_k \\pi^{c_i}_t(k)\\, \\sigma(\\cdot)` of the
         scored bins, ``(B, W - context, N)``."""
         _check_window(x, self.n_neurons, self.context)
-        prior = self._filter(x)[0][:, self.context:-1].exp()
-        return prior @ torch.sigmoid(self.emission_logits.to(x.dtype))
+        priors, _, logits = self._filter(x)
+        first = self.context - self.history
+        return (self._neuron_priors(priors[:, first:-1]).exp() * torch.sigmoid(logits[:, first:-1])).sum(2)
 
     @torch.no_grad()
     def sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """Exact draws of the bin after each window ``x`` ``(B, W >= context, N)`` given the whole window: the
-        filtered state distribution of its last bin propagated one step, a state drawn from it, then the neurons
-        given the state. ``(B, n_samples, N)``, 0/1 in ``x``'s dtype."""
-        _check_sample_window(x, self.n_neurons, self.context)
+        """Exact draws of the bin after each window ``x`` ``(B, W >= context, N)`` given the whole window: every
+        community's filtered state distribution propagated one step, a state drawn from each, then the neurons given
+        the states and the past. ``(B, n_samples, N)``, 0/1 in ``x``'s dtype."""
+        _check_sample_window(x, self.n_neurons, max(self.context, self.history))
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        prior = self._filter(x)[0][:, -1].exp()  # (B, K)
-        states = torch.multinomial(prior, n_samples, replacement=True, generator=generator)  # (B, S)
-        p = torch.sigmoid(self.emission_logits.to(x.dtype))[states]  # (B, S, N)
+        priors, _, logits = self._filter(x)
+        prior = priors[:, -1].exp()  # (B, C, K)
+        states = torch.multinomial(prior.reshape(-1, self.n_states), n_samples, replacement=True, generator=generator)
+        states = states.reshape(x.shape[0], self.n_communities, n_samples)[:, self.communities].transpose(1, 2)
+        lg = logits[:, -1][:, None].expand(-1, n_samples, -1, -1)  # (B, S, K, N)
+        p = torch.sigmoid(lg.gather(2, states[:, :, None, :]).squeeze(2))  # (B, S, N)
         u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
         return (u < p).to(x.dtype)
 
-    def coupling_matrix(self) -> None:
-        return None
+    def coupling_matrix(self) -> Tensor | None:
+        """Net coupling ``sum_k W^(k)`` ``(N, N)`` (``[i, j]``: influence of ``j`` on ``i``), ``None`` without
+        history."""
+        return self.weight.sum(0) if self.history else None
 
     def extra_repr(self) -> str:
-        return f"n_neurons={self.n_neurons}, n_states={self.n_states}, context={self.context}, start={self.start!r}"
+        return (f"n_neurons={self.n_neurons}, n_states={self.n_states}, context={self.context}, start={self.start!r}, "
+                f"n_communities={self.n_communities}, history={self.history}")
+
+    def _check_single_chain(self, what: str) -> None:
+        if self.n_communities > 1 or self.history:
+            raise ValueError(f"{what} needs one chain for the population and no couplings (hmmlearn's model); this "
+                             f"model has {self.n_communities} communities and history {self.history}")
 
     # --- hmmlearn ------------------------------------------------------------------------------------------------
     def to_hmmlearn(self, **kwargs: Any):
         """This model as an hmmlearn model (:func:`hmmlearn_bernoulli` with ``startprob_`` = the window-start
         distribution, ``transmat_``, ``lambdas_`` = the firing probabilities), e.g. for Viterbi decoding of the states
         (``.predict(spikes)``) or ``.score``. ``kwargs`` go to its constructor."""
+        self._check_single_chain("to_hmmlearn")
         model = hmmlearn_bernoulli(n_components=self.n_states, **kwargs)
         with torch.no_grad():
-            model.startprob_ = self.initial_log_distribution(torch.float64).exp().cpu().numpy()
-            model.transmat_ = self.log_transition_matrix(torch.float64).exp().cpu().numpy()
+            model.startprob_ = self.initial_log_distribution(torch.float64)[0].exp().cpu().numpy()
+            model.transmat_ = self.log_transition_matrix(torch.float64)[0].exp().cpu().numpy()
             model.lambdas_ = torch.sigmoid(self.emission_logits.double()).cpu().numpy()
         model.n_features = self.n_neurons
         return model
@@ -194,6 +279,7 @@ class BernoulliHMM(nn.Module):
         state at the neurons' mean rates times independent Gamma(4, 1/4) factors (``seed``); ``lengths``: of
         independent segments of ``spikes`` (hmmlearn's). Returns ``self``; ``self.hmmlearn_`` keeps the fitted model
         (its ``monitor_`` tells whether EM converged)."""
+        self._check_single_chain("init_from_data (Baum-Welch EM)")
         x = np.asarray(torch.as_tensor(spikes).detach().cpu().double().clamp(0, 1))
         if x.ndim != 2 or x.shape[1] != self.n_neurons:
             raise ValueError(f"expected spikes (T, {self.n_neurons}), got {x.shape}")
@@ -210,9 +296,9 @@ class BernoulliHMM(nn.Module):
         p = torch.as_tensor(model.lambdas_).clamp(min_prob, 1 - min_prob)
         a = torch.as_tensor(model.transmat_).clamp_min(min_prob)
         self.emission_logits.copy_(torch.logit(p).to(self.emission_logits))
-        self.transition_logits.copy_((a / a.sum(1, keepdim=True)).log().to(self.transition_logits))
+        self.transition_logits[0] = (a / a.sum(1, keepdim=True)).log().to(self.transition_logits)
         if self.start == "initial":
-            self.init_logits.copy_(torch.as_tensor(model.startprob_).clamp_min(min_prob).log().to(self.init_logits))
+            self.init_logits[0] = torch.as_tensor(model.startprob_).clamp_min(min_prob).log().to(self.init_logits)
         self.hmmlearn_ = model
         return self
 
