@@ -2,7 +2,8 @@
 the same data, neurons and splits.
 
     python bench/mesoscale.py [--datasets kising_hmm kising_hmm50 metastable aplysia] [--seeds 0 1 2]
-                              [--models independent glm glm_long hmm gru cmps dgrn dgrn_temporal] [--jobs 2]
+                              [--models independent glm glm_long hmm hmm_glm gru cmps dgrn
+                                        dgrn_temporal] [--jobs 2]
 
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
@@ -51,6 +52,7 @@ MODELS = {
     "glm": ["model=glm", "renorm=none"],
     "glm_long": ["model=glm_long", "renorm=none"],  # history set to 200 ms per dataset below
     "hmm": ["model=hmm", "renorm=none"],
+    "hmm_glm": ["model=hmm_glm", "renorm=none"],  # one chain per community of the inferred graph, GLM couplings
     "gru": ["model=gru", "renorm=none"],
     "cmps": ["model=dgrn", "renorm=none"],  # the ConditionalMPS decoder alone
     "dgrn": ["model=dgrn", "renorm=community_lrg"],

@@ -330,3 +330,20 @@ def test_switching_glm_gradcheck_and_refusals():
         BernoulliHMM(5, context=1, history=2)
     with pytest.raises(ValueError, match="communities"):
         BernoulliHMM(5, communities=[0, 1])
+
+
+def test_train_py_trains_the_switching_glm_and_its_checkpoint_reloads(run_train):
+    """``model=hmm_glm``: communities of the training split's couplings (one chain each), started at the fitted GLM;
+    the checkpoint rebuilds the same net from its hyperparameters."""
+    import json
+
+    from dgrn.models import module_for
+    from dgrn.runner import load_checkpoint
+
+    metrics, run_dir = run_train(["model=hmm_glm", "renorm=none", "model.communities=leiden"])
+    assert math.isfinite(metrics["test/nll"]) and math.isfinite(metrics["test/edge_auroc"])
+    ckpt = load_checkpoint(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"])
+    module = module_for(ckpt["hyper_parameters"])(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    assert module.net.n_communities > 1 and module.net.history == 1
+    assert module.net.coupling_matrix().abs().sum() > 0

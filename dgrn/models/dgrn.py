@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.metrics import ColumnMean, SpikePredictionMetrics
-from dgrn.models.next_bin import NextBinModule
+from dgrn.models.next_bin import NextBinModule, training_graph
 
 __all__ = ["DGRN"]
 
@@ -88,7 +88,6 @@ class DGRN(NextBinModule):
         split's pooled activity, within what the windows allow) or ``None`` (every level on the fine bins).
         Other ``kwargs`` go to the constructor."""
         from dgrn import zoo
-        from dgrn.graph import correlation, infer_couplings
         from dgrn.nn.multiscale import build_hierarchy
 
         spikes = datamodule.split_spikes("train")
@@ -96,13 +95,7 @@ class DGRN(NextBinModule):
             raise ValueError(f"the recording has {spikes.shape[1]} neuron(s): too few to form communities")
         if init not in ("rates", "glm"):
             raise ValueError(f"unknown init {init!r}; valid: 'rates', 'glm'")
-        if hierarchy_graph not in ("couplings", "correlation"):
-            raise ValueError(f"unknown hierarchy_graph {hierarchy_graph!r}; valid: 'couplings', 'correlation'")
-        couplings, glm = None, None
-        if hierarchy_graph == "couplings" or init == "glm":  # the correlation hierarchy with init="rates" needs no fit
-            couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
-        if hierarchy_graph == "correlation":
-            couplings = correlation(spikes)  # zero diagonal
+        couplings, glm = training_graph(spikes, hierarchy_graph, graph, fit_glm=init == "glm")
         net = dict(kwargs.pop("net", {}))
         net_context = int(net.get("context", 8))
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None

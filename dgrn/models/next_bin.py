@@ -1,6 +1,8 @@
 """LightningModule for next-bin spike prediction with any registered network (GLM, independent null, ...)."""
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -8,7 +10,27 @@ from torch import Tensor
 from dgrn.metrics import SpikePredictionMetrics, bernoulli_nll, edge_auroc
 from dgrn.nn import build_network
 
-__all__ = ["NextBinModule"]
+__all__ = ["NextBinModule", "training_graph"]
+
+log = logging.getLogger(__name__)
+
+
+def training_graph(spikes: Tensor, hierarchy_graph: str = "couplings", graph: dict | None = None,
+                   fit_glm: bool = False) -> tuple[Tensor | None, dict | None]:
+    """The graph communities are found on, from the training split's ``spikes`` ``(T, N)``: ``"couplings"`` (the
+    ML kinetic-Ising couplings, :func:`dgrn.graph.infer_couplings` with ``graph`` options) or ``"correlation"``
+    (equal-time Pearson correlations, zero diagonal); and the fitted GLM's parameters when the couplings were fitted
+    or ``fit_glm`` asks for them (``None`` otherwise)."""
+    from dgrn.graph import correlation, infer_couplings
+
+    if hierarchy_graph not in ("couplings", "correlation"):
+        raise ValueError(f"unknown hierarchy_graph {hierarchy_graph!r}; valid: 'couplings', 'correlation'")
+    couplings, glm = None, None
+    if hierarchy_graph == "couplings" or fit_glm:
+        couplings, glm = infer_couplings(spikes, return_params=True, **(graph or {}))
+    if hierarchy_graph == "correlation":
+        couplings = correlation(spikes)
+    return couplings, glm
 
 
 class NextBinModule(L.LightningModule):
@@ -52,6 +74,34 @@ class NextBinModule(L.LightningModule):
         if self.hparams.get("init") == "em" and self.trainer.ckpt_path is None:
             spikes, lengths = self.trainer.datamodule.split_spikes("train", return_lengths=True)
             self.net.init_from_data(spikes, lengths=lengths, seed=int(torch.initial_seed()) % 2**32)
+
+    @classmethod
+    def switching_glm(cls, datamodule, *, net: dict, communities: str = "gnn",
+                      encoder: str | None = "community_encoder_kising", graph: dict | None = None,
+                      hierarchy_graph: str = "couplings", spread: float = 1.0, **kwargs) -> NextBinModule:
+        """A :class:`~dgrn.nn.BernoulliHMM` with one hidden chain per community and GLM couplings, built for a data
+        module: the communities of the training split's graph (:func:`training_graph`: ``hierarchy_graph``, ``graph``
+        options) found by :func:`dgrn.graph.find_communities` with ``communities`` (``encoder``: a zoo name for the
+        ``gnn`` method), the same rule as the first level of :meth:`dgrn.models.DGRN.from_datamodule`; the net
+        started at the GLM fitted on the training split, its states ``spread`` apart
+        (:meth:`~dgrn.nn.BernoulliHMM.init_glm`). ``net`` holds the other :class:`~dgrn.nn.BernoulliHMM` arguments;
+        other ``kwargs`` go to the constructor."""
+        from dgrn import zoo
+        from dgrn.graph import find_communities
+
+        net = dict(net)
+        if net.get("name", "hmm") != "hmm":
+            raise ValueError(f"the switching GLM is net name 'hmm', got {net['name']!r}")
+        spikes = datamodule.split_spikes("train")
+        couplings, glm = training_graph(spikes, hierarchy_graph, graph, fit_glm=True)
+        options = {"encoder": zoo.load_pretrained(encoder), "spikes": spikes} if communities == "gnn" else {}
+        labels = torch.as_tensor(find_communities(couplings, method=communities, **options)).long()
+        log.info("switching GLM: %d communities of sizes %s", int(labels.max()) + 1,
+                 torch.bincount(labels).tolist())
+        model = cls(n_neurons=datamodule.n_neurons, net={**net, "name": "hmm", "communities": labels.tolist()},
+                    **kwargs)
+        model.net.init_glm(glm["bias"], glm["weight"], spread=spread)
+        return model
 
     @property
     def context(self) -> int:
