@@ -156,10 +156,11 @@ class BernoulliHMM(nn.Module):
 
     def _state_logits(self, x: Tensor) -> Tensor:
         """Per-state logits of the bins ``history .. W`` of windows ``x`` ``(B, W, N)`` (the last one is the bin after
-        the window), ``(B, W - history + 1, K, N)``: :math:`\\theta_{ki}` plus the coupling drive of the past."""
+        the window), ``(B, W - history + 1, K, N)``: :math:`\\theta_{ki}` plus the coupling drive of the past; without
+        history ``(1, 1, K, N)``, the same for every bin (broadcast, see :meth:`_bins`)."""
         theta = self.emission_logits.to(x.dtype)
         if not self.history:
-            return theta.expand(x.shape[0], x.shape[1] + 1, -1, -1)
+            return theta[None, None]
         padded = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], 1)  # bin W: its past is in the window
         steps, h = x.shape[1] + 1 - self.history, self.history
         weight = self.weight.to(x.dtype)
@@ -172,11 +173,15 @@ class BernoulliHMM(nn.Module):
         :math:`\\log p(x_t \\mid x_{<t})` of bins ``history .. W-1`` ``(B, W - history)`` and the per-state logits
         of :meth:`_state_logits`."""
         logits = self._state_logits(x)
-        target = x[:, self.history:, None, :]
-        emitted = logits[:, :-1]
-        ll = target * F.logsigmoid(emitted) + (1 - target) * F.logsigmoid(-emitted)  # (B, T, K, N)
         member = F.one_hot(self.communities, self.n_communities).to(x.dtype)  # (N, C)
-        log_e = (ll @ member).transpose(-1, -2)  # (B, T, C, K): log p(x_{t,c} | s^c_t = k, x_{<t})
+        if self.history:
+            target, emitted = x[:, self.history:, None, :], logits[:, :-1]
+            ll = target * F.logsigmoid(emitted) + (1 - target) * F.logsigmoid(-emitted)  # (B, T, K, N)
+            log_e = (ll @ member).transpose(-1, -2)  # (B, T, C, K): log p(x_{t,c} | s^c_t = k, x_{<t})
+        else:  # the logits do not depend on the past: two (B W, N) x (N, C K) products, no (B, W, K, N) array
+            theta = self.emission_logits.to(x.dtype).T[:, None, :]  # (N, 1, K)
+            on, off = (F.logsigmoid(theta) * member[..., None]).flatten(1), (F.logsigmoid(-theta) * member[..., None])
+            log_e = (x @ on + (1 - x) @ off.flatten(1)).unflatten(-1, (self.n_communities, self.n_states))
         log_a = self.log_transition_matrix(x.dtype)  # (C, K, K)
         prior = self.initial_log_distribution(x.dtype).expand(x.shape[0], -1, -1)
         priors, preds = [prior], []
@@ -188,6 +193,10 @@ class BernoulliHMM(nn.Module):
             preds.append(pred.sum(-1))
         empty = x.new_zeros(x.shape[0], 0)
         return torch.stack(priors, 1), (torch.stack(preds, 1) if preds else empty), logits
+
+    def _bins(self, logits: Tensor, first: int, last: int | None = -1) -> Tensor:
+        """The logits of :meth:`_state_logits` at steps ``first:last`` (all of them, broadcast, without history)."""
+        return logits[:, first:last] if self.history else logits
 
     def _neuron_priors(self, priors: Tensor) -> Tensor:
         """Community state distributions ``(..., C, K)`` per neuron, ``(..., K, N)``."""
@@ -206,14 +215,18 @@ class BernoulliHMM(nn.Module):
         _check_window(x, self.n_neurons, self.context)
         priors, _, logits = self._filter(x)
         first = self.context - self.history
-        prior = self._neuron_priors(priors[:, first:-1])  # (B, T, K, N)
-        lg = logits[:, first:-1]
+        lg = self._bins(logits, first)
         on, off = F.logsigmoid(lg), F.logsigmoid(-lg)
         target = x[:, self.context:, None, :]
-        ll = (target * on + (1 - target) * off)[..., self.order]  # grouped by community
-        before = ll.cumsum(-1) - ll  # exclusive cumulative sums ...
-        before = before - before[..., self.first_of_group]  # ... restarted at every community's first neuron
-        weight = prior + torch.empty_like(before).index_copy_(-1, self.order, before)
+        ll = target * on + (1 - target) * off  # (B, T, K, N)
+        if self.n_communities == 1:  # one chain: plain exclusive cumulative sums, the prior broadcast over neurons
+            weight = priors[:, first:-1, 0, :, None] + (ll.cumsum(-1) - ll)
+        else:
+            ll = ll[..., self.order]  # grouped by community
+            before = ll.cumsum(-1) - ll  # exclusive cumulative sums ...
+            before = before - before[..., self.first_of_group]  # ... restarted at every community's first neuron
+            weight = self._neuron_priors(priors[:, first:-1]) + torch.empty_like(before).index_copy_(
+                -1, self.order, before)
         return torch.logsumexp(weight + on, 2) - torch.logsumexp(weight + off, 2)
 
     def rates(self, x: Tensor) -> Tensor:
@@ -222,7 +235,7 @@ class BernoulliHMM(nn.Module):
         _check_window(x, self.n_neurons, self.context)
         priors, _, logits = self._filter(x)
         first = self.context - self.history
-        return (self._neuron_priors(priors[:, first:-1]).exp() * torch.sigmoid(logits[:, first:-1])).sum(2)
+        return (self._neuron_priors(priors[:, first:-1]).exp() * torch.sigmoid(self._bins(logits, first))).sum(2)
 
     @torch.no_grad()
     def sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -236,7 +249,7 @@ class BernoulliHMM(nn.Module):
         prior = priors[:, -1].exp()  # (B, C, K)
         states = torch.multinomial(prior.reshape(-1, self.n_states), n_samples, replacement=True, generator=generator)
         states = states.reshape(x.shape[0], self.n_communities, n_samples)[:, self.communities].transpose(1, 2)
-        lg = logits[:, -1][:, None].expand(-1, n_samples, -1, -1)  # (B, S, K, N)
+        lg = self._bins(logits, -1, None).expand(x.shape[0], n_samples, -1, -1)  # (B, S, K, N)
         p = torch.sigmoid(lg.gather(2, states[:, :, None, :]).squeeze(2))  # (B, S, N)
         u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
         return (u < p).to(x.dtype)
