@@ -5,7 +5,8 @@
 Every number comes from ``train.py`` on ``data=aplysia`` (20 ms bins, the same contiguous-block splits for every
 model, the best-validation checkpoint scored on the test split): ``model=independent``, ``model=glm``, and DGRN as
 ``experiment=dgrn_aplysia`` (``model.init=rates``) and, with ``--models dgrn_glm_init``, with the model's default
-``init=glm``, and with ``--models hmm_glm`` the switching GLM (``model=hmm_glm model.l1=0.001``). Writes ``bench/results/aplysia.json`` and prints one row per recording and the counts of recordings
+``init=glm``, and with ``--models hmm_glm`` the switching GLM (``experiment=hmm_glm_aplysia``: ``model=hmm_glm`` with
+``model.l1=0.001``). Writes ``bench/results/aplysia.json`` and prints one row per recording and the counts of recordings
 where DGRN is at or below each baseline. Each result is written as soon as it is known, and a rerun skips the
 (recording, model) pairs already in the output file (``--fresh`` starts over), so an interrupted run resumes.
 """
@@ -31,9 +32,7 @@ MODELS = {
     "glm": ["data=aplysia", "model=glm", "renorm=none"],
     "dgrn": ["experiment=dgrn_aplysia"],
     "dgrn_glm_init": ["experiment=dgrn_aplysia", "model.init=glm"],
-    # the switching GLM (a hidden chain per community over GLM couplings) with a lasso on the couplings: 136^2 of them
-    # on 86 s of training bins overfit without it
-    "hmm_glm": ["data=aplysia", "model=hmm_glm", "renorm=none", "model.l1=0.001"],
+    "hmm_glm": ["experiment=hmm_glm_aplysia"],
 }
 
 
