@@ -112,6 +112,12 @@ def test_dgrn_aplysia_experiment_starts_from_the_rates(tmp_path):
     assert cfg.model.init == "rates" and cfg.data.dataset.name == "aplysia" and cfg.renorm.levels == 2
 
 
+def test_hmm_glm_aplysia_experiment_is_the_switching_glm_with_a_lasso(tmp_path):
+    cfg = compose("train", ["experiment=hmm_glm_aplysia"], tmp_path / "cfg")
+    assert cfg.model._target_.endswith("switching_glm") and cfg.model.net.history == 1
+    assert cfg.model.l1 == 0.001 and cfg.data.dataset.name == "aplysia" and cfg.renorm.levels == 0
+
+
 def test_grid_multirun_reports_the_best(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script(["train.py", "-m", *TINY, "test=false", "model.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"])
