@@ -1,14 +1,18 @@
 """Evaluation at every scale: fine-scale NLL, coarse-state forecasting and free-running generation, every model on
 the same data, neurons and splits.
 
-    python bench/mesoscale.py [--datasets kising_hmm kising_hmm50 metastable aplysia] [--seeds 0 1 2]
+    python bench/mesoscale.py [--datasets kising_hmm kising_hmm50 metastable lkd2012 lkd2012_5 lkd2012_block
+                                          aplysia] [--seeds 0 1 2]
                               [--models independent glm glm_long hmm hmm_glm gru cmps dgrn
-                                        dgrn_temporal] [--jobs 2]
+                                        dgrn_temporal] [--jobs 2] [--runs-dir DIR]
 
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
 observed: slow community switching with an exact reference NLL at 100 %), ``metastable`` (the 1500-neuron LIF
 network in the Litwin-Kumar & Doiron regime, 300 s in 10 ms bins, 20 % of its excitatory neurons observed),
+``lkd2012`` / ``lkd2012_5`` / ``lkd2012_block`` (the 5000-neuron Litwin-Kumar & Doiron network, 300 s in 5 ms bins,
+seed = network seed; 20 % or 5 % of its excitatory neurons observed at random, or 5 % as a contiguous block: a few
+whole clusters; about 10 minutes of simulation each),
 ``aplysia`` (a real recording: seed ``s`` is the ``s``-th recording). Every model is trained by ``train.py`` (best validation checkpoint), then, from its
 checkpoint:
 
@@ -30,6 +34,7 @@ Writes ``bench/results/mesoscale.json`` (each result saved as soon as it is know
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -62,7 +67,8 @@ MODELS = {
 #: the rate rule of the coarse state per dataset (dgrn.mesoscale.coarse_states: active above this many times the mean
 #: rate): the hidden drive of kinetic Ising switches communities *off* (about 7 times fewer spikes), so a community is
 #: "on" above half the mean rate; a LIF cluster or a real community is active at 3 times the mean
-ACTIVE_FACTOR = {"kising_hmm": 0.5, "kising_hmm50": 0.5, "metastable": 3.0, "aplysia": 3.0}
+ACTIVE_FACTOR = {"kising_hmm": 0.5, "kising_hmm50": 0.5, "metastable": 3.0, "lkd2012": 3.0, "lkd2012_5": 3.0,
+                 "lkd2012_block": 3.0, "aplysia": 3.0}
 #: dataset -> (build_dataset spec per seed, train.py overrides, dt)
 DATASETS = {
     "kising_hmm": (lambda s: dict(name="hidden_markov_kinetic_ising", n=100, t=50000, n_communities=4, n_states=2,
@@ -72,6 +78,13 @@ DATASETS = {
                      ["data.observed_fraction=0.5"], 0.01),
     "metastable": (lambda s: dict(name="clustered_lif", preset="metastable", duration_s=300.0, dt=0.01, seed=s),
                    ["data.observed_fraction=0.2", "data.subsample_population=excitatory"], 0.01),
+    "lkd2012": (lambda s: dict(name="clustered_lif", preset="lkd2012", duration_s=300.0, dt=0.005, seed=s),
+                ["data.observed_fraction=0.2", "data.subsample_population=excitatory"], 0.005),
+    "lkd2012_5": (lambda s: dict(name="clustered_lif", preset="lkd2012", duration_s=300.0, dt=0.005, seed=s),
+                  ["data.observed_fraction=0.05", "data.subsample_population=excitatory"], 0.005),
+    "lkd2012_block": (lambda s: dict(name="clustered_lif", preset="lkd2012", duration_s=300.0, dt=0.005, seed=s),
+                      ["data.observed_fraction=0.05", "data.subsample_population=excitatory",
+                       "data.subsample_strategy=block"], 0.005),
     "aplysia": (lambda s: dict(name="aplysia", recording=s, dt=0.02), ["data.window=32", "data.batch_size=8"], 0.02),
 }
 WINDOW_S, HORIZONS_S, CORR_S = 0.05, (0.05, 0.2, 0.5), 0.25
@@ -176,6 +189,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "dgrn_mesoscale_data"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "mesoscale.json"))
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--runs-dir", help="keep every train.py run (checkpoints, metrics.json) here "
+                                           "(default: a temporary folder, deleted at the end)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)  # internal: score one checkpoint, print JSON
     parser.add_argument("--active-factor", type=float, default=3.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,7 +209,7 @@ def main() -> None:
     lock = threading.Lock()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.runs_dir) if args.runs_dir else tempfile.TemporaryDirectory()) as tmp:
         def run(task):
             ds, s, model = task
             res = run_train(overrides(model, ds, files[(ds, s)], s, args.epochs), Path(tmp) / f"{ds}_{s}_{model}")

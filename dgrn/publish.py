@@ -28,11 +28,15 @@ CARD = """# {name}
 | | |
 |---|---|
 | architecture | `{architecture}` ({arch_doc}) |
-| arguments | {net} |
 | neurons | {n_neurons} |
 | bin size | {dt_ms:g} ms (`dgrn predict` refuses recordings binned differently) |
 | parameters | {n_params:,} |
 | weights | `model.safetensors`, sha256 `{sha256}` |
+
+Arguments{net_note}:
+```json
+{net}
+```
 {hierarchy}
 ## Data
 ```yaml
@@ -152,8 +156,8 @@ def model_card(name: str, config: dict, net, notes: str = "") -> str:
         text = CARD.format(
             name=name, summary=config.get("summary", ""), architecture=config["architecture"],
             arch_doc=f"dgrn.nn.{NETWORKS[config['architecture']].__name__}",
-            net=f"`{json.dumps(net_kwargs)}`"
-            + (" (lists in full in config.json)" if net_kwargs != config["net"] else ""),
+            net=json.dumps(net_kwargs, indent=1),  # a key a line: cards stay narrow however many arguments
+            net_note=" (long lists shown by their shape; in full in config.json)" if net_kwargs != config["net"] else "",
             n_neurons=config["n_neurons"], n_params=sum(p.numel() for p in net.parameters()),
             dt_ms=config["dt"] * 1e3, sha256=config["sha256"], command=command,
             data=yaml.safe_dump(_brief(config.get("data", {})), sort_keys=False, default_flow_style=None).strip(),
