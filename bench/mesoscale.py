@@ -22,7 +22,7 @@ checkpoint:
   the observed neurons (simulations; inhibitory LIF neurons left out) or the communities found on the training
   split's correlations (real data), the same for every model. From ``--contexts`` points of the test split, each
   model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`, fed back a training window's length of past,
-  ``data.window`` bins) and forecasts the state of the window
+  ``data.window`` bins; in chunks of at most ``CHUNK_ELEMENTS`` past bins x neurons) and forecasts the state of the window
   ending 50, 200 and 500 ms later (``(hits + 0.5) / (rollouts + 1)``): log-likelihood and AUROC;
 * free-running generation: ``--generate-s`` seconds from ``--chains`` chains after the first test context, against
   the whole test split: KS statistic of the active-state durations, total variation of the number of active units,
@@ -88,6 +88,9 @@ DATASETS = {
     "aplysia": (lambda s: dict(name="aplysia", recording=s, dt=0.02), ["data.window=32", "data.batch_size=8"], 0.02),
 }
 WINDOW_S, HORIZONS_S, CORR_S = 0.05, (0.05, 0.2, 0.5), 0.25
+#: rollouts drawn at once hold at most this many past bins x neurons (64M: 256 MB of float32 pasts; a switching
+#: GLM's filter holds a few times that), so that 800 neurons fit in memory beside another job
+CHUNK_ELEMENTS = 2**26
 
 
 def data_file(name: str, seed: int, folder: Path) -> Path:
@@ -152,7 +155,8 @@ def evaluate(checkpoint: str, *, contexts: int, rollouts: int, generate_s: float
     starts = starts[torch.randperm(starts.numel(), generator=gen)[:contexts]].sort().values
     windows = torch.stack([x[t - past:t] for t in starts.tolist()])
     begin = time.perf_counter()
-    drawn = rollout(net, windows, horizons[-1], rollouts, generator=gen)  # (C, R, H, N)
+    chunk_size = max(1, CHUNK_ELEMENTS // (past * x.shape[1]))
+    drawn = rollout(net, windows, horizons[-1], rollouts, generator=gen, chunk_size=chunk_size)  # (C, R, H, N)
     forecast_seconds = time.perf_counter() - begin
     out = {"forecast_seconds": forecast_seconds}
     rule = dict(reference_rate=rate, active_factor=active_factor)

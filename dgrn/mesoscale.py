@@ -83,14 +83,17 @@ def run_lengths(states) -> Tensor:
 
 @torch.no_grad()
 def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
-            generator: torch.Generator | None = None, memory: int | None = None) -> Tensor:
+            generator: torch.Generator | None = None, memory: int | None = None,
+            chunk_size: int | None = None) -> Tensor:
     """``n_rollouts`` continuations of each window under ``net``, ``(B, n_rollouts, n_bins, N)`` (neurons' order).
 
     ``net`` is a next-bin model of :mod:`dgrn.nn` (its ``sample(x, n_samples, generator)``); each step feeds the
     last ``memory`` bins (observed, then drawn; default: the windows' length ``W``) back, so a recurrent model sees
     as much past as in a training window of ``W`` bins and a model with a finite history uses the last bins it needs;
     a :class:`~dgrn.nn.MultiscaleBornMachine` with time scales draws a whole top-level block per step (cut to
-    ``n_bins``)."""
+    ``n_bins``). ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``): the model's
+    intermediates grow with ``chunk_size * memory * N`` (a switching GLM refilters the whole past at every step), so
+    a large population needs chunks to fit in memory; chunks draw from the same distribution as one batch."""
     if windows.dim() != 3:
         raise ValueError(f"windows must be (B, W, N), got shape {tuple(windows.shape)}")
     if n_bins < 1 or n_rollouts < 1:
@@ -100,18 +103,26 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
     if memory < context or windows.shape[1] < memory:
         raise ValueError(f"memory must lie between the model's context ({context}) and the windows' length "
                          f"({windows.shape[1]} bins), got {memory}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     batch, _, n = windows.shape
-    x = windows[:, -memory:].repeat_interleave(n_rollouts, 0)
+    pasts = windows[:, -memory:].repeat_interleave(n_rollouts, 0)
+    chunks = [_continue(net, x, n_bins, memory, generator) for x in pasts.split(chunk_size or pasts.shape[0])]
+    return torch.cat(chunks).reshape(batch, n_rollouts, n_bins, n)
+
+
+def _continue(net, x: Tensor, n_bins: int, memory: int, generator: torch.Generator | None) -> Tensor:
+    """``n_bins`` bins drawn after each past ``x`` ``(B, memory, N)``, ``(B, n_bins, N)``."""
     drawn, total = [], 0
     while total < n_bins:
         out = net.sample(x, 1, generator=generator)
         if isinstance(out, list):  # multiscale: level 0, in decoder order
             out = net.to_neurons(out[0])
-        step = out.reshape(x.shape[0], -1, n).to(x.dtype)  # (B R, bins drawn, N)
+        step = out.reshape(x.shape[0], -1, x.shape[2]).to(x.dtype)  # (B, bins drawn, N)
         drawn.append(step)
         total += step.shape[1]
         x = torch.cat([x, step], 1)[:, -memory:]
-    return torch.cat(drawn, 1)[:, :n_bins].reshape(batch, n_rollouts, n_bins, n)
+    return torch.cat(drawn, 1)[:, :n_bins]
 
 
 def forecast_scores(probability, truth) -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from dgrn.mesoscale import (activity_statistics, coarse_states, compare_statistics, forecast_scores, rollout,
                             run_lengths)
-from dgrn.nn import GRUBernoulli, IndependentBernoulli, MultiscaleBornMachine
+from dgrn.nn import BernoulliGLM, GRUBernoulli, IndependentBernoulli, MultiscaleBornMachine
 
 
 def test_coarse_states_by_the_rate_rule():
@@ -110,3 +110,23 @@ def test_rollout_memory_is_the_past_a_recurrent_model_sees():
     for memory in (1, 5):
         with pytest.raises(ValueError, match="memory"):
             rollout(net, windows, 5, memory=memory)
+
+
+def test_rollouts_in_chunks_keep_each_context_its_own_continuation():
+    """A lag-1 GLM whose neuron i copies neuron i+1 of the last bin (weights of +-40: a draw differs from the copy
+    with probability 4e-18) rolls every window forward by a known shift; chunks of any size, including ones that
+    split a context's rollouts, give the same continuations in the same order."""
+    n = 4
+    net = BernoulliGLM(n, history=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[0] = 80 * torch.roll(torch.eye(n), 1, dims=1)
+        net.bias.fill_(-40.0)
+    windows = torch.tensor([[[1.0, 0, 0, 0]], [[0.0, 1, 1, 0]], [[1.0, 1, 0, 1]]])
+    expected = torch.stack([torch.stack([torch.roll(w[0], -(k + 1)) for k in range(6)]) for w in windows])
+    whole = rollout(net, windows, 6, n_rollouts=2)
+    assert torch.equal(whole, expected[:, None].expand(-1, 2, -1, -1))
+    for chunk_size in (1, 3, 4, 100):
+        assert torch.equal(rollout(net, windows, 6, n_rollouts=2, chunk_size=chunk_size), whole)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rollout(net, windows, 6, chunk_size=0)
