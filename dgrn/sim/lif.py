@@ -300,7 +300,8 @@ def simulate_lif(
     record = torch.empty(chunk, n, dtype=torch.bool, device=device) if synapses != "event" else None
     spike_steps: list[Tensor] = []
     spike_units: list[Tensor] = []
-    event_steps: list[int] = []  # event mode: the step of each entry of spike_units
+    event_units: list[Tensor] = []  # event mode, this chunk: the neurons that spiked at each step with spikes ...
+    event_steps: list[int] = []  # ... and that step
     show = progress if progress is not None else n_steps * n >= 1e8
     cur = 0
     # Per-step tensors hold a few thousand numbers: intra-op threads only add synchronisation (measured 10-20x
@@ -326,7 +327,7 @@ def simulate_lif(
                             v.index_fill_(0, idx, v_reset if n_ref <= 1 else _HELD)
                             if n_ref > 1:
                                 held[(step + n_ref - 1) % n_ref] = idx
-                            spike_units.append(idx)
+                            event_units.append(idx)
                             event_steps.append(step)
                         if n_ref > 1 and held[step % n_ref] is not None:
                             v.index_fill_(0, held[step % n_ref], v_reset)
@@ -343,15 +344,17 @@ def simulate_lif(
                     st, un = record[: c1 - c0].nonzero(as_tuple=True)
                     spike_steps.append(st + c0)
                     spike_units.append(un)
+                elif event_units:  # one tensor per chunk: millions of per-step tensors cost gigabytes of RSS
+                    counts = torch.tensor([u.numel() for u in event_units])
+                    spike_steps.append(torch.repeat_interleave(torch.tensor(event_steps), counts))
+                    spike_units.append(torch.cat(event_units))
+                    event_units, event_steps = [], []
                 if bar is not None:
                     bar.update(task, completed=c1)
     finally:
         torch.set_num_threads(threads)
     if not torch.isfinite(states[cur]).all():
         raise FloatingPointError("LIF state became non-finite; check weights and time constants")
-    if event_steps:
-        counts = torch.tensor([u.numel() for u in spike_units])
-        spike_steps = [torch.repeat_interleave(torch.tensor(event_steps), counts)]
     if not spike_units:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(spike_steps).cpu(), order[torch.cat(spike_units).cpu()]
