@@ -21,9 +21,9 @@ checkpoint:
   :func:`dgrn.mesoscale.coarse_states` with the training split's mean rate, ``ACTIVE_FACTOR``), units being the planted communities of
   the observed neurons (simulations; inhibitory LIF neurons left out) or the communities found on the training
   split's correlations (real data), the same for every model. From ``--contexts`` points of the test split, each
-  model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`, fed back a training window's length of past,
-  ``data.window`` bins; in chunks of at most ``CHUNK_ELEMENTS`` past bins x neurons) and forecasts the state of the window
-  ending 50, 200 and 500 ms later (``(hits + 0.5) / (rollouts + 1)``): log-likelihood and AUROC;
+  model draws ``--rollouts`` continuations (:func:`dgrn.mesoscale.rollout`, fed back a training window's length of
+  past, ``data.window`` bins; in chunks of at most ``CHUNK_ELEMENTS`` past bins x neurons) and forecasts the state of
+  the window ending 50, 200 and 500 ms later (``(hits + 0.5) / (rollouts + 1)``): log-likelihood and AUROC;
 * free-running generation: ``--generate-s`` seconds from ``--chains`` chains after the first test context, against
   the whole test split: KS statistic of the active-state durations, total variation of the number of active units,
   RMS errors of rates, Fano factors and pairwise correlations at 250 ms (:func:`dgrn.mesoscale.compare_statistics`).
