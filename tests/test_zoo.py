@@ -183,19 +183,13 @@ def test_shipped_cards_are_short_and_state_their_hierarchy():
 def test_aplysia_model_reproduces_its_card_on_the_real_recording():
     """The real-data zoo model scores its recording's held-out blocks as its card says, and below the null of
     independent neurons at the training split's rates (the card's baseline), computed here independently."""
-    from dgrn.models import DGRN, SpikeDataModule
-    from dgrn.publish import score
-    from dgrn.runner import init_from_pretrained
+    from dgrn.models import SpikeDataModule
 
-    name = "dgrn_aplysia_jun0214da01"
-    info = zoo.model_info(name)
+    info = zoo.model_info("dgrn_aplysia_jun0214da01")
     dm = SpikeDataModule(**info["data"])
     assert dm.spike_data.meta["stimulus_time_s"] == 30.0
-    module = DGRN(n_neurons=info["n_neurons"], net=info["net"])
-    init_from_pretrained(module, name)
-    nll = score(module, dm)["test/nll"]
+    nll, null = _zoo_dgrn_against_the_null("dgrn_aplysia_jun0214da01", dm)
     assert nll == pytest.approx(info["metrics"]["train_run_test"]["test/nll"], abs=1e-5)
-    null = _independent_null(dm, module.context)
     assert nll < null - 0.005
 
 
@@ -204,24 +198,25 @@ def test_lkd2012_model_knows_its_network_on_fresh_trajectories():
     200 observed neurons) well below independent neurons at the training split's rates, computed here
     independently: 0.0746 against 0.0930 nats per neuron-bin when published; its card's 300 s figures are 0.0837
     against 0.0999."""
-    from dgrn.models import DGRN, SpikeDataModule
-    from dgrn.publish import score
-    from dgrn.runner import init_from_pretrained
+    from dgrn.models import SpikeDataModule
 
-    name = "dgrn_lkd2012"
-    info = zoo.model_info(name)
+    info = zoo.model_info("dgrn_lkd2012")
     dataset = {**info["data"]["dataset"], "duration_s": 10.0, "sample_seed": 7}
-    dm = SpikeDataModule(**{**info["data"], "dataset": dataset})
-    module = DGRN(n_neurons=info["n_neurons"], net=info["net"])
-    init_from_pretrained(module, name)
-    nll = score(module, dm)["test/nll"]
-    null = _independent_null(dm, module.context)
+    nll, null = _zoo_dgrn_against_the_null("dgrn_lkd2012", SpikeDataModule(**{**info["data"], "dataset": dataset}))
     assert nll < null - 0.01
 
 
-def _independent_null(dm, context: int) -> float:
-    """NLL per neuron-bin of the test blocks (after each model's ``context`` unscored bins) under independent
-    neurons at the training split's rates."""
+def _zoo_dgrn_against_the_null(name: str, dm) -> tuple[float, float]:
+    """Test NLL per neuron-bin of the zoo DGRN ``name`` on ``dm``, and of independent neurons at the training
+    split's rates on the same test bins (after the model's ``context`` unscored bins)."""
+    from dgrn.models import DGRN
+    from dgrn.publish import score
+    from dgrn.runner import init_from_pretrained
+
+    info = zoo.model_info(name)
+    module = DGRN(n_neurons=info["n_neurons"], net=info["net"])
+    init_from_pretrained(module, name)
+    nll = score(module, dm)["test/nll"]
     rate = dm.split_spikes("train").clamp(max=1).double().mean(0).clamp(1e-6, 1 - 1e-6)
-    test = dm.split_spikes("test").clamp(max=1).double()[context:]
-    return float(-(test * rate.log() + (1 - test) * (-rate).log1p()).mean())
+    test = dm.split_spikes("test").clamp(max=1).double()[module.context:]
+    return nll, float(-(test * rate.log() + (1 - test) * (-rate).log1p()).mean())
