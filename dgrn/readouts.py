@@ -95,7 +95,8 @@ def _pattern_counts(x: Tensor) -> Tensor:
     if x.shape[1] <= 62:  # pack each pattern into one int64: a 1-D unique is much faster than a row-wise one
         bits = torch.arange(x.shape[1], device=x.device)
         weights = torch.ones_like(bits) << bits
-        return torch.unique(x.long() @ weights, return_counts=True)[1]
+        # a sum, not a matmul: CUDA has no integer matrix-vector product
+        return torch.unique((x.long() * weights).sum(1), return_counts=True)[1]
     return torch.unique(x.to(torch.uint8), dim=0, return_counts=True)[1]
 
 
