@@ -19,8 +19,16 @@ FIELD_BOUND = 12.0
 #: GEMMs cost ``(R + 1)^2 D / 2`` times the flops of the per-context loop, which only pays while launches dominate
 TRANSFER_MAX_COST = 8
 #: rounds of merging neighbouring sites before the transfer chains (each halves the sequential steps and doubles the
-#: maps per step; see ``bench/dgrn.py --speed``)
+#: maps per step; measured: docs/benchmarks/dgrn.md, training speed)
 TRANSFER_MERGES = 1
+#: rounds of merging neighbouring sites before ``sample`` on the transfer chains: runs of up to ``2^merges`` sites are
+#: drawn jointly (``d^(2^merges)`` outcomes weighted at once), so both sweeps make ``n / 2^merges`` sequential steps
+#: (their small operations bound them on CPU); one round fewer above ``SAMPLE_WIDE_BATCH`` contexts, where the merged
+#: maps' arithmetic takes over (measured: docs/benchmarks/dgrn.md, sampling)
+SAMPLE_MERGES = 2
+SAMPLE_WIDE_BATCH = 256
+#: ... and only while a merged site has at most this many maps (``(d (R + 1)^2)^(2^merges)``: rank 0 merges twice)
+SAMPLE_MAX_MAPS = 64
 
 
 class ConditionalMPS(nn.Module):
@@ -528,43 +536,63 @@ class ConditionalMPS(nn.Module):
         return out
 
     def _sample_transfer(self, c, generator, groups, allowed, caps) -> Tensor:
-        """:meth:`sample` with the right environments of the transfer chain (one GEMM per site for all contexts) and
-        the left-to-right draws as elementwise products, no per-context matrix products; in the dtype of the
-        transfer chains (every state normalized at every site)."""
+        """:meth:`sample` on the transfer chains, in their dtype (every state normalized at every step). The chain is
+        merged ``SAMPLE_MERGES`` times (:func:`~dgrn.tn.contract.pair_sites`: runs of up to ``m = 2^merges`` sites,
+        never across a block), its right environments come from one GEMM per run for all contexts, and each run's
+        ``d^m`` joint values are weighted at once, exactly
+        :math:`p(x_{\\rm run} \\mid x_{<\\rm run}, c) \\propto (w \\otimes w) \\cdot R_{\\rm run}[\\text{count}]` with
+        :math:`w = v A_i[x_i] \\cdots A_j[x_j]`: ``n / m`` sequential steps of batched products instead of ``n``."""
         dtype = self._transfer_dtype(caps)
         batch, n, d, dim, terms = c.shape[0], self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
         log_w, parts, gamma = self._transfer_parts(c, dtype)
         maps, weights, increments = self._norm_maps(log_w, parts, gamma)
         block = None if groups is None else groups.tolist()
+        lengths = [n] if block is None else torch.bincount(groups).tolist()
+        merges, rounds = 0, SAMPLE_MERGES - (batch > SAMPLE_WIDE_BATCH)
+        while merges < rounds and maps.shape[1] ** 2 <= SAMPLE_MAX_MAPS:  # rank > 0: fewer, or no merges
+            maps, weights, increments, block = pair_sites(maps, weights, increments, block)
+            merges += 1
         right = self.right.to(dtype)
         rights = transfer_right_environments(maps, weights, torch.kron(right, right), increments=increments,
                                              groups=block, thresholds=caps, active=allowed)
+        # the original sites of each merged one: pair_sites pads a block only at its end
+        span, offset, runs = 2 ** merges, 0, []
+        for length in lengths:
+            runs += [range(offset + a, offset + min(a + span, length)) for a in range(0, length, span)]
+            offset += length
         stacked = parts.permute(0, 2, 1, 3, 4).reshape(n, dim, terms * d * dim).unbind(0)  # v @ P_ir[s] for all r, s
-        amplitude = (0.5 * log_w).exp().unbind(1)  # (B, d) per site
-        gates = gamma.unbind(1) if gamma is not None else None
+        amplitude = (0.5 * log_w).exp()[:, :, None, :, None].unbind(1)  # (B, 1, d, 1) per site
+        gates = gamma[:, :, None, :, None, None].unbind(1) if gamma is not None else None  # (B, 1, R+1, 1, 1)
         tiny = torch.finfo(dtype).tiny
         out = torch.empty(batch, n, dtype=torch.long, device=c.device)
         v = self.left.to(dtype).expand(batch, -1)
         rows = torch.arange(batch, device=c.device)
-        count = torch.zeros(batch, dtype=torch.long, device=c.device)  # nonzero sites so far in the current block
-        for i in range(n):
-            t = (v @ stacked[i]).view(batch, terms, d, dim)
-            w = (t[:, 0] if gates is None else torch.einsum("brsq,br->bsq", t, gates[i])) * amplitude[i][:, :, None]
-            pair = (w[:, :, :, None] * w[:, :, None, :]).flatten(2)  # (B, d, D^2): w (x) w, as the environments
-            # (B, d, k + 1): the weight of each value given each count slot after it
-            prob = (pair[:, :, None, :] * rights[i][:, None]).sum(-1)
+        count = torch.zeros(batch, 1, dtype=torch.long, device=c.device)  # nonzero sites so far in the current block
+        values = {}  # run length -> (d^m, m): the values of each joint outcome, the first site most significant
+        for j, run in enumerate(runs):
+            if len(run) not in values:
+                place = d ** torch.arange(len(run) - 1, -1, -1, device=c.device)
+                values[len(run)] = torch.arange(d ** len(run), device=c.device)[:, None] // place % d
+            w = v[:, None]  # (B, outcomes so far, D): v A_first[x_first] ... up to the current site
+            for i in run:
+                t = (w @ stacked[i]).view(batch, -1, terms, d, dim)
+                t = t[:, :, 0] if gates is None else (t * gates[i]).sum(2)
+                w = (t * amplitude[i]).flatten(1, 2)
+                w = w / w.abs().amax((1, 2), keepdim=True).clamp_min(tiny)  # one scale per context: p unchanged
+            pair = (w[..., :, None] * w[..., None, :]).flatten(2)  # (B, d^m, D^2): w (x) w, as the environments
+            prob = pair @ rights[j].transpose(1, 2)  # (B, d^m, count slots after the run)
             if block is None:
                 prob = prob[:, :, 0]
-            else:
-                k = caps[block[i]]
-                if i == 0 or block[i] != block[i - 1]:
+            else:  # the count the run's values reach in its block: the slot of the environment after it
+                if j and block[j - 1] != block[j]:
                     count = torch.zeros_like(count)
-                after = torch.cat([count[:, None], (count + 1).clamp_max(k)[:, None].expand(-1, d - 1)], 1)
-                prob = prob.gather(2, after[:, :, None]).squeeze(2)
-            out[:, i] = sample_categorical(prob.clamp_min(0), generator)
+                reached = (count + (values[len(run)] > 0).sum(1)).clamp_max(caps[block[j]])
+                prob = prob.gather(2, reached[:, :, None]).squeeze(2)
+            choice = sample_categorical(prob.clamp_min(0), generator)
+            out[:, run.start:run.stop] = values[len(run)][choice]
             if block is not None:
-                count = (count + (out[:, i] > 0).long()).clamp_max(k)
-            v = w[rows, out[:, i]]
+                count = reached.gather(1, choice[:, None])
+            v = w[rows, choice]
             v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
         return out
 
