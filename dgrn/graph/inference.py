@@ -31,6 +31,10 @@ class ConvergenceWarning(UserWarning):
     couplings to move by more than 1 %."""
 
 
+class _Converged(Exception):
+    """Raised by the L-BFGS closure of :func:`infer_couplings` at a point that meets ``tol``: the fit stops there."""
+
+
 class UninformativeFitWarning(UserWarning):
     """The spikes show no dependence on the previous bins beyond chance: the couplings of :func:`infer_couplings`
     explain nothing beyond the rates (they are fitted noise)."""
@@ -86,16 +90,22 @@ class _Reparam:
     covariance of the inputs. Writing :math:`W^{(k)} = \mathrm{diag}(s)\,V^{(k)} L^{-1}` (``C = L L^T``,
     :math:`s_i = 1/\sqrt{p_i(1-p_i)}`) and centring the inputs in the bias makes that Hessian close to the identity
     in ``V``, so L-BFGS and Adam converge in a few tens of iterations instead of hundreds.
+
+    A penalty of curvature ``ridge`` on every entry of ``W`` (``2 lambda`` for the ridge) adds
+    :math:`\mathrm{ridge}\; s_i^2\, (L L^T)^{-1}` to the Hessian of row ``i`` in ``V``: with ``L`` the factor of ``C``
+    itself that term is as ill-conditioned as ``C`` (binary spikes have covariance eigenvalues down to the jitter) and
+    L-BFGS crawls along those directions. So ``L`` factors :math:`C + \mathrm{ridge}\; \mathrm{median}(s^2)\, I`, the
+    whole Hessian of a row of typical rate. Only the path changes: the optimum in ``W`` is the same.
     """
 
-    def __init__(self, mean: Tensor, cov: Tensor, history: int) -> None:
+    def __init__(self, mean: Tensor, cov: Tensor, history: int, ridge: float = 0.0) -> None:
         n = mean.shape[0]
-        jitter = 1e-4 * float(cov.diagonal().mean())
+        rate = mean.clamp(1e-6, 1 - 1e-6)
+        self.scale = (rate * (1 - rate)).rsqrt()
+        jitter = max(1e-4 * float(cov.diagonal().mean()), ridge * float(self.scale.square().median()))
         chol = torch.linalg.cholesky(cov + jitter * torch.eye(n, dtype=cov.dtype, device=cov.device))
         self.chol_inv = torch.linalg.solve_triangular(chol, torch.eye(n, dtype=cov.dtype, device=cov.device), upper=False)
         self.mean = mean
-        rate = mean.clamp(1e-6, 1 - 1e-6)
-        self.scale = (rate * (1 - rate)).rsqrt()
         self.history = history
         self.v = torch.zeros(history, n, n, dtype=cov.dtype, device=cov.device, requires_grad=True)
         self.b = (torch.logit(rate) / self.scale).detach().requires_grad_()
@@ -167,6 +177,7 @@ def infer_couplings(
     history: int = 1,
     mode: str = "full",
     max_iter: int = 60,
+    tol: float = _CONVERGENCE_TOL,
     epochs: int = 5,
     batch_bins: int = 2048,
     lr: float = 3e-3,
@@ -207,13 +218,19 @@ def infer_couplings(
             ``latent_rank="auto"`` picks ``r`` from :data:`LATENT_RANKS` by held-out likelihood
             (:func:`select_latent_rank`, five extra fits on 80 % of the bins), then fits all bins with it.
         history: ``H``, lags of the coupling filter; the returned matrix is :math:`\sum_k W^{(k)}`.
-        mode: ``"full"`` (L-BFGS, ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
+        mode: ``"full"`` (L-BFGS, at most ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
+        tol: ``"full"`` stops at the first point (no worse than any before it) where the gradient, in the
+            preconditioned coordinates where the Hessian is about the identity, asks the couplings to move by at most
+            ``tol`` of their norm: the Newton step still to take, relative to ``W``. ``0`` runs L-BFGS to its own
+            (much tighter) tolerances, and so does a fit with a latent input, whose parameters are not preconditioned
+            (a small gradient in ``W`` says nothing about them).
         device, dtype: where and in which precision to fit (default: CPU, float32).
         seed: seeds the latent initialization and the mini-batch order.
         return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
             ``latent_out``, ``log_latent_tau`` — the ``state_dict`` of a :class:`dgrn.nn.BernoulliGLM` of the same
             shape, whose ``latent_history`` and (resolved) ``latent_delay`` are returned too — plus ``nll`` (mean NLL
-            per neuron-bin) and ``active`` (neurons that were fitted); with
+            per neuron-bin), ``active`` (neurons that were fitted) and, for ``"full"``, ``evaluations`` (passes over
+            the data) and ``relative_gradient`` (the measure of ``tol`` at the last point evaluated); with
             ``latent_rank="auto"`` also ``latent_rank`` and ``latent_rank_nll`` (held-out NLL of each candidate).
 
     Returns:
@@ -228,7 +245,7 @@ def infer_couplings(
     model against the couplings (:math:`S / 2T'` is, to second order, the log-likelihood gain per bin that couplings
     can bring) is within 3 standard deviations of its :math:`\chi^2_{HN^2}` value for independent neurons (checked
     when there are at least as many scored bins as neurons): the returned ``W`` is fitted noise.
-    :class:`ConvergenceWarning`: L-BFGS stopped at its ``max_iter`` budget (not at its own tolerances) while the
+    :class:`ConvergenceWarning`: L-BFGS stopped at its ``max_iter`` budget (not at ``tol`` or its own tolerances) while the
     gradient, in the preconditioned coordinates where the Hessian is about the identity, still asks ``W`` to move by
     more than 1 % of its norm; the check costs one more pass over the data, only when the budget ran out.
     ``mode="minibatch"`` has no stopping test and is not checked: Adam at a fixed ``lr`` ends within a noise floor of
@@ -238,7 +255,7 @@ def infer_couplings(
         latent_delay = resolve_latent_delay(history, latent_delay, latent_history)
     if latent_rank == "auto":
         options = dict(penalty=penalty, strength=strength, latent_history=latent_history, latent_tau=latent_tau,
-                       latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, epochs=epochs,
+                       latent_delay=latent_delay, history=history, mode=mode, max_iter=max_iter, tol=tol, epochs=epochs,
                        batch_bins=batch_bins, lr=lr, chunk_bins=chunk_bins, device=device, dtype=dtype, seed=seed)
         rank, scores = select_latent_rank(spikes, **options)
         coupling, params = infer_couplings(spikes, latent_rank=rank, return_params=True, **options)
@@ -251,6 +268,8 @@ def infer_couplings(
         raise ValueError(f"unknown penalty {penalty!r}; valid: {list(PENALTIES)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol}")
     if not (math.isfinite(strength) and strength >= 0):
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
     if history < 1 or latent_rank < 0 or latent_history < 1 or latent_tau <= 0:
@@ -276,9 +295,11 @@ def infer_couplings(
 
     gen = torch.Generator().manual_seed(int(seed))
     mean, cov = _moments(x, chunk_bins, dtype)
-    rep = _Reparam(mean, cov, history)
+    # the ridge's curvature per entry of W goes into the preconditioner (the smooth lasso's varies with |w|: left out)
+    rep = _Reparam(mean, cov, history, ridge=2 * strength if penalty == "l2" else 0.0)
     if n_scored >= n:  # below, the likelihood does not identify W and the chi-square reference does not hold
-        score, dof = _coupling_score(x, rep, context, chunk_bins, dtype), history * n * n
+        # the score statistic needs the exact whitening of the inputs (Fisher information = identity), no ridge
+        score, dof = _coupling_score(x, _Reparam(mean, cov, history), context, chunk_bins, dtype), history * n * n
         if score <= dof + _SCORE_Z * math.sqrt(2 * dof):
             warnings.warn(
                 f"the spikes show no dependence on the previous {history} bin(s) beyond chance: couplings could raise "
@@ -327,15 +348,30 @@ def infer_couplings(
             value = total + float(pen.detach())
             if not math.isfinite(value):
                 raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
+            # the Hessian in V is about the identity, so the Newton step still to take is about -grad
+            fit["relative_gradient"] = float(rep.v.grad.norm()) / max(float(rep.v.detach().norm()),
+                                                                       torch.finfo(dtype).tiny)
+            fit["evaluations"] += 1
+            if not latent_rank and fit["relative_gradient"] <= tol and value <= fit["best"]:
+                raise _Converged  # during a line search too: the parameters stay at this (trial) point
+            fit["best"] = min(fit["best"], value)
             return torch.tensor(value, dtype=dtype)
 
-        opt.step(closure)
+        fit = {"evaluations": 0, "best": math.inf, "relative_gradient": math.inf}
+        converged = False
+        try:
+            opt.step(closure)
+        except _Converged:
+            converged = True
         state = opt.state[params[0]]
-        # L-BFGS stops on its own tolerances or on its budget: only the budget leaves the fit in doubt
-        if state.get("n_iter", 0) >= max_iter or state.get("func_evals", 0) >= opt.param_groups[0]["max_eval"]:
-            closure()  # the gradient at the final point
-            # the Hessian in V is about the identity, so the Newton step still to take is about -grad
-            moved = float(rep.v.grad.norm()) / max(float(rep.v.detach().norm()), torch.finfo(dtype).tiny)
+        # L-BFGS stops at tol, on its own tolerances or on its budget: only the budget leaves the fit in doubt
+        if not converged and (state.get("n_iter", 0) >= max_iter
+                              or state.get("func_evals", 0) >= opt.param_groups[0]["max_eval"]):
+            try:
+                closure()  # the gradient at the final point
+            except _Converged:
+                pass
+            moved = fit["relative_gradient"]
             if moved > _CONVERGENCE_TOL:
                 warnings.warn(f"infer_couplings did not converge: L-BFGS used its budget (max_iter={max_iter}) while "
                               f"the gradient still asks the couplings to move by about {moved:.0%} (|grad| / |W| in "
@@ -368,6 +404,8 @@ def infer_couplings(
         full_bias = torch.logit(rate).to(device=device, dtype=dtype)  # constant neurons: their empirical rate
         full_bias[idx] = bias
         out = {"bias": full_bias, "weight": full_weight, "nll": nll, "active": active}
+        if mode == "full":
+            out.update(evaluations=fit["evaluations"], relative_gradient=fit["relative_gradient"])
         if latent_rank:
             for key in ("latent_in", "latent_out"):
                 full = torch.zeros(n_total, latent_rank, dtype=dtype, device=device)
