@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,17 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package, not bench/dgrn.py
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[repeats // 2], 4)
-
-
 def main() -> None:
+    from bench.tn import timed
     from dgrn.mesoscale import rollout
     from dgrn.tn import ConditionalMPS
     from dgrn.zoo import load_pretrained
@@ -55,7 +45,7 @@ def main() -> None:
         cases[f"sites500_or_{batch}"] = lambda c=context, a=active: decoder.sample(c, gen, groups=groups, active=a)
         cases[f"sites500_free_{batch}"] = lambda c=context: decoder.sample(c, gen)
     for name, fn in cases.items():
-        print(json.dumps({"case": name, "seconds": median_seconds(fn)}), flush=True)
+        print(json.dumps({"case": name, "seconds": round(timed(fn, 3), 4)}), flush=True)
 
 
 if __name__ == "__main__":
