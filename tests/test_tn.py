@@ -588,6 +588,31 @@ def test_conditional_mps_joint_draws_of_merged_sites_are_exact(monkeypatch, merg
         assert 0.5 * (freq - lp.exp()).abs().sum().item() < 0.03
 
 
+def test_sizes_that_do_not_fit_in_memory_are_refused_before_allocating(monkeypatch):
+    """A bond dimension whose tensors exceed the free memory raises MemoryError naming the size, before any
+    allocation: constructors (a TB of site tensors) and, with the free memory read as 64 KiB, the ConditionalMPS
+    contractions (tree: 64 x 20 x 64 x 64 matrices; the 20 x 2 x 64 x 64 transfer maps), while the same calls run
+    with the real memory."""
+    import dgrn.tn._common as common
+
+    with pytest.raises(MemoryError, match="lower the bond dimension"):
+        ConditionalMPS(4, 3, bond_dim=200_000)
+    with pytest.raises(MemoryError, match="MPS tensors"):
+        MPS(100, 1_000_000)
+    m = ConditionalMPS(20, 3, 8, rank=0)
+    x, c = torch.randint(0, 2, (64, 20)), torch.randn(64, 3)
+    for mode in ("tree", "transfer"):
+        m.contraction = mode
+        assert m.log_prob(x, c).isfinite().all()
+    monkeypatch.setattr(common, "available_bytes", lambda device: 2**16)
+    for mode, what in (("tree", "tree contraction"), ("transfer", "transfer chain")):
+        m.contraction = mode
+        with pytest.raises(MemoryError, match=what):
+            m.log_prob(x, c)
+    with pytest.raises(MemoryError, match="transfer chain"):
+        m.sample(c)
+
+
 def test_conditional_mps_learns_context_dependent_correlations():
     """p(x|c) with context fields and fixed couplings is exactly an MPS of bond 2; the fit reaches its entropy."""
     torch.manual_seed(0)

@@ -8,6 +8,36 @@ import torch
 from torch import Tensor, nn
 
 
+def available_bytes(device) -> int | None:
+    """Free memory on ``device`` in bytes (CUDA: the driver's free memory; CPU: Linux's ``MemAvailable``), or
+    ``None`` where it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(what: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
+    """Raise :class:`MemoryError` before allocating ``shape`` of ``dtype`` on ``device`` when it exceeds the free
+    memory there (the bond dimension or the batch is the usual culprit), instead of failing inside the allocator or
+    swapping the machine to a halt."""
+    need = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise MemoryError(f"{what} of shape {tuple(shape)} would take {need / 2**30:.3g} GiB of {dtype} but "
+                          f"{free / 2**30:.3g} GiB are free on {torch.device(device)}: lower the bond dimension "
+                          "(or the batch, or the number of sites)")
+
+
 def check_size(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import check_finite, check_size, check_states, sample_categorical
+from dgrn.tn._common import check_finite, check_memory, check_size, check_states, sample_categorical
 from dgrn.tn.contract import (count_pair_map, count_slot_mask, normalize_slots, pair_sites, transfer_log_norm,
                               transfer_right_environments, tree_product)
 
@@ -100,6 +100,7 @@ class ConditionalMPS(nn.Module):
         #: dtype of the contractions, None for the default (see ``_contract_dtype``)
         self.contract_dtype: torch.dtype | None = None
         n, d, dim = self.n_sites, self.phys_dim, self.bond_dim
+        check_memory("ConditionalMPS site tensors", (n, 1 + self.rank, dim, d, dim), torch.get_default_dtype(), "cpu")
         self.core = nn.Parameter(torch.empty(n, dim, d, dim))
         self.left = nn.Parameter(torch.empty(dim))
         self.right = nn.Parameter(torch.empty(dim))
@@ -277,6 +278,9 @@ class ConditionalMPS(nn.Module):
         (the sum of the slots consistent with the coarse state) are multiplied by another tree."""
         batch, n, dim = a.shape[0], self.n_sites, self.bond_dim
         sq = dim * dim
+        # the leaves: every site's D^2 x D^2 transfer matrix per context (two with groups, and their products)
+        check_memory("the tree contraction's transfer matrices", (batch, n, 2 if groups is None else 4, sq, sq),
+                     a.dtype, a.device)
         left, right = self.left.to(a.dtype), self.right.to(a.dtype)
         v_left, v_right = (left[:, None] * left[None, :]).reshape(sq), (right[:, None] * right[None, :]).reshape(sq)
         if groups is None:
@@ -368,6 +372,7 @@ class ConditionalMPS(nn.Module):
         ``maps[i, (s, r, t)] = P_ir[s] (x) P_it[s]`` on the flattened environment, ``weights (B, n, J)`` and the count
         increments (zero values, ``s = 0``, first)."""
         n, d, dim, terms = self.n_sites, self.phys_dim, self.bond_dim, self.rank + 1
+        check_memory("the transfer chain's maps", (n, d * terms ** 2, dim ** 2, dim ** 2), parts.dtype, parts.device)
         maps = torch.einsum("irpsq,itxsy->isrtpxqy", parts, parts).reshape(n, d * terms ** 2, dim ** 2, dim ** 2)
         weights = log_w.exp()
         if gamma is not None:

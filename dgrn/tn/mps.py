@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_size, check_states,
-                             check_tolerance, fill_near, sample_categorical, truncation_rank)
+from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_memory, check_size,
+                             check_states, check_tolerance, fill_near, sample_categorical, truncation_rank)
 
 __all__ = ["MPS"]
 
@@ -94,6 +94,7 @@ class MPS(BornMachine):
         # exact-rank cap: D_i <= d^min(i, n-i), compared in logs to avoid huge integers
         dims = [1] + [self.bond_dim if min(i, n - i) * math.log(d) >= math.log(self.bond_dim) else d ** min(i, n - i)
                       for i in range(1, n)] + [1]
+        check_memory("MPS tensors", (sum(dims[i] * d * dims[i + 1] for i in range(n)),), dtype, "cpu")
         self.tensors = nn.ParameterList([nn.Parameter(torch.empty(dims[i], d, dims[i + 1], dtype=dtype))
                                          for i in range(n)])
         self.reset_parameters()

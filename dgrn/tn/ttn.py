@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_size, check_states,
-                             check_tolerance, fill_near, sample_categorical, truncation_rank)
+from dgrn.tn._common import (BornMachine, abs2, check_dtype, check_finite, check_imag_noise, check_memory, check_size,
+                             check_states, check_tolerance, fill_near, sample_categorical, truncation_rank)
 
 __all__ = ["TTN", "balanced_tree", "lattice_tree", "tree_from_labels"]
 
@@ -201,6 +201,7 @@ class TTN(BornMachine):
                                  "use a deeper tree with fewer children per node")
         shapes = [tuple(d if is_site else dims[idx] for is_site, idx in kids) + (dims[v],)
                   for v, kids in enumerate(self._children)]
+        check_memory("TTN tensors", (sum(math.prod(s) for s in shapes),), dtype, "cpu")
         self.tensors = nn.ParameterList([nn.Parameter(torch.empty(s, dtype=dtype)) for s in shapes])
         self.reset_parameters()
 
