@@ -9,11 +9,12 @@ from torch import Tensor, nn
 
 
 def available_bytes(device) -> int | None:
-    """Free memory on ``device`` in bytes (CUDA: the driver's free memory; CPU: Linux's ``MemAvailable``), or
-    ``None`` where it cannot be read."""
+    """Free memory on ``device`` in bytes (CUDA: the driver's free memory plus what PyTorch's caching allocator holds
+    unused; CPU: Linux's ``MemAvailable``), or ``None`` where it cannot be read."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0] + cached)
     if device.type != "cpu":
         return None
     try:
