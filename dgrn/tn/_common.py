@@ -27,11 +27,18 @@ def available_bytes(device) -> int | None:
     return None
 
 
+#: allocations below this many bytes skip :func:`check_memory`'s query of the free memory (it runs on every training
+#: step of a ConditionalMPS, and small tensors are not what exhausts a machine)
+MEMORY_CHECK_FLOOR = 64 * 2**20
+
+
 def check_memory(what: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
     """Raise :class:`MemoryError` before allocating ``shape`` of ``dtype`` on ``device`` when it exceeds the free
     memory there (the bond dimension or the batch is the usual culprit), instead of failing inside the allocator or
     swapping the machine to a halt."""
     need = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if need < MEMORY_CHECK_FLOOR:
+        return
     free = available_bytes(device)
     if free is not None and need > free:
         raise MemoryError(f"{what} of shape {tuple(shape)} would take {need / 2**30:.3g} GiB of {dtype} but "

@@ -573,11 +573,13 @@ class ConditionalMPS(nn.Module):
         v = self.left.to(dtype).expand(batch, -1)
         rows = torch.arange(batch, device=c.device)
         count = torch.zeros(batch, 1, dtype=torch.long, device=c.device)  # nonzero sites so far in the current block
-        values = {}  # run length -> (d^m, m): the values of each joint outcome, the first site most significant
+        # run length -> the values of each joint outcome (d^m, m), the first site most significant, and its nonzeros
+        values, nonzeros = {}, {}
         for j, run in enumerate(runs):
             if len(run) not in values:
                 place = d ** torch.arange(len(run) - 1, -1, -1, device=c.device)
                 values[len(run)] = torch.arange(d ** len(run), device=c.device)[:, None] // place % d
+                nonzeros[len(run)] = (values[len(run)] > 0).sum(1)
             w = v[:, None]  # (B, outcomes so far, D): v A_first[x_first] ... up to the current site
             for i in run:
                 t = (w @ stacked[i]).view(batch, -1, terms, d, dim)
@@ -591,7 +593,7 @@ class ConditionalMPS(nn.Module):
             else:  # the count the run's values reach in its block: the slot of the environment after it
                 if j and block[j - 1] != block[j]:
                     count = torch.zeros_like(count)
-                reached = (count + (values[len(run)] > 0).sum(1)).clamp_max(caps[block[j]])
+                reached = (count + nonzeros[len(run)]).clamp_max(caps[block[j]])
                 prob = prob.gather(2, reached[:, :, None]).squeeze(2)
             choice = sample_categorical(prob.clamp_min(0), generator)
             out[:, run.start:run.stop] = values[len(run)][choice]
