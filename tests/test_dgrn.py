@@ -43,12 +43,15 @@ def test_nested_order_makes_children_contiguous():
         nested_order([0, 0, 1], [])
 
 
-@pytest.mark.parametrize("thresholds", [None, THRESHOLDS])
-def test_next_bin_distribution_is_exactly_normalized_at_every_level(thresholds):
+VARIANTS = [{}, {"thresholds": THRESHOLDS}, {"latent_states": 2}, {"latent_states": 3, "thresholds": THRESHOLDS}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_next_bin_distribution_is_exactly_normalized_at_every_level(variant):
     """Enumerate all 2^6 next bins after one history: the fine joint sums to 1, and summing it over the fine
     patterns of each coarse state gives the level's marginal computed by the coarse-to-fine chain (OR pooling and
-    count thresholds)."""
-    net = _net(thresholds=thresholds)
+    count thresholds; latent chains on the top level)."""
+    net = _net(**variant)
     history = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]], dtype=torch.float64)
     nxt = torch.tensor(list(itertools.product([0, 1], repeat=6)), dtype=torch.float64)
     x = torch.cat([history[None].expand(64, -1, -1), nxt[:, None]], 1)  # (64, 3, 6): context 2, one scored bin
@@ -65,11 +68,12 @@ def test_next_bin_distribution_is_exactly_normalized_at_every_level(thresholds):
         torch.testing.assert_close(summed.sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("thresholds", [None, THRESHOLDS])
-def test_samples_are_consistent_across_levels_and_follow_the_model(thresholds):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_samples_are_consistent_across_levels_and_follow_the_model(variant):
     """Draws of the bin after a 4-bin window (the context is 2 bins: the GRUs see the whole window, as ``forward``
-    does) against the enumerated predictive distribution (total variation over 64 cells at 20k draws)."""
-    net = _net(thresholds=thresholds)
+    does; the latent chains filter it all) against the enumerated predictive distribution (total variation over 64
+    cells at 20k draws)."""
+    net = _net(**variant)
     history = torch.tensor([[[1, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]]],
                            dtype=torch.float64)
     draws = net.sample(history, n_samples=20_000, generator=torch.Generator().manual_seed(0))
@@ -83,6 +87,61 @@ def test_samples_are_consistent_across_levels_and_follow_the_model(thresholds):
     keys = (neurons * 2 ** torch.arange(5, -1, -1, dtype=torch.float64)).sum(1).long()
     freq = torch.bincount(keys, minlength=64).double() / 20_000
     assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation; ~64 cells at 20k draws
+
+
+def test_latent_top_level_equals_brute_force_over_hidden_paths():
+    """The top level's factors over a window are the predictive probabilities of independent hidden Markov chains,
+    one per top unit, started at their stationary distribution at bin 1: against the sum over all K^(2 T) joint
+    paths of the two chains, with the stationary distribution from numpy's eigenvectors. Also the finer levels see
+    the filtered states: changing the transition matrices changes the fine factor (the GRU states do not depend on
+    them)."""
+    net = _net(latent_states=2)
+    top = net.decoders[-1]
+    x = (torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(3)) < 0.5).double()
+    y = net.pool(x)[-1]  # (B, 6, 2)
+    states, _ = net.grus[-1](y[:, :-1])
+    c = torch.cat([states, x[:, :-1, net.index_0.argsort()]], -1)  # context of bins 1..5: GRU state, last fine bin
+    with torch.no_grad():
+        f = (c @ top.field.weight.T + top.field.bias).unflatten(-1, (2, 2))
+        p_on = torch.sigmoid((f[..., 1] - f[..., 0])[..., None] + top.state_logits)  # (B, 5, units, K)
+        a = torch.softmax(top.transition_logits.double(), -1).numpy()
+    stationary = []
+    for u in range(2):
+        vals, vecs = np.linalg.eig(a[u].T)
+        pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
+        stationary.append(pi / pi.sum())
+    expected = []
+    for b in range(3):
+        prefix = []
+        for t in range(1, 6):  # log p(y_1..y_t) summed over the paths of both chains
+            total = 0.0
+            for paths in itertools.product(range(2), repeat=2 * t):
+                w = 1.0
+                for u in range(2):
+                    path = paths[u * t:(u + 1) * t]
+                    w *= stationary[u][path[0]]
+                    for s, k in enumerate(path):
+                        if s:
+                            w *= a[u][path[s - 1], k]
+                        q = float(p_on[b, s, u, k])
+                        w *= q if y[b, s + 1, u] else 1 - q
+                total += w
+            prefix.append(np.log(total))
+        expected.append(np.diff(prefix))  # log p(y_t | y_1..y_(t-1)) of the scored bins 2..5 (context 2)
+    torch.testing.assert_close(net(x)[:, :, -1], torch.tensor(np.array(expected)), atol=1e-10, rtol=1e-10)
+    fine = net(x)[:, :, 0]
+    with torch.no_grad():
+        top.transition_logits.add_(torch.randn_like(top.transition_logits))
+    assert not torch.allclose(net(x)[:, :, 0], fine)
+
+
+def test_latent_states_refusals():
+    with pytest.raises(ValueError, match="latent_states"):
+        MultiscaleBornMachine(6, MEMBERS, latent_states=1)
+    with pytest.raises(ValueError, match="latent_states"):
+        MultiscaleBornMachine(6, [], latent_states=2)
+    with pytest.raises(ValueError, match="latent_states"):
+        MultiscaleBornMachine(6, MEMBERS, latent_states=2, time_scales=[2, 2], context=2)
 
 
 def _temporal_net(members, scales, thresholds=None, context=4) -> MultiscaleBornMachine:

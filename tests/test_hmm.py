@@ -347,3 +347,36 @@ def test_train_py_trains_the_switching_glm_and_its_checkpoint_reloads(run_train)
     module.load_state_dict(ckpt["state_dict"])
     assert module.net.n_communities > 1 and module.net.history == 1
     assert module.net.coupling_matrix().abs().sum() > 0
+
+
+def test_switching_bernoulli_init_from_data_recovers_planted_chains():
+    """Two units, each switched by its own sticky chain between firing probabilities 0.1 and 0.8 (stay 0.98): the
+    Baum-Welch start finds them (state 0 the least active) within what 20,000 bins allow."""
+    from dgrn.nn import SwitchingBernoulli
+
+    gen = torch.Generator().manual_seed(0)
+    t, stay = 20_000, 0.98
+    flips = torch.rand(t, 2, generator=gen) > stay
+    z = (flips.long().cumsum(0) % 2)  # each unit's state flips with probability 0.02 per bin
+    y = (torch.rand(t, 2, generator=gen) < torch.where(z > 0, 0.8, 0.1)).double()
+    m = SwitchingBernoulli(2, in_features=3, n_states=2)
+    m.init_from_data(y)
+    p = torch.sigmoid(m.field.bias.view(2, 2)[:, 1:] + m.state_logits.detach())
+    torch.testing.assert_close(p, torch.tensor([[0.1, 0.8], [0.1, 0.8]]), atol=0.02, rtol=0)
+    a = torch.softmax(m.transition_logits.detach(), -1)
+    torch.testing.assert_close(a.diagonal(dim1=1, dim2=2), torch.full((2, 2), stay), atol=0.01, rtol=0)
+    with pytest.raises(ValueError, match="n_states >= 2"):
+        SwitchingBernoulli(2, 3, n_states=1)
+    with pytest.raises(ValueError, match="expected activity"):
+        m.init_from_data(y[:, :1])
+
+
+def test_switching_bernoulli_gradcheck_float64():
+    from dgrn.nn import SwitchingBernoulli
+
+    torch.manual_seed(0)
+    m = randomized(SwitchingBernoulli(2, in_features=3, n_states=3).double())
+    y = (torch.rand(2, 5, 2) < 0.5).double()
+    c = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: m.filter(y, c)[0], (c,))
+    assert torch.autograd.gradcheck(lambda c: m.filter(y, c)[1], (c,))

@@ -116,6 +116,8 @@ class DGRN(NextBinModule):
                              f"(data.window {datamodule.hparams.window} - context {net_context}) must be a multiple "
                              f"of {top}")
         model.net.init_rates(spikes)
+        if model.net.latent_states:
+            model.net.init_latent(spikes)
         if init == "glm":
             model.net.init_glm(glm["bias"], glm["weight"])
         return model
@@ -125,6 +127,14 @@ class DGRN(NextBinModule):
         vectors and (rank > 0) context-gated modulations with their gates."""
         names = ("core", "left", "right", "modulation", "gate.weight")
         return [p for dec in self.net.decoders for n, p in dec.named_parameters() if n in names]
+
+    def latent_chain_parameters(self) -> list[nn.Parameter]:
+        """The latent chains' state offsets and transition matrices (``net.latent_states > 0``): trained in both
+        stages of ``factorized_epochs`` (a few numbers per top unit, which set how slow states persist)."""
+        if not self.net.latent_states:
+            return []
+        top = self.net.decoders[-1]
+        return [top.state_logits, top.transition_logits]
 
     @property
     def freezes_parameters(self) -> bool:
@@ -137,9 +147,10 @@ class DGRN(NextBinModule):
         if stage is None:
             return
         correlations = {id(p) for p in self.correlation_parameters()}
+        chains = {id(p) for p in self.latent_chain_parameters()}
         second = self.current_epoch >= stage
         for p in self.parameters():  # frozen parameters get no gradient, and Adam skips them
-            p.requires_grad_(second == (id(p) in correlations))
+            p.requires_grad_(id(p) in chains or second == (id(p) in correlations))
 
     def on_train_end(self) -> None:
         self.requires_grad_(True)  # the stages freeze parameters only while this module trains

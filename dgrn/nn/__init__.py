@@ -6,14 +6,15 @@ from torch import nn
 from dgrn.nn.community import CommunityEncoder, DirectedGraphConv
 from dgrn.nn.glm import BernoulliGLM, IndependentBernoulli, raised_cosine_basis
 from dgrn.nn.gru import GRUBernoulli
-from dgrn.nn.hmm import BernoulliHMM
+from dgrn.nn.hmm import BernoulliHMM, SwitchingBernoulli
 from dgrn.nn.multiscale import (MultiscaleBornMachine, build_hierarchy, choose_time_scales, nested_order,
                                 unit_thresholds)
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling, RenormPoolingOutput
 
 __all__ = [
     "BernoulliGLM", "BernoulliHMM", "CommunityEncoder", "DiffusionRenormPooling", "DirectedGraphConv", "GRUBernoulli",
-    "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "build_hierarchy",
+    "IndependentBernoulli", "MultiscaleBornMachine", "NETWORKS", "RenormPoolingOutput", "SwitchingBernoulli",
+    "build_hierarchy",
     "build_network", "choose_time_scales", "nested_order", "raised_cosine_basis", "unit_thresholds",
 ]
 

@@ -11,9 +11,51 @@ from torch import Tensor, nn
 
 from dgrn.nn.glm import _check_sample_window, _check_window
 
-__all__ = ["BernoulliHMM", "hmmlearn_bernoulli"]
+__all__ = ["BernoulliHMM", "SwitchingBernoulli", "forward_filter", "hmmlearn_bernoulli", "stationary_distribution"]
 
 _STARTS = ("stationary", "initial")
+
+
+def forward_filter(log_emission: Tensor, log_transition: Tensor, log_prior: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Forward filter of independent hidden Markov chains, in the log domain.
+
+    Chain :math:`c` has :math:`K` states, transition matrix :math:`A^c` and emission log-likelihoods
+    :math:`e_{t,c}(k) = \log p(y_{t,c} \mid s^c_t = k, \cdot)`; the filter returns the predictive state
+    distributions :math:`\log P(s^c_t \mid y_{<t})` and the predictive log-likelihoods :math:`\log p(y_{t,c} \mid
+    y_{<t}) = \operatorname{logsumexp}_k [\log P(s^c_t = k \mid y_{<t}) + e_{t,c}(k)]`. The filtered (updated)
+    distribution of bin :math:`t` is ``priors[:, t] + log_emission[:, t] - log_lik[:, t, :, None]``.
+
+    Args:
+        log_emission: ``(B, T, C, K)``. log_transition: :math:`\log A^c` ``(C, K, K)`` (rows: from-state).
+        log_prior: :math:`\log P(s^c_0)` ``(B, C, K)``.
+
+    Returns ``(priors (B, T + 1, C, K), log_lik (B, T, C))``: ``priors[:, T]`` is the distribution of the step after
+    the last. A loop over ``T`` (the filter is sequential), each step ``O(B C K^2)``.
+    """
+    prior, priors, preds = log_prior, [log_prior], []
+    for t in range(log_emission.shape[1]):
+        joint = prior + log_emission[:, t]
+        pred = torch.logsumexp(joint, -1)  # (B, C)
+        prior = torch.logsumexp((joint - pred[..., None])[..., None] + log_transition, -2)
+        priors.append(prior)
+        preds.append(pred)
+    log_lik = torch.stack(preds, 1) if preds else log_emission.new_zeros(*log_emission.shape[:1], 0,
+                                                                           log_emission.shape[2])
+    return torch.stack(priors, 1), log_lik
+
+
+def stationary_distribution(transition_logits: Tensor) -> Tensor:
+    """:math:`\\pi^c` with :math:`\\pi^c A^c = \\pi^c`, :math:`\\sum_k \\pi^c_k = 1` ``(C, K)`` of the chains with
+    :math:`A^c` = softmax of the rows of ``transition_logits`` ``(C, K, K)``: one batched linear solve (the balance
+    equations with one of them replaced by the normalization), differentiable."""
+    a = torch.softmax(transition_logits, -1)
+    k = a.shape[-1]
+    eye = torch.eye(k, dtype=a.dtype, device=a.device)
+    lhs = torch.cat([(a.transpose(-1, -2) - eye)[:, :-1], a.new_ones(a.shape[0], 1, k)], 1)
+    rhs = torch.zeros(a.shape[0], k, dtype=a.dtype, device=a.device)
+    rhs[:, -1] = 1.0
+    pi = torch.linalg.solve(lhs, rhs).clamp_min(0.0)
+    return pi / pi.sum(-1, keepdim=True)
 
 
 class BernoulliHMM(nn.Module):
@@ -136,16 +178,8 @@ class BernoulliHMM(nn.Module):
         return torch.log_softmax(self.transition_logits.to(dtype or self.transition_logits.dtype), -1)
 
     def stationary_distribution(self, dtype: torch.dtype | None = None) -> Tensor:
-        """:math:`\\pi^c` with :math:`\\pi^c A^c = \\pi^c`, :math:`\\sum_k \\pi^c_k = 1` ``(C, K)``: one batched linear
-        solve (the balance equations with one of them replaced by the normalization), differentiable."""
-        a = torch.softmax(self.transition_logits.to(dtype or self.transition_logits.dtype), -1)
-        k = a.shape[-1]
-        eye = torch.eye(k, dtype=a.dtype, device=a.device)
-        lhs = torch.cat([(a.transpose(-1, -2) - eye)[:, :-1], a.new_ones(a.shape[0], 1, k)], 1)
-        rhs = torch.zeros(a.shape[0], k, dtype=a.dtype, device=a.device)
-        rhs[:, -1] = 1.0
-        pi = torch.linalg.solve(lhs, rhs).clamp_min(0.0)
-        return pi / pi.sum(-1, keepdim=True)
+        """:math:`\\pi^c` with :math:`\\pi^c A^c = \\pi^c` ``(C, K)`` (:func:`stationary_distribution`)."""
+        return stationary_distribution(self.transition_logits.to(dtype or self.transition_logits.dtype))
 
     def initial_log_distribution(self, dtype: torch.dtype | None = None) -> Tensor:
         """:math:`\\log \\pi^c_0` ``(C, K)``, the state distributions at a window's first filtered bin."""
@@ -182,17 +216,9 @@ class BernoulliHMM(nn.Module):
             theta = self.emission_logits.to(x.dtype).T[:, None, :]  # (N, 1, K)
             on, off = (F.logsigmoid(theta) * member[..., None]).flatten(1), (F.logsigmoid(-theta) * member[..., None])
             log_e = (x @ on + (1 - x) @ off.flatten(1)).unflatten(-1, (self.n_communities, self.n_states))
-        log_a = self.log_transition_matrix(x.dtype)  # (C, K, K)
-        prior = self.initial_log_distribution(x.dtype).expand(x.shape[0], -1, -1)
-        priors, preds = [prior], []
-        for t in range(log_e.shape[1]):  # the filter is sequential in time
-            joint = prior + log_e[:, t]
-            pred = torch.logsumexp(joint, -1)  # (B, C)
-            prior = torch.logsumexp((joint - pred[..., None])[..., None] + log_a, -2)
-            priors.append(prior)
-            preds.append(pred.sum(-1))
-        empty = x.new_zeros(x.shape[0], 0)
-        return torch.stack(priors, 1), (torch.stack(preds, 1) if preds else empty), logits
+        priors, preds = forward_filter(log_e, self.log_transition_matrix(x.dtype),
+                                       self.initial_log_distribution(x.dtype).expand(x.shape[0], -1, -1))
+        return priors, preds.sum(-1), logits
 
     def _bins(self, logits: Tensor, first: int, last: int | None = -1) -> Tensor:
         """The logits of :meth:`_state_logits` at steps ``first:last`` (all of them, broadcast, without history)."""
@@ -314,6 +340,120 @@ class BernoulliHMM(nn.Module):
             self.init_logits[0] = torch.as_tensor(model.startprob_).clamp_min(min_prob).log().to(self.init_logits)
         self.hmmlearn_ = model
         return self
+
+
+class SwitchingBernoulli(nn.Module):
+    r"""Binary units, each switched by its own hidden Markov chain, with context-dependent firing: the latent top
+    level of :class:`~dgrn.nn.MultiscaleBornMachine`.
+
+    Unit :math:`u` has a chain :math:`z_{u,t} \in \{0..K-1\}` with transition matrix :math:`A^u` (the chains
+    independent a priori, each started at its stationary distribution), and given its state and a context
+    :math:`c_t` it is active with probability
+
+    .. math::
+        P(y_{u,t} = 1 \mid z_{u,t} = k, c_t) = \sigma\big(a_u(c_t) + \theta_{u,k}\big),
+
+    with :math:`a_u(c) = f_{u,1}(c) - f_{u,0}(c)` from the linear read-out ``field`` (two log-potentials per unit, as in
+    :class:`~dgrn.tn.ConditionalMPS`) and state offsets :math:`\theta_{u,k}`. The units are independent given their
+    states and the context, so the filter factorizes over units (:func:`forward_filter`) and the exact predictive
+    probability of a bin is a product over units of two-component mixtures,
+    :math:`p(y_t \mid y_{<t}, c_{\le t}) = \prod_u \sum_k P(z_{u,t} = k \mid y_{<t}, c_{<t})\,
+    P(y_{u,t} \mid z_{u,t} = k, c_t)`: a slow state that switches how a unit responds to its context, which an
+    additive input cannot express.
+
+    Args:
+        n_units: ``n``. in_features: ``F``, the width of the context. n_states: ``K >= 2``.
+
+    Shapes:
+        ``filter(y, c)``: activity ``(B, T, n)`` 0/1 and the context of every bin ``(B, T, F)`` (``c[:, t]`` may
+        depend on ``y[:, :t]`` only) -> ``(log_lik (B, T, n), posterior (B, T, n, K), log_prior (B, n, K))``: the
+        exact :math:`\log p(y_{u,t} \mid y_{<t}, c)`, the filtered state probabilities after bin ``t`` and the log
+        predictive state distribution of the bin after the last. ``sample(c, log_prior)``: ``(B, F)``, ``(B, n, K)``
+        -> ``(B, n)``. ``update(y, c, log_prior)`` -> the filtered probabilities ``(B, n, K)`` after one bin.
+    """
+
+    def __init__(self, n_units: int, in_features: int, n_states: int = 2) -> None:
+        super().__init__()
+        if n_units < 1 or in_features < 0 or n_states < 2:
+            raise ValueError(f"need n_units >= 1, in_features >= 0 and n_states >= 2; got {n_units}, {in_features}, "
+                             f"{n_states}")
+        self.n_units, self.n_states = int(n_units), int(n_states)
+        self.field = nn.Linear(in_features, 2 * n_units)
+        self.state_logits = nn.Parameter(torch.empty(n_units, n_states))  # theta[u, k]
+        self.transition_logits = nn.Parameter(torch.empty(n_units, n_states, n_states))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """No context drive, states spread evenly over [-1.5, 1.5] in log-odds around the field (state 0 the least
+        active; apart, so that gradients can tell them apart), sticky chains (stay probability 0.9)."""
+        nn.init.zeros_(self.field.weight)
+        nn.init.zeros_(self.field.bias)
+        with torch.no_grad():
+            self.state_logits.copy_(torch.linspace(-1.5, 1.5, self.n_states).expand(self.n_units, -1))
+            self.transition_logits.copy_(torch.eye(self.n_states) * math.log(9.0 * (self.n_states - 1)))
+
+    @torch.no_grad()
+    def init_from_data(self, y: Any, *, n_iter: int = 100, seed: int = 0, min_prob: float = 1e-4) -> None:
+        """Start every unit's chain at a Baum-Welch fit (hmmlearn, :func:`hmmlearn_bernoulli`) of its activity ``y``
+        ``(T, n)`` alone: the field at the unit's mean rate (no context drive), the state offsets at the fitted
+        firing probabilities relative to it (states sorted, state 0 the least active) and the fitted transition
+        matrix. EM starts at a sticky chain (stay 0.9) with the states' firing probabilities spread around the
+        mean."""
+        y = np.asarray(torch.as_tensor(y).detach().cpu().double().clamp(0, 1))
+        if y.ndim != 2 or y.shape[1] != self.n_units:
+            raise ValueError(f"expected activity (T, {self.n_units}), got {y.shape}")
+        k = self.n_states
+        transmat = np.full((k, k), 0.1 / (k - 1))
+        np.fill_diagonal(transmat, 0.9)
+        bias = self.field.bias.view(-1, 2)
+        for u in range(self.n_units):
+            rate = float(np.clip(y[:, u].mean(), min_prob, 1 - min_prob))
+            model = hmmlearn_bernoulli(n_components=k, n_iter=n_iter, random_state=seed, init_params="",
+                                       params="tl")
+            model.startprob_, model.transmat_ = np.full(k, 1.0 / k), transmat
+            spread = torch.sigmoid(torch.logit(torch.tensor(rate)) + torch.linspace(-1.5, 1.5, k)).numpy()
+            model.lambdas_ = spread[:, None]
+            model.fit(y[:, u:u + 1])
+            order = np.argsort(model.lambdas_[:, 0])
+            p = torch.as_tensor(model.lambdas_[order, 0]).clamp(min_prob, 1 - min_prob)
+            a = torch.as_tensor(model.transmat_[np.ix_(order, order)]).clamp_min(min_prob)
+            bias[u, 0], bias[u, 1] = 0.0, math.log(rate / (1 - rate))
+            self.state_logits[u] = (torch.logit(p) - bias[u, 1]).to(self.state_logits)
+            self.transition_logits[u] = (a / a.sum(1, keepdim=True)).log().to(self.transition_logits)
+
+    def _state_logits(self, c: Tensor) -> Tensor:
+        f = self.field(c).unflatten(-1, (self.n_units, 2))
+        return (f[..., 1] - f[..., 0])[..., None] + self.state_logits.to(f.dtype)  # (..., n, K)
+
+    def _log_emission(self, y: Tensor, c: Tensor) -> Tensor:
+        logits = self._state_logits(c)
+        return torch.where(y[..., None] > 0, F.logsigmoid(logits), F.logsigmoid(-logits))
+
+    def log_transition_matrix(self, dtype: torch.dtype) -> Tensor:
+        """:math:`\log A^u` ``(n, K, K)``."""
+        return torch.log_softmax(self.transition_logits.to(dtype), -1)
+
+    def filter(self, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if y.dim() != 3 or y.shape[2] != self.n_units or c.shape[:2] != y.shape[:2]:
+            raise ValueError(f"expected activity (B, T, {self.n_units}) and contexts (B, T, F), got "
+                             f"{tuple(y.shape)} and {tuple(c.shape)}")
+        log_e = self._log_emission(y, c)
+        pi = stationary_distribution(self.transition_logits.to(y.dtype))
+        start = pi.clamp_min(torch.finfo(pi.dtype).tiny).log().expand(y.shape[0], -1, -1)
+        priors, log_lik = forward_filter(log_e, self.log_transition_matrix(y.dtype), start)
+        posterior = (priors[:, :-1] + log_e - log_lik[..., None]).exp()
+        return log_lik, posterior, priors[:, -1]
+
+    def update(self, y: Tensor, c: Tensor, log_prior: Tensor) -> Tensor:
+        joint = log_prior + self._log_emission(y, c)
+        return torch.softmax(joint, -1)
+
+    def sample(self, c: Tensor, log_prior: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        p = (log_prior.exp() * torch.sigmoid(self._state_logits(c))).sum(-1)  # the mixture's firing probability
+        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(c.dtype)
+
+    def extra_repr(self) -> str:
+        return f"n_units={self.n_units}, in_features={self.field.in_features}, n_states={self.n_states}"
 
 
 def hmmlearn_bernoulli(**kwargs: Any):

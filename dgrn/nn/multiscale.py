@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from dgrn.graph import as_adjacency, community_order, find_communities, metagraph, relabel
 from dgrn.nn.glm import _check_window
+from dgrn.nn.hmm import SwitchingBernoulli
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS
@@ -267,6 +268,18 @@ class MultiscaleBornMachine(nn.Module):
     context. Block factors are reported at the first bin of their block (zero elsewhere), so sums over bins are the
     exact log-likelihood.
 
+    **Latent chains** (``latent_states`` :math:`K \ge 2`). The top level's units become the observations of slow
+    hidden states: unit :math:`u` of level :math:`L` has its own :math:`K`-state Markov chain :math:`z_u`, and given
+    it fires independently of the other top units, :math:`P(x^L_{u,t} = 1 \mid z_{u,t} = k, c^L_t) = \sigma(a_u(
+    c^L_t) + \theta_{u,k})` (:class:`~dgrn.nn.SwitchingBernoulli` replaces the top decoder). The top factor is
+    then the exact filtered mixture :math:`\prod_u \sum_k P(z_{u,t} = k \mid x^L_{<t}, c^L_{<t})\, P(x^L_{u,t}
+    \mid z_{u,t} = k, c^L_t)`, the chains filtered from the second bin of every window (started at their stationary
+    distributions), and every finer level's context also holds the filtered state probabilities
+    :math:`P(z_{u,t} \mid x^L_{\le t}, c^L_{\le t})` (:math:`K - 1` per top unit): a function of the past and of
+    the top level's bin, which the finer factors condition on anyway, so the likelihood stays exact. The coarse
+    state then evolves on its own clock, :math:`A^u`, rather than only through the GRUs. Needs one coarse level at
+    least and no time scales.
+
     Args:
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
         order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
@@ -279,6 +292,7 @@ class MultiscaleBornMachine(nn.Module):
         accepted and ignored, so the dict of :func:`build_hierarchy` can be passed as is.
         time_scales: ``L`` integers :math:`s_1 \le \dots \le s_L`, the bins per time step of each coarse level,
             each dividing the next (default all 1; see *Temporal renormalization*).
+        latent_states: :math:`K`, states of the latent chain of every top unit (0: none; see *Latent chains*).
 
     Shapes:
         ``forward(x)``: windows ``(B, W, N)`` -> conditional log-probabilities ``(B, W - context, L + 1)``; column
@@ -292,7 +306,7 @@ class MultiscaleBornMachine(nn.Module):
     def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
                  rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
                  init_noise: float = 0.3, thresholds: list | None = None, time_scales: list | None = None,
-                 **hierarchy_info: Any) -> None:
+                 latent_states: int = 0, **hierarchy_info: Any) -> None:
         super().__init__()
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
@@ -319,15 +333,27 @@ class MultiscaleBornMachine(nn.Module):
         if self.time_scales[-1] > self.context:
             raise ValueError(f"context ({self.context} bins) must hold at least one block of the coarsest level "
                              f"({self.time_scales[-1]} bins)")
+        if latent_states and (int(latent_states) != latent_states or latent_states < 2 or not self.n_levels
+                              or self.time_scales[-1] > 1):
+            raise ValueError(f"latent_states must be 0 or an integer >= 2 with at least one coarse level and no time "
+                             f"scales, got {latent_states!r} with {self.n_levels} coarse level(s) and time scales "
+                             f"{self.time_scales[1:]}")
+        self.latent_states = int(latent_states)
         for lvl in range(self.n_levels):  # children per unit: the most a unit can count in one child block
             self.register_buffer(f"children_{lvl}", torch.bincount(getattr(self, f"groups_{lvl}"),
                                                                    minlength=self.n_units[lvl + 1]), persistent=False)
         # a level on a finer clock than its parent also sees the parent's state, its satisfied units and m / r
         parent_features = [2 * self.n_units[lvl + 1] + 1 if self._ratio(lvl) > 1 else 0 for lvl in range(self.n_levels)]
+        # with latent chains every finer level also sees their filtered states (K - 1 probabilities per top unit)
+        latent_features = self.n_units[-1] * (self.latent_states - 1) if self.latent_states else 0
         self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
-        self.decoders = nn.ModuleList(ConditionalMPS(n, hidden_size + history * n_neurons + extra, bond_dim, rank=rank,
+        context_dim = hidden_size + history * n_neurons
+        self.decoders = nn.ModuleList(ConditionalMPS(n, context_dim + extra + latent_features, bond_dim, rank=rank,
                                                     init_noise=init_noise)
-                                      for n, extra in zip(self.n_units, parent_features + [0]))
+                                      for n, extra in zip(self.n_units[:-1], parent_features))
+        self.decoders.append(SwitchingBernoulli(self.n_units[-1], context_dim, self.latent_states)
+                             if self.latent_states else
+                             ConditionalMPS(self.n_units[-1], context_dim, bond_dim, rank=rank, init_noise=init_noise))
         self.reset_parameters()
 
     def _check_time_scales(self, time_scales: list | None) -> list[int]:
@@ -382,6 +408,15 @@ class MultiscaleBornMachine(nn.Module):
             bias = dec.field.bias.view(-1, 2)
             bias[:, 0] = 0.0
             bias[:, 1] = torch.log(rate / (1 - rate))
+
+    @torch.no_grad()
+    def init_latent(self, spikes: Tensor, seed: int = 0) -> None:
+        """Start the latent chains of the top level at a Baum-Welch fit of each top unit's pooled activity in
+        ``spikes`` ``(T, N)`` (:meth:`SwitchingBernoulli.init_from_data`); the context drive starts at zero."""
+        if not self.latent_states:
+            raise ValueError("this model has no latent chains (latent_states=0)")
+        top = self.pool(torch.as_tensor(spikes).to(self.index_0.device).float())[-1]
+        self.decoders[-1].init_from_data(top, seed=seed)
 
     @torch.no_grad()
     def init_glm(self, bias: Tensor, weight: Tensor) -> None:
@@ -463,11 +498,19 @@ class MultiscaleBornMachine(nn.Module):
         xs = self.pool(x, align=ctx)
         first = [ctx // s for s in self.time_scales]  # index of the first scored block of every level
         out = x.new_zeros(x.shape[0], width - ctx, self.n_levels + 1)
-        for lvl in range(self.n_levels + 1):
+        latent = []  # the filtered states of the latent chains, a context of every finer level
+        if self.latent_states:
+            log_lik, posterior, _ = self._filter_latent(xs)
+            skip = ctx - self._latent_start()
+            out[:, :, -1] = log_lik[:, skip:].sum(-1)
+            latent = [posterior[:, skip:, :, 1:].flatten(-2)]
+        for lvl in range(self.n_levels + 1 - bool(self.latent_states)):
             step = self.time_scales[lvl]
             states, _ = self.grus[lvl](xs[lvl][:, :-1])  # the state after each block is the next block's context
             starts = torch.arange(ctx, width, step, device=x.device)
             feats = [states[:, first[lvl] - 1:], self._history(xs[0], starts)]
+            if lvl < self.n_levels:
+                feats += latent
             target = xs[lvl][:, first[lvl]:]
             constraint = {}
             if lvl < self.n_levels:
@@ -489,6 +532,20 @@ class MultiscaleBornMachine(nn.Module):
             out[:, ::step, lvl] = lp.reshape(target.shape[:2])  # a block's factor at its first bin
         return out
 
+    def _latent_start(self) -> int:
+        """First bin of a window that the latent chains filter: every bin whose context (the GRU state after the
+        bin before, the last ``history`` bins) exists."""
+        return max(1, self.history)
+
+    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`SwitchingBernoulli.filter` of the top level over the bins ``_latent_start() .. W-1`` of the pooled
+        windows ``xs`` (the chains start at their stationary distribution at the first of them)."""
+        start, width = self._latent_start(), xs[0].shape[1]
+        states, _ = self.grus[-1](xs[-1][:, :-1])
+        starts = torch.arange(start, width, device=xs[0].device)
+        c = torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1)
+        return self.decoders[-1].filter(xs[-1][:, start:], c)
+
     def level_log_probs(self, x: Tensor) -> Tensor:
         r"""Exact :math:`\log p(x^{\ell}_t \mid x_{<t})` of every level, ``(B, W - context, L + 1)``."""
         return self(x).flip(-1).cumsum(-1).flip(-1)
@@ -502,8 +559,12 @@ class MultiscaleBornMachine(nn.Module):
         whose prediction of a bin appended to ``x`` this is (with time scales, blocks end at the window's end)."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
-        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in self.pool(x, align=x.shape[1])]
+        xs = self.pool(x, align=x.shape[1])
+        if self.latent_states:  # the chains' state distribution for the bin after each window
+            log_prior = self._filter_latent(xs)[2].repeat_interleave(n_samples, 0)
+        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in xs]
         drawn: list[list[Tensor]] = [[] for _ in xs]
+        latent = []
         for t in range(self.time_scales[-1]):
             for lvl in range(self.n_levels, -1, -1):
                 if t % self.time_scales[lvl]:
@@ -511,8 +572,16 @@ class MultiscaleBornMachine(nn.Module):
                 states, _ = self.grus[lvl](xs[lvl])
                 end = torch.tensor([xs[0].shape[1]], device=x.device)
                 feats = [states[:, -1], self._history(xs[0], end)[:, 0]]
+                if self.latent_states and lvl == self.n_levels:
+                    c = torch.cat(feats, -1)
+                    draw = self.decoders[lvl].sample(c, log_prior, generator).to(x.dtype)
+                    latent = [self.decoders[lvl].update(draw, c, log_prior)[..., 1:].flatten(-2)]
+                    drawn[lvl].append(draw)
+                    xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
+                    continue
                 constraint = {}
                 if lvl < self.n_levels:
+                    feats += latent
                     parent, r = drawn[lvl + 1][-1], self._ratio(lvl)
                     groups = getattr(self, f"groups_{lvl}")
                     if r == 1:
