@@ -501,3 +501,42 @@ def test_factorized_epochs_train_the_fields_first_then_only_the_correlations(kis
     assert all(p.requires_grad for p in model.parameters())  # nothing stays frozen after training
     with pytest.raises(ValueError, match="factorized_epochs"):
         DGRN(dm.n_neurons, net={"memberships": []}, factorized_epochs=0)
+
+
+def test_dgrn_with_latent_chains_trains_in_both_stages_and_round_trips(kising):
+    """``net.latent_states``: the chains start at Baum-Welch fits of the communities' pooled activity (no longer the
+    reset's sticky 0.9), training lowers the validation NLL, the chains train in both stages of ``factorized_epochs``
+    while the correlations wait for the second, and a checkpoint copy predicts the same."""
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20}, lr=0.02,
+                                 net={"bond_dim": 2, "hidden_size": 8, "context": 4, "latent_states": 2},
+                                 factorized_epochs=1)
+    top = model.net.decoders[-1]
+    stay = torch.softmax(top.transition_logits.detach(), -1).diagonal(dim1=1, dim2=2)
+    assert not torch.allclose(stay, torch.full_like(stay, 0.9))
+    chains = {id(p) for p in model.latent_chain_parameters()}
+    assert chains == {id(top.state_logits), id(top.transition_logits)}
+    assert not chains & {id(p) for p in model.correlation_parameters()}
+    first = {}
+
+    class FirstStage(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if not first:
+                first.update({id(p): p.detach().clone() for p in module.parameters()})
+
+    start = {id(p): p.detach().clone() for p in model.parameters()}
+    dm.context = model.context
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[FirstStage()])
+    trainer.validate(model, datamodule=dm, verbose=False)
+    before = float(trainer.callback_metrics["val/nll"])
+    trainer.fit(model, datamodule=dm)
+    assert float(trainer.callback_metrics["val/nll"]) < before
+    end = {id(p): p.detach() for p in model.parameters()}
+    assert all(not torch.equal(start[k], first[k]) and not torch.equal(first[k], end[k]) for k in chains)
+    copy = module_for(dict(model.hparams))(**model.hparams)
+    copy.load_state_dict(model.state_dict())
+    x = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(copy.net(x), model.net(x))
+    out = model.predict_step(x[:2], n_samples=8)
+    assert out["probabilities"][1].shape == (2, model.net.n_units[1])
