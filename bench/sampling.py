@@ -2,7 +2,8 @@
 
 Cases (each printed as one JSON line, seconds):
 
-- ``zoo_rollout``: ``dgrn.mesoscale.rollout`` of the zoo model ``dgrn_lkd2012`` (200 neurons, levels 200/8/1),
+- ``zoo_rollout``: ``dgrn.mesoscale.rollout`` of the zoo model ``dgrn_lkd2012`` (200 neurons, latent chains on 8
+  communities; levels 200/8/1 without chains before 2026-12-04),
   16 continuations of 100 bins after one 64-bin window;
 - ``zoo_draws``: ``net.sample(window, 1000)``, 1,000 next-bin draws of that model;
 - ``sites500_*``: ``ConditionalMPS.sample`` on 500 sites (rank 0, bond 4) for 16 and 1,000 contexts, with an OR
