@@ -2,7 +2,7 @@
 
 Cases (each printed as one JSON line, seconds):
 
-- ``zoo_rollout``: ``dgrn.mesoscale.rollout`` of the zoo model ``dgrn_lkd2012`` (200 neurons, latent chains on 8
+- ``zoo_rollout``: ``dgrn.mesoscale.rollout`` of the zoo model ``dgrn_lkd2012`` (200 neurons, latent chains on 16
   communities; levels 200/8/1 without chains before 2026-12-04),
   16 continuations of 100 bins after one 64-bin window;
 - ``zoo_draws``: ``net.sample(window, 1000)``, 1,000 next-bin draws of that model;
