@@ -405,6 +405,7 @@ class SwitchingBernoulli(nn.Module):
         k = self.n_states
         transmat = np.full((k, k), 0.1 / (k - 1))
         np.fill_diagonal(transmat, 0.9)
+        self.field.weight.zero_()
         bias = self.field.bias.view(-1, 2)
         for u in range(self.n_units):
             rate = float(np.clip(y[:, u].mean(), min_prob, 1 - min_prob))
