@@ -84,7 +84,7 @@ def floor(data: SpikeData) -> dict:
     chains.init_from_data(pooled[torch.cat([torch.arange(a, b) for a, b in segments["train"]])])
     with torch.no_grad():
         filtered = chains.filter(pooled[None], pooled.new_zeros(1, n_bins, 0))[1][0]  # (T, C, 2) after bin t
-        predicted = torch.einsum("tck,ckl->tcl", filtered, torch.softmax(chains.transition_logits, -1))
+        predicted = torch.einsum("tck,ckl->tcl", filtered, chains.log_transition_matrix(x.dtype).exp())
     or_off = torch.cat([torch.zeros(1, n, dtype=x.dtype), predicted[:-1, labels, 0]])  # state 0: the least active
     out = {"exact": float(-log_lik[test - 1].sum() / (test.numel() * n)),
            "glm": fit_glm(x, None, train, test),

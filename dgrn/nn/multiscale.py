@@ -500,7 +500,7 @@ class MultiscaleBornMachine(nn.Module):
         out = x.new_zeros(x.shape[0], width - ctx, self.n_levels + 1)
         latent = []  # the filtered states of the latent chains, a context of every finer level
         if self.latent_states:
-            log_lik, posterior, _ = self._filter_latent(xs)
+            log_lik, posterior, _, _ = self._filter_latent(xs)
             skip = ctx - self._latent_start()
             out[:, :, -1] = log_lik[:, skip:].sum(-1)
             latent = [posterior[:, skip:, :, 1:].flatten(-2)]
@@ -537,14 +537,15 @@ class MultiscaleBornMachine(nn.Module):
         bin before, the last ``history`` bins) exists."""
         return max(1, self.history)
 
-    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """:meth:`SwitchingBernoulli.filter` of the top level over the bins ``_latent_start() .. W-1`` of the pooled
-        windows ``xs`` (the chains start at their stationary distribution at the first of them)."""
+        windows ``xs`` (the chains start at their stationary distribution at the first of them), plus the top
+        level's context of the bin after the window."""
         start, width = self._latent_start(), xs[0].shape[1]
-        states, _ = self.grus[-1](xs[-1][:, :-1])
-        starts = torch.arange(start, width, device=xs[0].device)
+        states, _ = self.grus[-1](xs[-1])
+        starts = torch.arange(start, width + 1, device=xs[0].device)
         c = torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1)
-        return self.decoders[-1].filter(xs[-1][:, start:], c)
+        return (*self.decoders[-1].filter(xs[-1][:, start:], c[:, :-1]), c[:, -1])
 
     def level_log_probs(self, x: Tensor) -> Tensor:
         r"""Exact :math:`\log p(x^{\ell}_t \mid x_{<t})` of every level, ``(B, W - context, L + 1)``."""
@@ -560,25 +561,21 @@ class MultiscaleBornMachine(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
         xs = self.pool(x, align=x.shape[1])
-        if self.latent_states:  # the chains' state distribution for the bin after each window
-            log_prior = self._filter_latent(xs)[2].repeat_interleave(n_samples, 0)
-        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in xs]
         drawn: list[list[Tensor]] = [[] for _ in xs]
         latent = []
+        if self.latent_states:  # the top level: a draw from the chains' filtered mixture, once per window's filter
+            _, _, log_prior, c = (t.repeat_interleave(n_samples, 0) for t in self._filter_latent(xs))
+            draw = self.decoders[-1].sample(c, log_prior, generator).to(x.dtype)
+            latent = [self.decoders[-1].update(draw, c, log_prior)[..., 1:].flatten(-2)]
+            drawn[-1].append(draw)
+        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in xs]
         for t in range(self.time_scales[-1]):
-            for lvl in range(self.n_levels, -1, -1):
+            for lvl in range(self.n_levels - bool(self.latent_states), -1, -1):
                 if t % self.time_scales[lvl]:
                     continue  # a block of this level is under way
                 states, _ = self.grus[lvl](xs[lvl])
                 end = torch.tensor([xs[0].shape[1]], device=x.device)
                 feats = [states[:, -1], self._history(xs[0], end)[:, 0]]
-                if self.latent_states and lvl == self.n_levels:
-                    c = torch.cat(feats, -1)
-                    draw = self.decoders[lvl].sample(c, log_prior, generator).to(x.dtype)
-                    latent = [self.decoders[lvl].update(draw, c, log_prior)[..., 1:].flatten(-2)]
-                    drawn[lvl].append(draw)
-                    xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
-                    continue
                 constraint = {}
                 if lvl < self.n_levels:
                     feats += latent
