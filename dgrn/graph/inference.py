@@ -14,6 +14,7 @@ from torch import Tensor
 
 from dgrn.data import SpikeData
 from dgrn.graph.glm import glm_context, glm_logits, resolve_latent_delay
+from dgrn.graph.optim import rowwise_lbfgs
 
 __all__ = ["binary_spikes", "infer_couplings", "select_latent_rank", "ConvergenceWarning", "UninformativeFitWarning",
            "PENALTIES", "MODES", "LATENT_RANKS"]
@@ -23,6 +24,7 @@ MODES = ("full", "minibatch")
 LATENT_RANKS = (0, 1, 2, 4, 8)  # candidates of latent_rank="auto"
 _L1_SMOOTHING = 1e-3  # pseudo-Huber width: |w| ~ sqrt(w^2 + eps^2) - eps keeps the objective smooth for L-BFGS
 _CONVERGENCE_TOL = 1e-2  # relative change of the couplings the final gradient may still ask for
+_LBFGS_HISTORY = 10  # curvature pairs per neuron: (10, N, H N) floats for s and for y
 _SCORE_Z = 3.0  # standard deviations above chance the score statistic must reach for the couplings to mean something
 
 
@@ -113,10 +115,21 @@ class _Reparam:
     def params(self) -> list[Tensor]:
         return [self.v, self.b]
 
-    def weight_bias(self) -> tuple[Tensor, Tensor]:
-        weight = self.scale[:, None] * self.v @ self.chol_inv
-        bias = self.scale * self.b - weight.sum(0) @ self.mean
+    def weight_bias(self, v: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``W`` ``(H, N, N)`` and ``b`` ``(N,)`` of the coordinates ``v``, ``b`` (default: the fitted ones)."""
+        v, b = (self.v if v is None else v), (self.b if b is None else b)
+        weight = self.scale[:, None] * v @ self.chol_inv
+        bias = self.scale * b - weight.sum(0) @ self.mean
         return weight, bias
+
+    def rows(self) -> Tensor:
+        """The coordinates as one row per neuron, ``(N, H N + 1)``: row ``i`` holds ``v[:, i, :]`` and ``b[i]``, all
+        that neuron ``i``'s likelihood and penalty depend on."""
+        return torch.cat([self.v.detach().transpose(0, 1).flatten(1), self.b.detach()[:, None]], 1)
+
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Inverse of :meth:`rows`: ``v`` ``(H, N, N)`` and ``b`` ``(N,)`` (views of ``rows``)."""
+        return rows[:, :-1].unflatten(1, (self.history, -1)).transpose(0, 1), rows[:, -1]
 
 
 @torch.no_grad()
@@ -145,9 +158,10 @@ def _coupling_score(x: Tensor, rep: _Reparam, context: int, chunk: int, dtype: t
 
 
 def _penalty(weight: Tensor, kind: str) -> Tensor:
+    """The penalty of every entry of ``weight``: ``w^2`` (``"l2"``) or the smooth lasso (``"l1"``)."""
     if kind == "l2":
-        return weight.square().sum()
-    return (weight.square() + _L1_SMOOTHING**2).sqrt().sum() - weight.numel() * _L1_SMOOTHING
+        return weight.square()
+    return (weight.square() + _L1_SMOOTHING**2).sqrt() - _L1_SMOOTHING
 
 
 @torch.no_grad()
@@ -318,7 +332,7 @@ def infer_couplings(
         params += [lat_in, lat_out, log_tau]
 
     def penalty_term(weight: Tensor) -> Tensor:
-        out = strength * _penalty(weight, penalty)
+        out = strength * _penalty(weight, penalty).sum()
         if latent_rank:
             out = out + strength * (latent["latent_in"].square().sum() + latent["latent_out"].square().sum())
         return out
@@ -329,7 +343,44 @@ def infer_couplings(
         return F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="sum") / norm
 
     starts = list(range(context, n_bins, chunk_bins))
-    if mode == "full":
+    if mode == "full" and not latent_rank:
+        def row_objective(rows: Tensor) -> tuple[Tensor, Tensor]:
+            rows = rows.detach().requires_grad_()
+            weight, bias = rep.weight_bias(*rep.split_rows(rows))
+            # accumulate the chunks' gradients on detached copies, then push them through the reparametrization once
+            w_leaf, b_leaf = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+            values = torch.zeros(n, dtype=torch.float64, device=device)
+            for s in starts:
+                xc = x[s - context: min(s + chunk_bins, n_bins)].to(dtype)[None]
+                nll = F.binary_cross_entropy_with_logits(glm_logits(xc, b_leaf, w_leaf, context=context),
+                                                         xc[:, context:], reduction="none").sum((0, 1)) / n_scored
+                nll.sum().backward()
+                values += nll.detach().double()
+            pen = strength * _penalty(weight, penalty).sum((0, 2))
+            torch.autograd.backward([weight, bias, pen], [w_leaf.grad, b_leaf.grad, torch.ones_like(pen)])
+            values += pen.detach().double()
+            if not bool(torch.isfinite(values).all()):
+                raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
+            return values, rows.grad
+
+        def relative_gradient(rows: Tensor, grad: Tensor) -> float:
+            # the Hessian in V is about the identity, so the Newton step still to take is about -grad
+            return float(grad[:, :-1].norm()) / max(float(rows[:, :-1].norm()), torch.finfo(dtype).tiny)
+
+        # every neuron's row of (V, b) is its own problem: one line search per neuron, all in one pass over the data
+        result = rowwise_lbfgs(row_objective, rep.rows(), max_evals=max_iter + 1, history_size=_LBFGS_HISTORY,
+                               stop=(lambda rows, grad: relative_gradient(rows, grad) <= tol) if tol > 0 else None)
+        with torch.no_grad():
+            v, b = rep.split_rows(result["x"])
+            rep.v.copy_(v)
+            rep.b.copy_(b)
+        fit = {"evaluations": result["evaluations"], "relative_gradient": relative_gradient(result["x"], result["grad"])}
+        if result["budget_used"] and fit["relative_gradient"] > _CONVERGENCE_TOL:
+            warnings.warn(f"infer_couplings did not converge: L-BFGS used its budget (max_iter={max_iter}) while "
+                          f"the gradient still asks the couplings to move by about {fit['relative_gradient']:.0%} "
+                          "(|grad| / |W| in the preconditioned coordinates); raise max_iter", ConvergenceWarning,
+                          stacklevel=2)
+    elif mode == "full":
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-7, tolerance_change=1e-9 * n)
 
