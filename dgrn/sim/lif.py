@@ -124,16 +124,16 @@ _HELD = -1e30
 
 
 class _Synapses:
-    """Signed weights ``W[post, pre]`` laid out for one of three ways of delivering spikes into the ``(N, 6)``
-    neuron-major state: a positive weight feeds the excitatory synaptic variable ``y_e`` (column 3), a negative one
-    ``y_i`` (column 4), i.e. flat state index ``6 post + 3 + [w < 0]``.
+    """Signed weights ``W[post, pre]`` laid out for one of three ways of delivering spikes into the ``(6, N)``
+    variable-major state: a positive weight feeds the excitatory synaptic variable ``y_e`` (row 3), a negative one
+    ``y_i`` (row 4), i.e. flat state index ``(3 + [w < 0]) N + post``.
 
     ``event`` (CPU, large sparse networks): a step touches only the outgoing synapses of the neurons that spiked.
     They sit in an ELLPACK table, one row of targets and weights per presynaptic neuron padded to the largest
     out-degree (three tensor operations per step); when padding would more than quadruple the storage (hubs),
     in CSC order with the rows of the spiking neurons gathered by ``repeat_interleave``.
     ``dense`` / ``sparse``: one matrix-vector product ``W_split @ spiked`` per step, ``W_split`` ``(2N, N)`` with
-    row ``2 post + [w < 0]``, no host synchronisation (GPU).
+    row ``[w < 0] N + post``, no host synchronisation (GPU).
     """
 
     def __init__(self, post: Tensor, pre: Tensor, weight: Tensor, n: int, mode: str, device, dtype) -> None:
@@ -141,7 +141,7 @@ class _Synapses:
         channel = (weight < 0).long()
         if mode == "event":
             order = torch.argsort(pre, stable=True)
-            pre, target, weight = pre[order], (6 * post + 3 + channel)[order], weight[order]
+            pre, target, weight = pre[order], ((3 + channel) * n + post)[order], weight[order]
             degree = torch.bincount(pre, minlength=n)
             start = degree.cumsum(0) - degree
             width = int(degree.max()) if pre.numel() else 0
@@ -149,7 +149,7 @@ class _Synapses:
             self.ell = n * width <= 4 * pre.numel() + n
             if self.ell:  # padding: weight 0 onto a valid index
                 slot = torch.arange(pre.numel()) - start[pre]
-                self.target = torch.full((n, width), 3, dtype=index_dtype)
+                self.target = torch.full((n, width), 3 * n, dtype=index_dtype)
                 self.target[pre, slot] = target.to(index_dtype)
                 self.weight = torch.zeros(n, width, dtype=torch.float64)
                 self.weight[pre, slot] = weight
@@ -158,7 +158,7 @@ class _Synapses:
                 self.target, self.weight = target.to(device, index_dtype), weight.to(device, dtype)
                 self.start, self.degree = start.to(device), degree.to(device)
         else:
-            idx = torch.stack([2 * post + channel, pre])
+            idx = torch.stack([channel * n + post, pre])
             w = torch.sparse_coo_tensor(idx, weight, (2 * n, n), check_invariants=False).coalesce()
             if mode == "dense":
                 w = w.to_dense()
@@ -171,7 +171,7 @@ class _Synapses:
     def deliver(self, state: Tensor, spiked: Tensor, idx: Tensor | None) -> None:
         """Add the weights of the spiking neurons (``spiked`` mask, or their indices ``idx`` in event mode)."""
         if self.mode != "event":
-            state[:, 3:5].add_((self.matrix @ spiked.to(state.dtype)).view(self.n, 2))
+            state[3:5].add_((self.matrix @ spiked.to(state.dtype)).view(2, self.n))
         elif self.ell:
             state.view(-1).index_add_(0, self.target.index_select(0, idx).view(-1),
                                       self.weight.index_select(0, idx).view(-1))
@@ -272,25 +272,25 @@ def simulate_lif(
     if synapses not in ("event", "dense", "sparse"):
         raise ValueError(f"unknown synapses mode {synapses!r}; valid: ['auto', 'dense', 'event', 'sparse']")
 
-    # Neurons sharing a membrane time constant share the exact propagator: order them into contiguous groups so
-    # that one small matrix product advances each group (internal order; spikes are mapped back at the end).
+    # Only the propagator's V row depends on tau_m (the synaptic variables do not see V): one (6, 6) x (6, N)
+    # product advances every neuron with the first group's propagator, then one (1, 6) x (6, N_g) product per other
+    # group redoes its V row. Neurons are ordered into contiguous groups (internal order; mapped back at the end).
     taus, group = torch.unique(tau_m, return_inverse=True)
     order = torch.argsort(group, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n)
     props = lif_propagator(taus, sim_dt, tau_rise=tau_rise, tau_decay_exc=tau_decay_exc, tau_decay_inh=tau_decay_inh)
     bounds = torch.bincount(group, minlength=len(taus)).cumsum(0).tolist()
-    groups = [(lo, hi, props[g].T.contiguous().to(device, dtype))  # s_next (row) = s (row) @ P^T
-              for g, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds))]
+    propagator = props[0].to(device, dtype)
+    v_rows = [(lo, hi, props[g, :1].to(device, dtype)) for g, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds))][1:]
     syn = _Synapses(rank[post], rank[pre], value, n, synapses, device, dtype)
 
-    # double-buffered (N, 6) state, columns V, x_e, x_i, y_e, y_i, mu: a step reads one buffer, writes the other
-    buffers = torch.zeros(2, n, 6, device=device, dtype=dtype)
-    buffers[:, :, 0] = v0[order].to(device, dtype)
-    buffers[:, :, 5] = mu[order].to(device, dtype)
+    # double-buffered (6, N) state, rows V, x_e, x_i, y_e, y_i, mu: a step reads one buffer, writes the other
+    buffers = torch.zeros(2, 6, n, device=device, dtype=dtype)
+    buffers[:, 0] = v0[order].to(device, dtype)
+    buffers[:, 5] = mu[order].to(device, dtype)
     states = (buffers[0], buffers[1])
-    blocks = tuple(tuple(b[lo:hi] for lo, hi, _ in groups) for b in states)
-    volts = tuple(b[:, 0] for b in states)
+    volts = tuple(b[0] for b in states)
     n_steps = int(round(duration_s / sim_dt))
     n_ref = int(round(refractory_s / sim_dt))
     refractory_until = torch.zeros(n, dtype=torch.long, device=device)  # matvec modes: clamp while step < this
@@ -315,8 +315,9 @@ def simulate_lif(
                 c1 = min(c0 + chunk, n_steps)
                 for step in range(c0, c1):  # sequential dynamics: a loop over time steps only
                     nxt = 1 - cur
-                    for (_, _, prop), src, dst in zip(groups, blocks[cur], blocks[nxt]):
-                        torch.mm(src, prop, out=dst)
+                    torch.mm(propagator, states[cur], out=states[nxt])
+                    for lo, hi, v_row in v_rows:
+                        torch.mm(v_row, states[cur][:, lo:hi], out=states[nxt][:1, lo:hi])
                     cur, state, v = nxt, states[nxt], volts[nxt]
                     if synapses == "event":
                         spiked = v >= v_threshold
