@@ -291,6 +291,9 @@ def simulate_lif(
     buffers[:, 5] = mu[order].to(device, dtype)
     states = (buffers[0], buffers[1])
     volts = tuple(b[0] for b in states)
+    # per source buffer: (V row of a group's propagator, its neurons there, their V in the other buffer)
+    v_updates = tuple(tuple((v_row, states[c][:, lo:hi], states[1 - c][:1, lo:hi]) for lo, hi, v_row in v_rows)
+                      for c in (0, 1))
     n_steps = int(round(duration_s / sim_dt))
     n_ref = int(round(refractory_s / sim_dt))
     refractory_until = torch.zeros(n, dtype=torch.long, device=device)  # matvec modes: clamp while step < this
@@ -316,8 +319,8 @@ def simulate_lif(
                 for step in range(c0, c1):  # sequential dynamics: a loop over time steps only
                     nxt = 1 - cur
                     torch.mm(propagator, states[cur], out=states[nxt])
-                    for lo, hi, v_row in v_rows:
-                        torch.mm(v_row, states[cur][:, lo:hi], out=states[nxt][:1, lo:hi])
+                    for v_row, src, dst in v_updates[cur]:
+                        torch.mm(v_row, src, out=dst)
                     cur, state, v = nxt, states[nxt], volts[nxt]
                     if synapses == "event":
                         spiked = v >= v_threshold
