@@ -4,6 +4,8 @@ recording lengths and observed fractions, in the same run.
     python bench/communities.py                      # the full grid (long)
     python bench/communities.py --quick              # a tiny grid, under 2 minutes, to check the script
     python bench/communities.py --bins 10000 --fractions 1.0 0.5 --seeds 0 1 2      # the reduced grid of the docs
+    python bench/communities.py --bins 10000 --graphs ml corr true --methods leiden leiden@abs leiden@signed \
+        markov_stability markov_stability@abs spectral spectral@abs lrg lrg@abs --out bench/results/communities_weights.json
 
 Grid
 ----
@@ -50,6 +52,9 @@ Grid
   the score of a resolution is the mean AMI of its two partitions with each other and with the partitions at the
   neighbouring resolutions; partitions with fewer than 2 communities are excluded; the highest score wins (ties:
   the resolution nearest 1), and its seed-0 partition is returned.
+- **Weights** (``--methods NAME@abs``, ``leiden@signed``; list in ``WEIGHT_VARIANTS``): the methods that take
+  ``weights`` see the positive part of the graph by default (inhibitory couplings dropped); ``@abs`` gives them
+  ``|W|``, ``leiden@signed`` the signed two-layer modularity.
 - **Metrics**: AMI (sklearn ``adjusted_mutual_info_score``) against the planted communities of the observed
   neurons, ``k_err = |K - K_planted| / K_planted``, seconds per method (graph inference timed separately).
 
@@ -91,6 +96,10 @@ METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as faile
 DEFAULT_METHOD = ("ml", "leiden")  # what find_communities(infer_couplings(spikes)) gives
 J, WEIGHT_CV, BASE_RATE, BIAS_SD, DT = 0.75, 0.5, 0.05, 0.3, 0.01
 INPUT_CAP = 6.0  # summed |input| per neuron of the lfr and hier networks (see the module docstring)
+
+
+#: the methods that take ``weights`` (default "positive": negative couplings dropped) under the other choices
+WEIGHT_VARIANTS = ("leiden@abs", "leiden@signed", "markov_stability@abs", "spectral@abs", "lrg@abs")
 
 
 def all_methods() -> list[str]:
@@ -261,6 +270,8 @@ def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: i
             raise ValueError("consensus needs at least two label-free partitions")
         return consensus(members), {"members": len(members)}
     opts = {}
+    if "@" in method:  # a weight variant: how the method sees the negative (inhibitory) couplings
+        method, opts["weights"] = method.split("@")
     if method == "spectral":
         opts["n_communities"] = k_true
     if method == "gnn":
@@ -430,7 +441,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.2])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     ap.add_argument("--dynamics", nargs="+", default=["kising"], choices=["kising"])
-    ap.add_argument("--methods", nargs="+", default=None, help=f"default: all ({', '.join(all_methods())})")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help=f"default: all ({', '.join(all_methods())}); METHOD@WEIGHTS runs a method with weights= "
+                         f"abs or signed instead of its default positive part ({', '.join(WEIGHT_VARIANTS)})")
     ap.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=GRAPHS)
     ap.add_argument("--quick", action="store_true", help="tiny grid (under 2 minutes) to check the script")
     ap.add_argument("--fresh", action="store_true", help="ignore cells already in the results file")

@@ -132,7 +132,7 @@ def _renorm(args: argparse.Namespace) -> int:
     from dgrn.renorm import HeatKernel, pool_activity, rg_flow
     from dgrn.renorm.graphs import load_graph
 
-    graph = load_graph(args.graph)
+    graph = load_graph(args.graph, weights=args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("graph", help="graph file: scipy sparse .npz, .npz with adjacency / edge_index / true_couplings, "
                                    ".npy, .mtx (A[i, j] = weight of i -> j)")
     ren.add_argument("--out", required=True, help="output folder")
+    ren.add_argument("--weights", default="positive", choices=["positive", "abs"],
+                     help="negative (inhibitory) weights: dropped (positive, default) or taken as |w| (abs)")
     ren.add_argument("--levels", type=int, default=3, help="maximum number of coarse-grainings (default 3)")
     ren.add_argument("--tau", default="valley", help="valley | largest | highest | smallest | a diffusion time")
     ren.add_argument("--shrink", type=float, default=None, help="shrink each level by this factor (entropy target)")

