@@ -100,6 +100,9 @@ def test_warns_when_lbfgs_stops_at_its_budget_short_of_the_optimum(kising):
     budget, but with the remaining step at 0.5 % of W (within 0.4 % of the optimum), so it stays silent."""
     with pytest.warns(ConvergenceWarning, match=r"did not converge: L-BFGS used its budget \(max_iter=1\)"):
         w = infer_couplings(kising, max_iter=1)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+            infer_couplings(kising, max_iter=bad)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         near, params = infer_couplings(kising, max_iter=6, tol=1e-3, return_params=True)

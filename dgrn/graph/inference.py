@@ -5,6 +5,7 @@ The baselines (correlation, partial correlation, mean-field inversion) live in :
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -220,9 +221,13 @@ def infer_couplings(
     :math:`W^{(1)}` and would absorb the community (low-rank) part of the true couplings along with the hidden drive.
 
     Optimization runs in preconditioned coordinates (inputs whitened by their covariance, rows scaled by
-    :math:`1/\sqrt{p_i(1-p_i)}`), full-batch by L-BFGS with a strong-Wolfe line search (``mode="full"``, time
-    processed in chunks of ``chunk_bins`` so memory stays bounded) or by Adam over random time blocks of
-    ``batch_bins`` bins (``mode="minibatch"``). All neurons are fitted together: no loop over neurons.
+    :math:`1/\sqrt{p_i(1-p_i)}`), full-batch by L-BFGS (``mode="full"``, time processed in chunks of
+    ``chunk_bins`` so memory stays bounded) or by Adam over random time blocks of ``batch_bins`` bins
+    (``mode="minibatch"``). Without a latent input every neuron's row of ``(W, b)`` is a separate problem, and the
+    full-batch fit runs one L-BFGS per neuron (:func:`~dgrn.graph.rowwise_lbfgs`: its own curvature pairs and
+    backtracking line search, every row's trial point scored in the same pass over the data); with a latent input,
+    whose factors all neurons share, one joint L-BFGS with a strong-Wolfe line search. All neurons are fitted
+    together: no loop over neurons.
 
     Args:
         spikes: ``(T, N)`` counts (tensor, array or :class:`~dgrn.data.SpikeData`); counts above 1 are clipped.
@@ -232,12 +237,13 @@ def infer_couplings(
             ``latent_rank="auto"`` picks ``r`` from :data:`LATENT_RANKS` by held-out likelihood
             (:func:`select_latent_rank`, five extra fits on 80 % of the bins), then fits all bins with it.
         history: ``H``, lags of the coupling filter; the returned matrix is :math:`\sum_k W^{(k)}`.
-        mode: ``"full"`` (L-BFGS, at most ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
+        mode: ``"full"`` (L-BFGS: at most ``max_iter`` passes over the data after the first, or with a latent input
+            ``max_iter`` iterations) or ``"minibatch"`` (Adam, ``epochs``, ``lr``).
         tol: ``"full"`` stops at the first point (no worse than any before it) where the gradient, in the
             preconditioned coordinates where the Hessian is about the identity, asks the couplings to move by at most
-            ``tol`` of their norm: the Newton step still to take, relative to ``W``. ``0`` runs L-BFGS to its own
-            (much tighter) tolerances, and so does a fit with a latent input, whose parameters are not preconditioned
-            (a small gradient in ``W`` says nothing about them).
+            ``tol`` of their norm: the Newton step still to take, relative to ``W``. ``0`` runs every row to
+            L-BFGS's own (much tighter) tolerances, and so does a fit with a latent input, whose parameters are not
+            preconditioned (a small gradient in ``W`` says nothing about them).
         device, dtype: where and in which precision to fit (default: CPU, float32).
         seed: seeds the latent initialization and the mini-batch order.
         return_params: also return a dict with ``bias``, ``weight``, and (with a latent) ``latent_in``,
@@ -282,6 +288,8 @@ def infer_couplings(
         raise ValueError(f"unknown penalty {penalty!r}; valid: {list(PENALTIES)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol}")
     if not (math.isfinite(strength) and strength >= 0):
