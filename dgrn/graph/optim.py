@@ -47,9 +47,8 @@ def rowwise_lbfgs(
     own step length: a backtracking (Armijo) line search that starts at 1 and shrinks by safeguarded quadratic
     interpolation to within :math:`[0.1, 0.5]` of the step that failed. One call of ``evaluate`` scores every row at
     its own trial point, so a row that has to backtrack costs the others nothing: they take their next step in the
-    same pass. A joint L-BFGS on the concatenated problem (one step length, curvature pairs mixing all rows) is the
-    same algorithm with every row forced to the worst row's step; on the 1,000 rows of a GLM fit it needs ten times
-    more passes (``infer_couplings``).
+    same pass. A joint L-BFGS on the concatenated problem takes one step length for all rows and mixes their
+    curvature pairs; on the 1,000 rows of the GLM fit of ``infer_couplings`` it needed ten times more passes.
 
     Args:
         evaluate: ``x`` ``(R, D)`` -> per-row values ``(R,)`` (float64 recommended: Armijo compares them) and

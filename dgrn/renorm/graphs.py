@@ -68,9 +68,7 @@ def load_graph(path: str, weights: str = "positive") -> sp.csr_array:
     same either way."""
     from pathlib import Path
 
-    from dgrn.graph.convert import WEIGHT_MODES
-
-    if weights not in WEIGHT_MODES or weights == "signed":
+    if weights not in ("positive", "abs"):
         raise ValueError(f"weights must be 'positive' or 'abs' (diffusion needs nonnegative weights), got {weights!r}")
     p = Path(path)
     if not p.exists():
