@@ -34,10 +34,6 @@ class ConvergenceWarning(UserWarning):
     couplings to move by more than 1 %."""
 
 
-class _Converged(Exception):
-    """Raised by the L-BFGS closure of :func:`infer_couplings` at a point that meets ``tol``: the fit stops there."""
-
-
 class UninformativeFitWarning(UserWarning):
     """The spikes show no dependence on the previous bins beyond chance: the couplings of :func:`infer_couplings`
     explain nothing beyond the rates (they are fitted noise)."""
@@ -156,6 +152,12 @@ def _coupling_score(x: Tensor, rep: _Reparam, context: int, chunk: int, dtype: t
             cross[k - 1] += (residual.T @ (x[s - k: e - k].to(dtype) - rep.mean)).double()
     whitened = rep.scale.double()[:, None] * cross @ rep.chol_inv.double().T
     return float(whitened.square().sum()) / (n_bins - context)
+
+
+def _relative_step(grad_v: Tensor, v: Tensor) -> float:
+    """``|grad| / |V|`` in the preconditioned coordinates, where the Hessian is about the identity: the Newton step
+    still to take, relative to the couplings."""
+    return float(grad_v.norm()) / max(float(v.norm()), torch.finfo(v.dtype).tiny)
 
 
 def _penalty(weight: Tensor, kind: str) -> Tensor:
@@ -345,35 +347,44 @@ def infer_couplings(
             out = out + strength * (latent["latent_in"].square().sum() + latent["latent_out"].square().sum())
         return out
 
-    def block_loss(weight: Tensor, bias: Tensor, start: int, stop: int, norm: float) -> Tensor:
+    def block_nll(weight: Tensor, bias: Tensor, start: int, stop: int, norm: float) -> Tensor:
+        """NLL of bins ``start .. stop - 1`` per neuron ``(N,)``, divided by ``norm``."""
         xc = x[start - context: stop].to(dtype)[None]
         logits = glm_logits(xc, bias, weight, context=context, **latent)
-        return F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="sum") / norm
+        return F.binary_cross_entropy_with_logits(logits, xc[:, context:], reduction="none").sum((0, 1)) / norm
 
     starts = list(range(context, n_bins, chunk_bins))
+
+    def full_pass(weight: Tensor, bias: Tensor, pen: Tensor) -> Tensor:
+        """One pass over the data: the mean NLL per scored bin of every neuron ``(N,)`` float64; the gradient of
+        that NLL plus ``pen`` reaches the leaves behind ``weight``, ``bias`` (and the latent input)."""
+        # accumulate the chunks' gradients on detached copies, then push them through the reparametrization once
+        w_leaf, b_leaf = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+        values = torch.zeros(n, dtype=torch.float64, device=device)
+        for s in starts:
+            nll = block_nll(w_leaf, b_leaf, s, min(s + chunk_bins, n_bins), n_scored)
+            nll.sum().backward()
+            values += nll.detach().double()
+        if not bool(torch.isfinite(values).all()):
+            raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
+        torch.autograd.backward([weight, bias, pen], [w_leaf.grad, b_leaf.grad, torch.ones_like(pen)])
+        return values
+
+    def budget_warning(moved: float) -> None:
+        if moved > _CONVERGENCE_TOL:
+            warnings.warn(f"infer_couplings did not converge: L-BFGS used its budget (max_iter={max_iter}) while "
+                          f"the gradient still asks the couplings to move by about {moved:.0%} (|grad| / |W| in "
+                          "the preconditioned coordinates); raise max_iter", ConvergenceWarning, stacklevel=3)
+
     if mode == "full" and not latent_rank:
         def row_objective(rows: Tensor) -> tuple[Tensor, Tensor]:
             rows = rows.detach().requires_grad_()
             weight, bias = rep.weight_bias(*rep.split_rows(rows))
-            # accumulate the chunks' gradients on detached copies, then push them through the reparametrization once
-            w_leaf, b_leaf = weight.detach().requires_grad_(), bias.detach().requires_grad_()
-            values = torch.zeros(n, dtype=torch.float64, device=device)
-            for s in starts:
-                xc = x[s - context: min(s + chunk_bins, n_bins)].to(dtype)[None]
-                nll = F.binary_cross_entropy_with_logits(glm_logits(xc, b_leaf, w_leaf, context=context),
-                                                         xc[:, context:], reduction="none").sum((0, 1)) / n_scored
-                nll.sum().backward()
-                values += nll.detach().double()
             pen = strength * _penalty(weight, penalty).sum((0, 2))
-            torch.autograd.backward([weight, bias, pen], [w_leaf.grad, b_leaf.grad, torch.ones_like(pen)])
-            values += pen.detach().double()
-            if not bool(torch.isfinite(values).all()):
-                raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
-            return values, rows.grad
+            return full_pass(weight, bias, pen) + pen.detach().double(), rows.grad
 
         def relative_gradient(rows: Tensor, grad: Tensor) -> float:
-            # the Hessian in V is about the identity, so the Newton step still to take is about -grad
-            return float(grad[:, :-1].norm()) / max(float(rows[:, :-1].norm()), torch.finfo(dtype).tiny)
+            return _relative_step(grad[:, :-1], rows[:, :-1])
 
         # every neuron's row of (V, b) is its own problem: one line search per neuron, all in one pass over the data
         result = rowwise_lbfgs(row_objective, rep.rows(), max_evals=max_iter + 1, history_size=_LBFGS_HISTORY,
@@ -383,58 +394,28 @@ def infer_couplings(
             rep.v.copy_(v)
             rep.b.copy_(b)
         fit = {"evaluations": result["evaluations"], "relative_gradient": relative_gradient(result["x"], result["grad"])}
-        if result["budget_used"] and fit["relative_gradient"] > _CONVERGENCE_TOL:
-            warnings.warn(f"infer_couplings did not converge: L-BFGS used its budget (max_iter={max_iter}) while "
-                          f"the gradient still asks the couplings to move by about {fit['relative_gradient']:.0%} "
-                          "(|grad| / |W| in the preconditioned coordinates); raise max_iter", ConvergenceWarning,
-                          stacklevel=2)
-    elif mode == "full":
+        if result["budget_used"]:
+            budget_warning(fit["relative_gradient"])
+    elif mode == "full":  # with a latent input, whose factors every neuron shares: one joint L-BFGS
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-7, tolerance_change=1e-9 * n)
 
         def closure() -> Tensor:
             opt.zero_grad()
             weight, bias = rep.weight_bias()
-            # accumulate the chunks' gradients on detached copies, then push them through the reparametrization once
-            w_leaf, b_leaf = weight.detach().requires_grad_(), bias.detach().requires_grad_()
-            total = 0.0
-            for s in starts:
-                loss = block_loss(w_leaf, b_leaf, s, min(s + chunk_bins, n_bins), n_scored)
-                loss.backward()
-                total += float(loss.detach())
             pen = penalty_term(weight)
-            torch.autograd.backward([weight, bias, pen], [w_leaf.grad, b_leaf.grad, torch.ones_like(pen)])
-            value = total + float(pen.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError("non-finite likelihood during L-BFGS; check the spikes or raise `strength`")
-            # the Hessian in V is about the identity, so the Newton step still to take is about -grad
-            fit["relative_gradient"] = float(rep.v.grad.norm()) / max(float(rep.v.detach().norm()),
-                                                                       torch.finfo(dtype).tiny)
+            value = float(full_pass(weight, bias, pen).sum()) + float(pen.detach())
+            fit["relative_gradient"] = _relative_step(rep.v.grad, rep.v.detach())
             fit["evaluations"] += 1
-            if not latent_rank and fit["relative_gradient"] <= tol and value <= fit["best"]:
-                raise _Converged  # during a line search too: the parameters stay at this (trial) point
-            fit["best"] = min(fit["best"], value)
             return torch.tensor(value, dtype=dtype)
 
-        fit = {"evaluations": 0, "best": math.inf, "relative_gradient": math.inf}
-        converged = False
-        try:
-            opt.step(closure)
-        except _Converged:
-            converged = True
+        fit = {"evaluations": 0, "relative_gradient": math.inf}
+        opt.step(closure)
         state = opt.state[params[0]]
-        # L-BFGS stops at tol, on its own tolerances or on its budget: only the budget leaves the fit in doubt
-        if not converged and (state.get("n_iter", 0) >= max_iter
-                              or state.get("func_evals", 0) >= opt.param_groups[0]["max_eval"]):
-            try:
-                closure()  # the gradient at the final point
-            except _Converged:
-                pass
-            moved = fit["relative_gradient"]
-            if moved > _CONVERGENCE_TOL:
-                warnings.warn(f"infer_couplings did not converge: L-BFGS used its budget (max_iter={max_iter}) while "
-                              f"the gradient still asks the couplings to move by about {moved:.0%} (|grad| / |W| in "
-                              "the preconditioned coordinates); raise max_iter", ConvergenceWarning, stacklevel=2)
+        # L-BFGS stops on its own tolerances or on its budget: only the budget leaves the fit in doubt
+        if state.get("n_iter", 0) >= max_iter or state.get("func_evals", 0) >= opt.param_groups[0]["max_eval"]:
+            closure()  # the gradient at the final point
+            budget_warning(fit["relative_gradient"])
     else:
         opt = torch.optim.Adam(params, lr=lr)
         block_starts = torch.arange(context, n_bins, batch_bins)
@@ -443,7 +424,7 @@ def infer_couplings(
                 e = min(s + batch_bins, n_bins)
                 opt.zero_grad()
                 weight, bias = rep.weight_bias()
-                loss = block_loss(weight, bias, s, e, e - s) + penalty_term(weight)
+                loss = block_nll(weight, bias, s, e, e - s).sum() + penalty_term(weight)
                 if not torch.isfinite(loss):
                     raise FloatingPointError("non-finite loss during mini-batch fitting; lower `lr`")
                 loss.backward()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dgrn.graph.convert import read_graph, to_format
+from dgrn.graph.convert import edge_weights, read_graph, to_format
 
 __all__ = ["read_diffusion_graph", "to_format", "contract", "is_symmetric", "undirected", "load_graph"]
 
@@ -100,7 +100,4 @@ def load_graph(path: str, weights: str = "positive") -> sp.csr_array:
 def _nonnegative(graph: Any, weights: str) -> sp.csr_array:
     """The diffusion graph of a possibly signed ``graph``: negative weights dropped (``"positive"``) or made
     positive (``"abs"``)."""
-    a = read_graph(graph)[0]
-    a.data = np.maximum(a.data, 0.0) if weights == "positive" else np.abs(a.data)
-    a.eliminate_zeros()
-    return read_diffusion_graph(a)[0]
+    return sp.csr_array(edge_weights(read_graph(graph)[0], weights))

@@ -282,7 +282,6 @@ def simulate_lif(
     props = lif_propagator(taus, sim_dt, tau_rise=tau_rise, tau_decay_exc=tau_decay_exc, tau_decay_inh=tau_decay_inh)
     bounds = torch.bincount(group, minlength=len(taus)).cumsum(0).tolist()
     propagator = props[0].to(device, dtype)
-    v_rows = [(lo, hi, props[g, :1].to(device, dtype)) for g, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds))][1:]
     syn = _Synapses(rank[post], rank[pre], value, n, synapses, device, dtype)
 
     # double-buffered (6, N) state, rows V, x_e, x_i, y_e, y_i, mu: a step reads one buffer, writes the other
@@ -292,7 +291,8 @@ def simulate_lif(
     states = (buffers[0], buffers[1])
     volts = tuple(b[0] for b in states)
     # per source buffer: (V row of a group's propagator, its neurons there, their V in the other buffer)
-    v_updates = tuple(tuple((v_row, states[c][:, lo:hi], states[1 - c][:1, lo:hi]) for lo, hi, v_row in v_rows)
+    v_updates = tuple(tuple((props[g, :1].to(device, dtype), states[c][:, lo:hi], states[1 - c][:1, lo:hi])
+                            for g, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds)) if g)
                       for c in (0, 1))
     n_steps = int(round(duration_s / sim_dt))
     n_ref = int(round(refractory_s / sim_dt))
