@@ -17,8 +17,8 @@ from dgrn.data import SpikeData
 from dgrn.graph.glm import glm_context, glm_logits, resolve_latent_delay
 from dgrn.graph.optim import rowwise_lbfgs
 
-__all__ = ["binary_spikes", "infer_couplings", "select_latent_rank", "ConvergenceWarning", "UninformativeFitWarning",
-           "PENALTIES", "MODES", "LATENT_RANKS"]
+__all__ = ["binary_spikes", "infer_couplings", "select_latent_rank", "coupling_standard_errors", "denoise_couplings",
+           "ConvergenceWarning", "UninformativeFitWarning", "PENALTIES", "MODES", "LATENT_RANKS"]
 
 PENALTIES = ("l1", "l2")
 MODES = ("full", "minibatch")
@@ -455,6 +455,62 @@ def infer_couplings(
             out["latent_history"] = latent_history  # not in the state_dict: the BernoulliGLM is built with them
             out["latent_delay"] = latent_delay
         return coupling, out
+
+
+def coupling_standard_errors(spikes: Any, *, history: int = 1, chunk_bins: int = 16384) -> Tensor:
+    r"""Standard errors ``(N, N)`` of the couplings :func:`infer_couplings` fits (summed over ``history`` lags).
+
+    The Fisher information of row ``i`` of the Bernoulli GLM is about :math:`T' p_i (1 - p_i)\, C` per lag, ``C``
+    the covariance of the inputs and ``T'`` the scored bins (the approximation the fit's preconditioner uses:
+    rates that vary little around :math:`p_i`, lags treated as independent). So
+
+    .. math::
+        \mathrm{se}(W_{ij}) = \sqrt{\frac{H\, [C^{-1}]_{jj}}{T'\, p_i (1 - p_i)}},
+
+    the Wald standard error: it shrinks as :math:`1/\sqrt{T}` and is largest for rarely firing targets and for
+    sources whose activity the others predict (large :math:`[C^{-1}]_{jj}`). Neurons that never or always fire get
+    ``inf`` in their row and column (their couplings are returned as 0). ``spikes`` ``(T, N)`` as for
+    :func:`infer_couplings`; ``chunk_bins`` bounds the memory of the covariance pass.
+    """
+    if int(history) != history or history < 1:
+        raise ValueError(f"history must be an integer >= 1, got {history!r}")
+    x_all = binary_spikes(spikes)
+    n_scored = x_all.shape[0] - history
+    if n_scored < 2:
+        raise ValueError(f"need more than {history + 1} time bins for {history} lag(s), got {x_all.shape[0]}")
+    active = _active_neurons(x_all)
+    mean, cov = _moments(x_all[:, active], chunk_bins, torch.float64)
+    rep = _Reparam(mean, cov, history)
+    precision = rep.chol_inv.square().sum(0)  # diag(C^-1) = column norms of L^-1, C = L L^T
+    se = rep.scale[:, None] * (history * precision[None, :] / n_scored).sqrt()
+    n = x_all.shape[1]
+    out = torch.full((n, n), math.inf, dtype=torch.float64)
+    idx = active.nonzero().squeeze(1)
+    out[idx[:, None], idx[None, :]] = se
+    return out.to(torch.get_default_dtype())
+
+
+def denoise_couplings(couplings: Any, spikes: Any, threshold: float = 1.5, *, history: int = 1) -> Tensor:
+    r"""Couplings shrunk towards zero by ``threshold`` standard errors: :math:`\mathrm{sign}(W_{ij})\,
+    \max(|W_{ij}| - z\, \mathrm{se}_{ij}, 0)` (soft thresholding, :func:`coupling_standard_errors` on the
+    ``spikes`` the couplings were inferred from).
+
+    An ML coupling matrix is dense: every pair gets an estimate of size about :math:`\mathrm{se}` (0.2 for 10,000
+    bins at 5 % rates), and the positive noise of the ``N^2`` pairs can outweigh the few true edges, so modularity
+    sees a dense background. Shrinking by ``z`` standard errors keeps the pairs that stand out of it, less the noise
+    they carry. The default :math:`z = 1.5` was chosen on the community grid (docs: benchmarks/communities).
+    ``couplings`` ``(N, N)`` tensor or array; returns a dense tensor of the same shape and dtype.
+    """
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a finite number >= 0 (standard errors), got {threshold!r}")
+    w = torch.as_tensor(couplings)
+    if not w.is_floating_point():
+        w = w.double()
+    se = coupling_standard_errors(spikes, history=history).to(w)
+    if se.shape != w.shape:
+        raise ValueError(f"couplings {tuple(w.shape)} do not match the spikes' {se.shape[0]} neurons")
+    shrunk = (w.abs() - threshold * se).clamp_min(0)
+    return torch.where(torch.isfinite(se), w.sign() * shrunk, torch.zeros_like(w))
 
 
 def select_latent_rank(spikes: Any, ranks: tuple[int, ...] = LATENT_RANKS, val_fraction: float = 0.2,
