@@ -45,7 +45,9 @@ Grid
   (``leiden``, ``markov_stability``, ``lrg``, ``gnn`` with the zoo encoder ``community_encoder_kising`` and the
   spikes, ``spectral`` told the true K), plus ``leiden_stable`` (resolution chosen by the stability rule below),
   ``infomap`` (pip ``infomap``, directed, two-level; skipped when not installed) and ``consensus`` (connected
-  components of the majority co-association of the label-free methods' partitions). No stochastic-block-model
+  components of the majority co-association of the label-free methods' partitions) and ``dmon`` (PyG's
+  ``DMoNPooling`` after a dense GCN layer, fitted to each graph, **told the true K**: ``bench/graph.py``'s
+  protocol). No stochastic-block-model
   fit: graph-tool is not pip-installable and no light pip library fits a weighted directed SBM.
 
   *Resolution rule of* ``leiden_stable``: Leiden at 9 resolutions ``0.25 * sqrt(2)^k`` (0.25 to 4), two seeds each;
@@ -96,7 +98,7 @@ from dgrn.sim.kinetic_ising import glauber_dynamics, kinetic_ising_network, rate
 RESULTS = ROOT / "bench" / "results" / "communities.json"
 FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted")
 GRAPHS = ("ml", "ml_latent", "corr", "true")
-EXTRA_METHODS = ("leiden_stable", "infomap", "consensus")
+EXTRA_METHODS = ("leiden_stable", "infomap", "consensus", "dmon")
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
 DEFAULT_METHOD = ("ml", "leiden+denoised")  # what find_communities(infer_couplings(spikes), spikes=spikes) gives
 J, WEIGHT_CV, BASE_RATE, BIAS_SD, DT = 0.75, 0.5, 0.05, 0.3, 0.01
@@ -271,6 +273,10 @@ def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: i
         from dgrn.graph import as_adjacency
 
         return infomap_labels(as_adjacency(graph)), {}
+    if method == "dmon":  # told K, as spectral
+        from bench.graph import dmon_labels
+
+        return dmon_labels(spikes, torch.as_tensor(graph, dtype=torch.float32), k_true, seed=0).numpy(), {}
     if method == "consensus":
         members = [done[m] for m in ("leiden", "leiden_stable", "markov_stability", "lrg", "infomap", "gnn")
                    if m in done]
