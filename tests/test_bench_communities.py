@@ -20,7 +20,7 @@ def test_one_tiny_cell():
         for r in res.values():
             assert "error" not in r, r
             assert -0.1 <= r["ami"] <= 1.0 and r["k"] >= 1 and r["k_err"] >= 0 and r["time_s"] >= 0
-        assert res["spectral"]["k"] == res["dmon"]["k"] == rec["k_planted"]  # told K
+        assert res["spectral"]["k"] == rec["k_planted"] >= res["dmon"]["k"]  # told K (DMoN may leave a cluster empty)
     assert rec["results"]["true"]["leiden"]["ami"] > 0.8  # the true couplings carry the communities
     summary, table = summarize({cell_key("planted", "kising", 1000, 0.5, 0): rec})
     assert list(summary) == ["planted kising T=1000 f=0.5"] and "ml/leiden+denoised" in table
