@@ -325,6 +325,11 @@ def test_community_bad_input(planted):
     w, _ = planted
     with pytest.raises(ValueError, match="no positive edges"):
         find_communities(torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="every edge of the graph is negative"):
+        find_communities(-w.abs())
+    assert find_communities(-w.abs(), weights="abs").shape == (90,)
+    for method, opts in [("leiden", {}), ("spectral", {"n_communities": 1}), ("lrg", {})]:
+        assert find_communities(torch.ones(1, 1), method, **opts).tolist() == [0]
     with pytest.raises(ValueError, match="unknown community method 'louvain'.*leiden"):
         find_communities(w, "louvain")
     with pytest.raises(ValueError, match="needs n_communities"):

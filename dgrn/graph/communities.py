@@ -91,11 +91,18 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
             background of estimation noise: on the community grid of the benchmarks, Leiden's mean AMI goes from
             0.67 to 0.76 (0 keeps the raw estimates).
 
-    Without ``spikes`` the graph is used as given. Raises on a graph without (usable) edges: no method defines
-    communities there.
+    Without ``spikes`` the graph is used as given. A graph of one node is one community (``[0]``) for every
+    method. Raises on a graph without (usable) edges, e.g. all negative with the default ``weights``: no method
+    defines communities there.
     """
     fn = _method(method, COMMUNITY_METHODS)
     adj = as_adjacency(graph)
+    if adj.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.long)  # one node, one community, whatever the method
+    if adj.nnz and adj.max() <= 0 and opts.get("weights", "positive") == "positive":
+        raise ValueError("every edge of the graph is negative (inhibitory): the methods drop negative weights by "
+                         "default, so no edge is left; weights='abs' uses |W|, weights='signed' (leiden) uses "
+                         "them as repulsion")
     if spikes is not None:
         if "spikes" in inspect.signature(fn).parameters:
             opts["spikes"] = spikes
