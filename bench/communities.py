@@ -9,8 +9,9 @@ recording lengths and observed fractions, in the same run.
 
 Grid
 ----
-- **Graph families** (signed couplings with E/I structure: excitatory within communities, inhibitory between them,
-  magnitudes ``|j| |1 + 0.5 xi|``, ``j = 0.75``, as :func:`dgrn.sim.kinetic_ising.planted_couplings` draws them):
+- **Graph families** (:mod:`dgrn.sim.graph_families`; signed couplings with E/I structure: excitatory within
+  communities, inhibitory between them, magnitudes ``|j| |1 + 0.5 xi|``, ``j = 0.75``, as
+  :func:`dgrn.sim.kinetic_ising.planted_couplings` draws them):
 
   - ``lfr0.1``, ``lfr0.3``, ``lfr0.5``: networkx ``LFR_benchmark_graph`` (250 nodes, degree exponent 2.5,
     community-size exponent 1.5, mean degree 12, max degree 40, communities of 15 to 62 nodes, mixing ``mu``).
@@ -32,10 +33,11 @@ Grid
   own scaling.
 - **Dynamics**: kinetic Ising by the project's parallel Glauber simulator
   (:func:`dgrn.sim.kinetic_ising.glauber_dynamics`, which takes a given coupling matrix), 1,000 burn-in bins.
-  LIF is not in the grid: :func:`dgrn.sim.lif.simulate_lif` takes a given weight matrix, but its weights are voltage
-  kicks of a balanced clustered network (their scale, the E/I populations and the drive are calibrated for
-  :func:`~dgrn.sim.lif.clustered_lif_network` only) and 10^4 bins of 5 ms at its 0.1 ms step cost minutes per cell
-  on one core.
+  LIF dynamics runs on its own family, ``lif``: the project's clustered E/I LIF network (``clustered_lif`` preset
+  ``small``: 800 excitatory neurons in 10 clusters and 200 inhibitory ones, scored as an 11th group; 5 ms bins, so
+  ``--bins`` 10^4 is 50 s). LIF on the other families' graphs is not run: :func:`dgrn.sim.lif.simulate_lif` takes a
+  given weight matrix, but its weights are voltage kicks of a balanced clustered network (their scale, the E/I
+  populations and the drive are calibrated for :func:`~dgrn.sim.lif.clustered_lif_network` only).
 - **Recording lengths** ``--bins`` (10^4, 10^5) and **observed fractions** ``--fractions`` (1, 0.5, 0.2; random
   subset by :meth:`SpikeData.subsample`, seeded by the cell's seed).
 - **Graphs** the methods see: ``ml`` (:func:`dgrn.graph.infer_couplings`, defaults), ``ml_latent`` (the same with
@@ -93,16 +95,16 @@ sys.path.insert(0, str(ROOT))
 
 from dgrn.data import SpikeData, atomic_write  # noqa: E402
 from dgrn.graph import COMMUNITY_METHODS, correlation, find_communities, infer_couplings  # noqa: E402
-from dgrn.sim.kinetic_ising import glauber_dynamics, kinetic_ising_network, rate_matched_bias  # noqa: E402
+from dgrn.sim.graph_families import family_kinetic_ising  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "communities.json"
-FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted")
+FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted", "lif")
 GRAPHS = ("ml", "ml_latent", "corr", "true")
 EXTRA_METHODS = ("leiden_stable", "infomap", "consensus", "dmon")
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
 DEFAULT_METHOD = ("ml", "leiden+denoised")  # what find_communities(infer_couplings(spikes), spikes=spikes) gives
-J, WEIGHT_CV, BASE_RATE, BIAS_SD, DT = 0.75, 0.5, 0.05, 0.3, 0.01
-INPUT_CAP = 6.0  # summed |input| per neuron of the lfr and hier networks (see the module docstring)
+BASE_RATE, BIAS_SD, DT = 0.05, 0.3, 0.01
+LIF_DT = 0.005  # bins of the lif family (the clustered LIF network's own preset, 5 ms as in bench/graph.py)
 
 
 #: the methods that take ``weights`` (default "positive": negative couplings dropped) under the other choices
@@ -123,96 +125,20 @@ def ami(true, found) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ graphs
-def _signed(edges: torch.Tensor, same: torch.Tensor, gen: torch.Generator, j_between: float | torch.Tensor = -J,
-            j_within: float | torch.Tensor = J) -> torch.Tensor:
-    """Couplings on the directed ``edges`` mask: excitatory within (``same``), inhibitory between."""
-    n = edges.shape[0]
-    magnitude = (1.0 + WEIGHT_CV * torch.randn(n, n, generator=gen)).abs()
-    sign_scale = torch.where(same, torch.as_tensor(j_within, dtype=torch.float32),
-                             torch.as_tensor(j_between, dtype=torch.float32))
-    w = torch.where(edges & ~torch.eye(n, dtype=torch.bool), sign_scale * magnitude, torch.zeros(()))
-    return w.float()
-
-
-def _cap_input(w: torch.Tensor, cap: float = INPUT_CAP) -> tuple[torch.Tensor, float]:
-    """Scale down the rows whose summed |input| exceeds ``cap`` (returns the mean row factor)."""
-    factor = torch.clamp(cap / w.abs().sum(1, keepdim=True).clamp_min(1e-12), max=1.0)
-    return w * factor, float(factor.mean())
-
-
-def lfr_graph(mu: float, seed: int, n: int = 250, max_attempts: int = 20) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    import networkx as nx
-
-    last = None
-    for attempt in range(max_attempts):
-        nx_seed = seed + 1000 * attempt
-        try:
-            g = nx.LFR_benchmark_graph(n, 2.5, 1.5, mu, average_degree=12, max_degree=40, min_community=15,
-                                       max_community=n // 4, seed=nx_seed, max_iters=500)
-            break
-        except Exception as err:  # ExceededMaxIterations and friends: another seed
-            last = err
-    else:
-        raise RuntimeError(f"LFR generation failed {max_attempts} times (mu={mu}, seed={seed}): {last!r}")
-    comms = sorted({frozenset(g.nodes[v]["community"]) for v in g}, key=min)
-    labels = torch.empty(n, dtype=torch.long)
-    for c, members in enumerate(comms):
-        labels[list(members)] = c
-    adj = torch.zeros(n, n, dtype=torch.bool)
-    e = torch.tensor(list(g.edges()), dtype=torch.long)
-    adj[e[:, 0], e[:, 1]] = True
-    adj[e[:, 1], e[:, 0]] = True
-    gen = torch.Generator().manual_seed(int(seed))
-    same = labels[:, None] == labels[None, :]
-    w = _signed(adj, same, gen)
-    return w, labels, {"lfr_attempts": attempt + 1, "lfr_seed": nx_seed, "gen": gen}
-
-
-def hier_graph(seed: int, groups: int = 3, per_group: int = 4) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    gen = torch.Generator().manual_seed(int(seed))
-    sizes = torch.randint(12, 29, (groups * per_group,), generator=gen)
-    fine = torch.repeat_interleave(torch.arange(groups * per_group), sizes)
-    n = fine.numel()
-    perm = torch.randperm(n, generator=gen)
-    fine = fine[perm]
-    coarse = fine // per_group
-    same = fine[:, None] == fine[None, :]
-    same_group = coarse[:, None] == coarse[None, :]
-    prob = torch.where(same, torch.tensor(0.3), torch.where(same_group, torch.tensor(0.06), torch.tensor(0.03)))
-    edges = torch.rand(n, n, generator=gen) < prob
-    j_between = torch.where(same_group, torch.tensor(J / 2), torch.tensor(-J))
-    w = _signed(edges, same, gen, j_between=j_between)
-    return w, fine, {"coarse": coarse, "gen": gen}
-
-
-def make_network(family: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """``(W, labels, bias, info)`` of one network of ``family``, all drawn from ``seed``."""
-    if family.startswith("lfr"):
-        w, labels, info = lfr_graph(float(family[3:]), seed)
-    elif family == "hier":
-        w, labels, info = hier_graph(seed)
-    elif family == "planted":
-        gen = torch.Generator().manual_seed(int(seed))
-        w, labels, bias, scale = kinetic_ising_network(200, 8, generator=gen)
-        return w, labels, bias, {"coupling_scale": scale}
-    else:
-        raise ValueError(f"unknown family {family!r}; valid: {FAMILIES}")
-    gen = info.pop("gen")
-    w, scale = _cap_input(w)
-    info["coupling_scale"] = scale
-    bias = rate_matched_bias(w, BASE_RATE, BIAS_SD, generator=gen)
-    return w, labels, bias, info
-
-
 def simulate(family: str, dynamics: str, bins: int, seed: int) -> tuple[SpikeData, dict]:
-    w, labels, bias, info = make_network(family, seed)
+    if family == "lif":  # its own network and dynamics: the clustered E/I LIF network
+        if dynamics != "lif":
+            raise ValueError(f"the lif family has LIF dynamics only, got {dynamics!r}")
+        from dgrn.datasets import build_dataset
+
+        data = build_dataset("clustered_lif", preset="small", duration_s=bins * LIF_DT, dt=LIF_DT, seed=seed)
+        return SpikeData(data.spikes, LIF_DT, true_couplings=data.true_couplings.to_dense(),
+                         true_communities=data.true_communities, meta={"family": family}), {}
     if dynamics != "kising":
-        raise ValueError(f"unknown dynamics {dynamics!r}; only 'kising' (LIF on given graphs: see the docstring)")
-    spikes = glauber_dynamics(w, bias, bins, burn_in=1000, base_rate=BASE_RATE, seed=seed)
-    meta = {"family": family}
-    if "coarse" in info:
-        meta["coarse_communities"] = info.pop("coarse").tolist()
-    return SpikeData(spikes, DT, true_couplings=w, true_communities=labels, meta=meta), info
+        raise ValueError(f"unknown dynamics {dynamics!r} for {family!r}; only 'kising' (LIF: the lif family)")
+    data = family_kinetic_ising(family, bins, seed=seed, base_rate=BASE_RATE, bias_sd=BIAS_SD, dt=DT)
+    info = {k: data.meta[k] for k in ("coupling_scale", "lfr_attempts") if k in data.meta}
+    return data, info
 
 
 # ----------------------------------------------------------------------------------------------- methods
@@ -484,7 +410,7 @@ def main(argv=None) -> dict:
     for bins in args.bins:  # cheap cells first: a cut-short run still covers every family
         for frac in args.fractions:
             for family in args.families:
-                for dyn in args.dynamics:
+                for dyn in ["lif"] if family == "lif" else args.dynamics:
                     for seed in args.seeds:
                         key = cell_key(family, dyn, bins, frac, seed)
                         if key in payload["cells"]:
@@ -497,7 +423,7 @@ def main(argv=None) -> dict:
                         payload["cells"][key] = rec
                         _save(args.out, payload)
                         print(f"{key}: {rec['cell_s']:.1f} s, rate {rec['rate']:.3f}, default AMI "
-                              f"{rec['results'].get('ml', {}).get('leiden', {}).get('ami', float('nan')):.3f}",
+                              f"{rec['results'].get(DEFAULT_METHOD[0], {}).get(DEFAULT_METHOD[1], {}).get('ami', math.nan):.3f}",
                               flush=True)
     summary, table = summarize(payload["cells"])
     payload["summary"] = summary

@@ -35,6 +35,13 @@ def _hidden_markov_kinetic_ising(**kwargs) -> SpikeData:
     return hidden_markov_kinetic_ising(**kwargs)
 
 
+@_forwards(("dgrn.sim", "family_kinetic_ising", ()))
+def _family_kinetic_ising(**kwargs) -> SpikeData:
+    from dgrn.sim import family_kinetic_ising
+
+    return family_kinetic_ising(**kwargs)
+
+
 def _file(path: str, dt: float | None = None) -> SpikeData:
     return SpikeData.load(path, dt=dt)
 
@@ -87,6 +94,7 @@ def _ising2d(**kwargs) -> SpikeData:
 DATASETS: dict[str, Callable[..., SpikeData]] = {
     "kinetic_ising": _kinetic_ising,
     "hidden_markov_kinetic_ising": _hidden_markov_kinetic_ising,
+    "family_kinetic_ising": _family_kinetic_ising,
     "file": _file,
     "clustered_lif": _clustered_lif,
     "connectome": _connectome,
@@ -99,7 +107,7 @@ DATASETS: dict[str, Callable[..., SpikeData]] = {
 
 #: Sources that draw trajectories from a seeded network: ``sample_seed`` gives fresh data of the same network.
 SIMULATORS = frozenset({"kinetic_ising", "hidden_markov_kinetic_ising", "clustered_lif", "connectome", "ising1d",
-                        "ising2d"})
+                        "ising2d"})  # family_kinetic_ising: one trajectory per network seed
 
 
 def fresh_trajectories(dataset: dict, sample_seed: int | None) -> dict:

@@ -116,6 +116,34 @@ def test_bad_input():
         CommunityEncoder(6, refine_steps=-1)
     with pytest.raises(ValueError, match="refine_rate"):
         CommunityEncoder(6, refine_rate=0.0)
+    with pytest.raises(ValueError, match="noise_threshold"):
+        CommunityEncoder(6, noise_threshold=-1.0)
+
+
+def test_encoder_sees_the_couplings_its_noise_threshold_leaves():
+    """An encoder with noise_threshold reads the couplings shrunk by that many standard errors, in
+    encoder_inputs (training) and in find_communities(method="gnn") (inference) alike."""
+    from dgrn.graph import denoise_couplings, infer_couplings
+    from dgrn.nn.community import encoder_inputs
+    from dgrn.sim import kinetic_ising
+
+    d = kinetic_ising(40, 3000, n_communities=2, seed=3)
+    w = infer_couplings(d, max_iter=10)
+    shrunk = denoise_couplings(w, d, 1.5)
+    for got, ref in zip(encoder_inputs(w, d, 8, noise_threshold=1.5), encoder_inputs(shrunk, d, 8)):
+        assert got.dtype == ref.dtype and torch.allclose(got, ref, atol=1e-5)  # float64 inside vs float32 here
+    assert encoder_inputs(w, d, 8, noise_threshold=1.5)[1].shape[1] < encoder_inputs(w, d, 8)[1].shape[1]
+    torch.manual_seed(0)
+    enc = CommunityEncoder(24, hidden_channels=8, num_layers=1, noise_threshold=1.5).eval()
+    twin = _same_weights(enc, 0.0)  # the same network, fed the raw couplings
+    assert torch.equal(find_communities(w, "gnn", encoder=enc, spikes=d),
+                       find_communities(shrunk, "gnn", encoder=twin, spikes=d))
+
+
+def _same_weights(enc: CommunityEncoder, noise_threshold: float) -> CommunityEncoder:
+    twin = CommunityEncoder(enc.in_channels, enc.hidden_channels, enc.num_layers, noise_threshold=noise_threshold)
+    twin.load_state_dict(enc.state_dict())
+    return twin.eval()
 
 
 def test_refinement_is_preconditioned_ascent_on_vector_modularity():

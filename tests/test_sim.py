@@ -109,3 +109,62 @@ def test_runs_on_cuda_with_the_same_network():
     b = kinetic_ising(50, 2000, seed=2)
     assert torch.equal(a.true_couplings, b.true_couplings)
     assert abs(float(a.spikes.float().mean() - b.spikes.float().mean())) < 0.01
+
+
+# ------------------------------------------------------------------------------------- benchmark graph families
+def test_lfr_couplings_are_signed_by_community():
+    from dgrn.sim import lfr_couplings
+
+    w, labels, info = lfr_couplings(250, 0.3, seed=0)
+    same = labels[:, None] == labels[None, :]
+    edges = w != 0
+    assert torch.equal(edges, edges.T) and not edges.diagonal().any()  # each undirected edge: both directions
+    assert (w[same & edges] > 0).all() and (w[~same & edges] < 0).all()
+    # the mixing, the fraction of a node's edges that leave its community, grows with mu; networkx's generator
+    # overshoots mu at this size (mean 0.16 / 0.45 / 0.70 for mu 0.1 / 0.3 / 0.5, seeds 0 and 1)
+    def mixing(w, labels):
+        edges, same = w != 0, labels[:, None] == labels[None, :]
+        return float(((edges & ~same).sum(1).float() / edges.sum(1).float()).mean())
+
+    assert mixing(*lfr_couplings(250, 0.1, seed=0)[:2]) < 0.25 < mixing(w, labels) < 0.55
+    assert 15 <= int(torch.bincount(labels).min()) and info["lfr_attempts"] >= 1
+    assert torch.equal(lfr_couplings(250, 0.3, seed=0)[0], w)  # seeded
+
+
+def test_hierarchical_couplings_follow_the_two_levels():
+    from dgrn.sim import hierarchical_couplings
+
+    w, fine, coarse = hierarchical_couplings(3, 4, seed=1, p_in=0.3, p_group=0.06, p_out=0.03)
+    sizes = torch.bincount(fine)
+    assert sizes.numel() == 12 and 12 <= int(sizes.min()) and int(sizes.max()) <= 28
+    assert torch.equal(coarse, fine // 4)
+    same, same_group = fine[:, None] == fine[None, :], coarse[:, None] == coarse[None, :]
+    edges = w != 0
+    for mask, p, sign in ((same, 0.3, 1), (same_group & ~same, 0.06, 1), (~same_group, 0.03, -1)):
+        mask = mask & ~torch.eye(fine.numel(), dtype=torch.bool)
+        density = float(edges[mask].float().mean())
+        assert abs(density - p) < 4 * math.sqrt(p * (1 - p) / int(mask.sum()))  # binomial, 4 sd
+        assert (torch.sign(w[mask & edges]) == sign).all()
+
+
+def test_cap_input_and_family_networks():
+    from dgrn.datasets import build_dataset
+    from dgrn.sim import cap_input, family_kinetic_ising, family_network
+
+    w = torch.tensor([[0.0, 4.0, -4.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    capped, mean_factor = cap_input(w, cap=6.0)
+    assert torch.allclose(capped[0], w[0] * 0.75) and torch.equal(capped[1:], w[1:])
+    assert mean_factor == pytest.approx((0.75 + 1 + 1) / 3)
+    for family in ("planted", "hier", "lfr0.1"):
+        w, labels, bias, info = family_network(family, seed=2)
+        assert w.shape == (labels.numel(), labels.numel()) and bias.shape == labels.shape
+        if family != "planted":
+            assert float(w.abs().sum(1).max()) <= 6.0 + 1e-4
+    data = family_kinetic_ising("hier", 300, seed=2)
+    assert data.spikes.shape == (300, data.true_communities.numel())
+    assert len(data.meta["coarse_communities"]) == data.n_neurons
+    assert torch.equal(build_dataset("family_kinetic_ising", family="hier", t=300, seed=2).spikes, data.spikes)
+    with pytest.raises(ValueError, match="unknown graph family 'ring'"):
+        family_network("ring", 0)
+    with pytest.raises(ValueError, match="'lfr<mu>'"):
+        family_network("lfrx", 0)

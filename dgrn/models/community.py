@@ -23,26 +23,40 @@ from dgrn.nn.community import CommunityEncoder, community_loss, encoder_inputs
 
 __all__ = ["simulate_graph", "CommunityGraphDataModule", "CommunityModule", "publish_encoder", "encoder_card"]
 
+LIF_DT = 0.005  # bins of the "lif" family, as the community benchmark's
+
 
 def simulate_graph(n: int, n_communities: int, observed_fraction: float, t: int, seed: int,
                    infer_opts: dict | None = None, dataset: str = "kinetic_ising", max_in_degree: int = 16,
-                   dataset_options: dict | None = None) -> Data:
+                   dataset_options: dict | None = None, family: str | None = None,
+                   noise_threshold: float = 0.0) -> Data:
     """One training/evaluation graph: simulate, subsample, infer couplings, build the encoder's inputs
-    (:func:`dgrn.nn.community.encoder_inputs`, as ``find_communities(..., method="gnn")`` does).
-    ``dataset_options``: further keyword arguments of the simulator (e.g. ``reference_degree``).
+    (:func:`dgrn.nn.community.encoder_inputs` with ``noise_threshold``, as ``find_communities(...,
+    method="gnn")`` does). ``dataset_options``: further keyword arguments of the simulator (e.g.
+    ``reference_degree``). ``family`` replaces ``dataset``, ``n`` and ``n_communities`` by a network of a benchmark
+    family: a :func:`dgrn.sim.family_kinetic_ising` name (``"planted"``, ``"hier"``, ``"lfr0.3"``) or ``"lif"``, the
+    clustered E/I LIF network (``clustered_lif`` preset ``small``, ``t`` bins of 5 ms; its inhibitory neurons are
+    one planted group).
 
     Returns a PyG ``Data`` with ``x`` ``(n_obs, F)``, ``edge_index``/``edge_weight`` (signed couplings,
     ``j -> i``), ``y`` the planted communities of the observed neurons and ``num_nodes``.
     """
     from dgrn.datasets import build_dataset
 
-    data = build_dataset(dataset, n=n, t=t, n_communities=n_communities, seed=seed, **(dataset_options or {}))
+    if family == "lif":
+        data = build_dataset("clustered_lif", preset="small", duration_s=t * LIF_DT, dt=LIF_DT, seed=seed)
+    elif family is not None:
+        data = build_dataset("family_kinetic_ising", family=family, t=t, seed=seed)
+    else:
+        data = build_dataset(dataset, n=n, t=t, n_communities=n_communities, seed=seed, **(dataset_options or {}))
     if observed_fraction < 1.0:
         data = data.subsample(observed_fraction, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # silent neurons are expected in some networks; they get zero couplings
         coupling = infer_couplings(data, **(infer_opts or {"max_iter": 10}))
-    x, edge_index, edge_weight = encoder_inputs(coupling, data, max_in_degree)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same silent neurons: their standard errors are infinite
+        x, edge_index, edge_weight = encoder_inputs(coupling, data, max_in_degree, noise_threshold)
     return Data(x=x, edge_index=edge_index, edge_weight=edge_weight, y=data.observed_communities(),
                 num_nodes=data.n_neurons)
 
@@ -62,13 +76,18 @@ class CommunityGraphDataModule(L.LightningDataModule):
             regenerated when missing or made with other settings.
         batch_size: graphs per batch.
         dataset_options: further keyword arguments of the simulator.
+        families: draw every network from these benchmark families instead (:func:`simulate_graph`'s ``family``;
+            ``communities``, ``community_sizes``, ``dataset`` are then unused), one family per network in turn.
+        noise_threshold: the encoder's (:class:`~dgrn.nn.CommunityEncoder`): couplings shrunk by that many standard
+            errors before the encoder's inputs are built.
     """
 
     def __init__(self, n_train: int = 48, n_val: int = 8, n_test: int = 8, communities: list[int] = (3, 4, 6, 8),
                  community_sizes: list[int] = (20, 25, 30), observed_fractions: list[float] = (1.0, 0.5, 0.3),
                  observed_fraction: float | None = None, t: int = 20000, seed: int = 1000, infer_opts: dict | None = None, cache: str | None = None,
                  batch_size: int = 8, dataset: str = "kinetic_ising", max_in_degree: int = 16,
-                 dataset_options: dict | None = None) -> None:
+                 dataset_options: dict | None = None, families: list[str] | None = None,
+                 noise_threshold: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.graphs: dict[str, list[Data]] = {}
@@ -81,9 +100,13 @@ class CommunityGraphDataModule(L.LightningDataModule):
         for split, count in (("train", hp.n_train), ("val", hp.n_val), ("test", hp.n_test)):
             out[split] = []
             for _ in range(count):
-                n_comm = int(rng.choice(hp.communities))
-                out[split].append((n_comm * int(rng.choice(hp.community_sizes)), n_comm, float(rng.choice(fractions)),
-                                   hp.seed + k))
+                if hp.families:  # size and communities are the family's
+                    out[split].append((0, 0, float(rng.choice(fractions)), hp.seed + k,
+                                       hp.families[k % len(hp.families)]))
+                else:
+                    n_comm = int(rng.choice(hp.communities))
+                    out[split].append((n_comm * int(rng.choice(hp.community_sizes)), n_comm,
+                                       float(rng.choice(fractions)), hp.seed + k, None))
                 k += 1
         return out
 
@@ -103,8 +126,8 @@ class CommunityGraphDataModule(L.LightningDataModule):
         for split, draws in self._draws().items():
             self.graphs[split] = [simulate_graph(n, k, f, self.hparams.t, seed, self.hparams.infer_opts,
                                                  self.hparams.dataset, self.hparams.max_in_degree,
-                                                 self.hparams.dataset_options)
-                                  for n, k, f, seed in draws]
+                                                 self.hparams.dataset_options, family, self.hparams.noise_threshold)
+                                  for n, k, f, seed, family in draws]
         if cache is not None:
             from dgrn.data import atomic_write
 

@@ -11,6 +11,7 @@ from torch_geometric.utils import scatter
 
 from dgrn.graph.convert import as_adjacency, strongest_in_edges, to_edge_index
 from dgrn.graph.features import node_features
+from dgrn.graph.inference import denoise_couplings
 from dgrn.graph.quality import directed_modularity
 
 __all__ = ["DirectedGraphConv", "CommunityEncoder", "community_loss", "encoder_inputs", "gnn_communities"]
@@ -97,6 +98,10 @@ class CommunityEncoder(nn.Module):
         hidden_channels: ``D``; num_layers: message-passing blocks; max_communities: ``K_max``.
         refine_steps, refine_rate: modularity ascent steps (0: none) and :math:`\eta`.
         beta: inverse temperature; n_iter: k-means steps.
+        noise_threshold: how the graph is prepared for this encoder, not a part of the network: the couplings are
+            shrunk by this many standard errors (:func:`dgrn.graph.denoise_couplings`) before
+            :func:`encoder_inputs` reads them, in training and in ``find_communities(method="gnn")`` (0: the raw
+            estimates, as ``community_encoder_kising`` was trained).
 
     Shapes:
         ``x`` ``(N, F)``, ``edge_index`` ``(2, E)``, ``edge_weight`` ``(E,)`` (signed; default 1), ``batch``
@@ -105,8 +110,12 @@ class CommunityEncoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden_channels: int = 64, num_layers: int = 4, max_communities: int = 16,
-                 refine_steps: int = 10, refine_rate: float = 1.0, beta: float = 10.0, n_iter: int = 3) -> None:
+                 refine_steps: int = 10, refine_rate: float = 1.0, beta: float = 10.0, n_iter: int = 3,
+                 noise_threshold: float = 0.0) -> None:
         super().__init__()
+        if not noise_threshold >= 0:
+            raise ValueError(f"noise_threshold must be >= 0 (standard errors), got {noise_threshold!r}")
+        self.noise_threshold = float(noise_threshold)
         if in_channels < 1 or hidden_channels < 1 or num_layers < 1 or max_communities < 1 or n_iter < 0:
             raise ValueError("need in_channels, hidden_channels, num_layers, max_communities >= 1 and n_iter >= 0")
         if refine_steps < 0 or refine_rate <= 0 or beta <= 0:
@@ -283,10 +292,15 @@ def community_loss(s: Tensor, z: Tensor, edge_index: Tensor, edge_weight: Tensor
                   "collapse": mean(collapse).detach()}
 
 
-def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16,
+                   noise_threshold: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """``(x, edge_index, edge_weight)`` for :class:`CommunityEncoder` from a coupling graph and its spikes: node
     features of :func:`dgrn.graph.features.node_features` (on the whole graph) and the ``max_in_degree`` strongest
-    in-edges of each node (signed; self-loops dropped) to pass messages on. Training and inference both use it."""
+    in-edges of each node (signed; self-loops dropped) to pass messages on, after the couplings are shrunk by
+    ``noise_threshold`` standard errors (:func:`dgrn.graph.denoise_couplings`; 0: as given). Training and inference
+    both use it."""
+    if noise_threshold:
+        graph = denoise_couplings(as_adjacency(graph).toarray(), spikes, noise_threshold)
     adj = as_adjacency(graph)
     adj.setdiag(0)
     adj.eliminate_zeros()
@@ -305,7 +319,7 @@ def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = 
     if spikes is None:
         raise ValueError("method 'gnn' needs spikes=<the (T, N) recording the graph was inferred from> "
                          "for its node features")
-    x, edge_index, edge_weight = encoder_inputs(adj, spikes, max_in_degree)
+    x, edge_index, edge_weight = encoder_inputs(adj, spikes, max_in_degree, encoder.noise_threshold)
     p = next(encoder.parameters())
     s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
     return s.argmax(1).cpu()

@@ -9,7 +9,7 @@ import torch
 from dgrn.data import SpikeData
 
 __all__ = ["REFERENCE_DEGREE", "expected_in_degree", "glauber_dynamics", "kinetic_ising", "kinetic_ising_network",
-           "planted_couplings", "rate_matched_bias"]
+           "planted_couplings", "rate_matched_bias", "signed_weights"]
 
 # expected inputs per neuron of the 200-neuron, 8-community network at the default p_in, p_out (0.3 * 24 + 0.1 * 175):
 # configs/data/kising200.yaml and the graph benchmark, the densest network simulated at the default couplings before
@@ -67,11 +67,20 @@ def planted_couplings(
         labels = labels[torch.randperm(n, generator=generator)]
     same = labels[:, None] == labels[None, :]
     prob = torch.where(same, torch.tensor(p_in), torch.tensor(p_out))
-    present = (torch.rand(n, n, generator=generator) < prob) & ~torch.eye(n, dtype=torch.bool)
+    present = torch.rand(n, n, generator=generator) < prob
+    return signed_weights(present, same, j_in, j_out, weight_cv, generator), labels
+
+
+def signed_weights(present: torch.Tensor, same: torch.Tensor, j_in: float, j_out: float | torch.Tensor,
+                   weight_cv: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Couplings ``(n, n)`` float32 on the edges ``present`` (boolean ``(n, n)``, diagonal ignored): magnitude
+    ``|1 + weight_cv xi|``, ``xi ~ N(0, 1)`` drawn for every pair from ``generator``, times ``j_in`` where ``same``
+    (the ends share a community) and ``j_out`` elsewhere (a number or an ``(n, n)`` tensor)."""
+    n = present.shape[0]
     magnitude = (1.0 + weight_cv * torch.randn(n, n, generator=generator)).abs()
-    sign_scale = torch.where(same, torch.tensor(float(j_in)), torch.tensor(float(j_out)))
-    w = torch.where(present, sign_scale * magnitude, torch.zeros(()))
-    return w.float(), labels
+    sign_scale = torch.where(same, torch.as_tensor(float(j_in)), torch.as_tensor(j_out, dtype=torch.float32))
+    w = torch.where(present & ~torch.eye(n, dtype=torch.bool), sign_scale * magnitude, torch.zeros(()))
+    return w.float()
 
 
 
