@@ -45,11 +45,13 @@ Grid
   (the true couplings among the observed neurons: a reference, not an inference).
 - **Methods** on each graph: every registered :data:`dgrn.graph.COMMUNITY_METHODS` method at its defaults
   (``leiden``, ``markov_stability``, ``lrg``, ``gnn`` with the zoo encoder ``community_encoder_kising`` and the
-  spikes, ``spectral`` told the true K), plus ``leiden_stable`` (resolution chosen by the stability rule below),
+  spikes, ``spectral`` told the true K; ``run_cell``'s ``encoder`` maps ``gnn`` and ``gnn_grid`` to their encoders),
+  plus ``leiden_stable`` (resolution chosen by the stability rule below),
   ``infomap`` (pip ``infomap``, directed, two-level; skipped when not installed) and ``consensus`` (connected
   components of the majority co-association of the label-free methods' partitions) and ``dmon`` (PyG's
   ``DMoNPooling`` after a dense GCN layer, fitted to each graph, **told the true K**: ``bench/graph.py``'s
-  protocol). No stochastic-block-model
+  protocol) and ``gnn_grid`` (``gnn`` with the zoo encoder ``community_encoder_grid``, trained on a corpus of these
+  families, ``data=graph_corpus``, that leaves LFR mixing 0.3 and 0.5 and 20 % observed out). No stochastic-block-model
   fit: graph-tool is not pip-installable and no light pip library fits a weighted directed SBM.
 
   *Resolution rule of* ``leiden_stable``: Leiden at 9 resolutions ``0.25 * sqrt(2)^k`` (0.25 to 4), two seeds each;
@@ -100,7 +102,9 @@ from dgrn.sim.graph_families import family_kinetic_ising  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "communities.json"
 FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted", "lif")
 GRAPHS = ("ml", "ml_latent", "corr", "true")
-EXTRA_METHODS = ("leiden_stable", "infomap", "consensus", "dmon")
+EXTRA_METHODS = ("leiden_stable", "infomap", "consensus", "dmon", "gnn_grid")
+#: zoo encoder of each GNN method
+ENCODERS = {"gnn": "community_encoder_kising", "gnn_grid": "community_encoder_grid"}
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
 DEFAULT_METHOD = ("ml", "leiden+denoised")  # what find_communities(infer_couplings(spikes), spikes=spikes) gives
 BASE_RATE, BIAS_SD, DT = 0.05, 0.3, 0.01
@@ -216,10 +220,11 @@ def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: i
         method, opts["weights"] = method.split("@")
     if method == "spectral":
         opts["n_communities"] = k_true
-    if method == "gnn":
-        if encoder is None:
-            raise ValueError("no encoder")
-        opts.update(encoder=encoder, spikes=spikes)
+    if method in ENCODERS:
+        if method not in (encoder or {}):
+            raise ValueError(f"no encoder for {method}")
+        opts.update(encoder=encoder[method], spikes=spikes)
+        method = "gnn"
     return find_communities(graph, method, **opts).numpy(), {}
 
 
@@ -399,10 +404,9 @@ def main(argv=None) -> dict:
             args.out = RESULTS.with_name("communities_quick.json")
     methods = args.methods or all_methods()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    encoder = None
-    if "gnn" in methods:
-        from dgrn.zoo import load_pretrained
-        encoder = load_pretrained("community_encoder_kising")
+    from dgrn.zoo import load_pretrained
+
+    encoder = {m: load_pretrained(name) for m, name in ENCODERS.items() if m in methods}
     payload = {"cells": {}} if args.fresh or not args.out.exists() else json.loads(args.out.read_text())
     payload["config"] = {"methods": methods, "graphs": args.graphs, "infomap": _has_infomap(),
                          "torch_threads": torch.get_num_threads()}

@@ -344,6 +344,20 @@ def test_community_bad_input(planted):
         community_hierarchy(w, "spectral")
 
 
+def test_nodes_without_edges_form_one_group(planted):
+    """Three nodes with no edge (silent neurons) next to the planted network: one group of their own, not three
+    singleton communities; the planted communities are untouched; a method told K keeps its K."""
+    w, labels = planted
+    padded = torch.zeros(93, 93)
+    padded[:90, :90] = w
+    padded[91, 91] = 1.0  # a self-coupling links a node to no other
+    for method in ("leiden", "markov_stability"):
+        found = find_communities(padded, method)
+        assert len(set(found[90:].tolist())) == 1 and not set(found[90:].tolist()) & set(found[:90].tolist())
+        assert ami(labels, found[:90]) > 0.95
+    assert int(find_communities(padded, "spectral", n_communities=3).max()) + 1 == 3
+
+
 def test_relabel_and_metagraph():
     lab = relabel(torch.tensor([5, 5, 2, 9, 9, 9]))
     assert lab.tolist() == [1, 1, 2, 0, 0, 0]

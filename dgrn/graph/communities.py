@@ -91,8 +91,10 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
             background of estimation noise: on the community grid of the benchmarks, Leiden's mean AMI goes from
             0.67 to 0.76 (0 keeps the raw estimates).
 
-    Without ``spikes`` the graph is used as given. A graph of one node is one community (``[0]``) for every
-    method. Raises on a graph without (usable) edges, e.g. all negative with the default ``weights``: no method
+    Without ``spikes`` the graph is used as given. Nodes without any edge the method can use (silent neurons, or
+    every coupling within the noise) carry no evidence of a community: they are put in one group of their own
+    rather than a community each (except by a method told ``n_communities``). A graph of one node is one
+    community (``[0]``) for every method. Raises on a graph without (usable) edges, e.g. all negative with the default ``weights``: no method
     defines communities there.
     """
     fn = _method(method, COMMUNITY_METHODS)
@@ -116,6 +118,14 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
     labels = torch.as_tensor(np.asarray(fn(adj, **opts))).long()
     if labels.shape != (adj.shape[0],):
         raise RuntimeError(f"method {method!r} returned {tuple(labels.shape)} labels for {adj.shape[0]} nodes")
+    if "n_communities" not in opts:  # a method told K keeps its K
+        seen = edge_weights(adj, "abs" if opts.get("weights") in ("abs", "signed") else "positive").tolil()
+        seen.setdiag(0)  # a self-coupling links a node to no other
+        seen = seen.tocsr()
+        seen.eliminate_zeros()
+        isolated = torch.as_tensor((seen.getnnz(0) + seen.getnnz(1)) == 0)
+        if isolated.any() and not isolated.all():  # no edge, no evidence: one group, not a community each
+            labels = labels.masked_fill(isolated, int(labels.max()) + 1)
     return relabel(labels)
 
 
