@@ -169,13 +169,19 @@ class CommunityModule(L.LightningModule):
     Args:
         encoder: ``CommunityEncoder`` keyword arguments (plain dict). lr, weight_decay: AdamW.
         collapse_weight: :math:`\lambda`. n_eig: number of trailing eigenvector feature columns.
+        init_from: a zoo encoder to start from (its weights; ``encoder`` must describe the same architecture), so a
+            new corpus fine-tunes it; default: a random start.
     """
 
     def __init__(self, encoder: dict, lr: float = 1e-3, weight_decay: float = 1e-4, collapse_weight: float = 0.1,
-                 n_eig: int = 8) -> None:
+                 n_eig: int = 8, init_from: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = CommunityEncoder(**encoder)
+        if init_from is not None:  # fine-tune a zoo encoder of the same architecture
+            from dgrn.zoo import load_pretrained
+
+            self.net.load_state_dict(load_pretrained(init_from).state_dict())
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Assignment ``S`` and unit embedding ``z`` of every node of a batch of graphs."""
@@ -229,8 +235,7 @@ CARD = """# {name}
 | weights | `model.safetensors`, sha256 `{sha256}` |
 
 ## Data
-Trained without labels on {n_train} simulated kinetic Ising networks ({communities} planted communities of
-{sizes} neurons, observed fractions {fractions}, {t} bins each), couplings inferred by `dgrn.graph.infer_couplings`;
+Trained without labels on {networks};
 validated and tested on other networks (other seeds). Settings:
 ```yaml
 {data}
@@ -295,10 +300,18 @@ def encoder_card(name: str, config: dict, net: CommunityEncoder) -> str:
 
     data, metrics = config.get("data") or {}, (config.get("metrics") or {}).get("test") or {}
     table = "\n".join(["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]])
+    if data.get("families"):
+        networks = (f"{data.get('n_train')} simulated networks of the community benchmark's families "
+                    f"{data['families']} (kinetic Ising; `lif`: the clustered E/I LIF network), observed fractions\n"
+                    f"{data.get('observed_fractions')}, {data.get('t')} bins each, couplings inferred by "
+                    f"`dgrn.graph.infer_couplings` and shrunk by {data.get('noise_threshold', 0)} standard errors")
+    else:
+        networks = (f"{data.get('n_train')} simulated kinetic Ising networks ({data.get('communities')} planted "
+                    f"communities of\n{data.get('community_sizes')} neurons, observed fractions "
+                    f"{data.get('observed_fractions')}, {data.get('t')} bins each), couplings inferred by "
+                    "`dgrn.graph.infer_couplings`")
     return CARD.format(name=name, summary=config.get("summary", ""), net=json.dumps(config["net"]),
-                       n_params=sum(p.numel() for p in net.parameters()), n_train=data.get("n_train"),
-                       sizes=data.get("community_sizes"), communities=data.get("communities"),
-                       fractions=data.get("observed_fractions"), t=data.get("t"),
+                       n_params=sum(p.numel() for p in net.parameters()), networks=networks,
                        data=yaml.safe_dump(data, sort_keys=False, default_flow_style=None).strip(),
                        command=config.get("command", ""), table=table if metrics else "(not recorded)",
                        max_communities=net.max_communities, sha256=config["sha256"])
