@@ -230,7 +230,7 @@ CARD = """# {name}
 | | |
 |---|---|
 | architecture | `community_encoder` (`dgrn.nn.CommunityEncoder`) |
-| arguments | `{net}` |
+| arguments | `{net}` |{input_row}
 | parameters | {n_params:,} |
 | weights | `model.safetensors`, sha256 `{sha256}` |
 
@@ -301,7 +301,7 @@ def encoder_card(name: str, config: dict, net: CommunityEncoder) -> str:
     data, metrics = config.get("data") or {}, (config.get("metrics") or {}).get("test") or {}
     table = "\n".join(["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]])
     if data.get("families"):
-        networks = (f"{data.get('n_train')} simulated networks of the community benchmark's families "
+        networks = (f"{data.get('n_train')} simulated networks of the community benchmark's families\n"
                     f"{data['families']} (kinetic Ising; `lif`: the clustered E/I LIF network), observed fractions\n"
                     f"{data.get('observed_fractions')}, {data.get('t')} bins each, couplings inferred by "
                     f"`dgrn.graph.infer_couplings` and shrunk by {data.get('noise_threshold', 0)} standard errors")
@@ -310,7 +310,11 @@ def encoder_card(name: str, config: dict, net: CommunityEncoder) -> str:
                     f"communities of\n{data.get('community_sizes')} neurons, observed fractions "
                     f"{data.get('observed_fractions')}, {data.get('t')} bins each), couplings inferred by "
                     "`dgrn.graph.infer_couplings`")
-    return CARD.format(name=name, summary=config.get("summary", ""), net=json.dumps(config["net"]),
+    net_args = dict(config["net"])
+    threshold = net_args.pop("noise_threshold", 0.0)
+    input_row = (f"\n| input | the couplings shrunk by {threshold:g} standard errors (`noise_threshold`, "
+                 "`dgrn.graph.denoise_couplings`) |" if threshold else "")
+    return CARD.format(name=name, summary=config.get("summary", ""), net=json.dumps(net_args), input_row=input_row,
                        n_params=sum(p.numel() for p in net.parameters()), networks=networks,
                        data=yaml.safe_dump(data, sort_keys=False, default_flow_style=None).strip(),
                        command=config.get("command", ""), table=table if metrics else "(not recorded)",
