@@ -1,5 +1,5 @@
 """The ``dgrn`` command: ``dgrn zoo list|card``, ``dgrn simulate``, ``dgrn predict``, ``dgrn publish``,
-``dgrn renorm``.
+``dgrn communities``, ``dgrn renorm``.
 
 Heavy libraries are imported inside the commands, so ``dgrn --help`` and ``dgrn zoo list`` answer at once.
 User errors (bad input: :data:`USER_ERRORS`) print one ``error:`` line and exit with status 2; ``dgrn --debug``
@@ -122,6 +122,39 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _communities(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from dgrn.data import atomic_write, load_recording
+    from dgrn.graph import find_communities, infer_couplings
+
+    data = load_recording(args.spikes)
+    couplings = infer_couplings(data, latent_rank=args.latent_rank)
+    opts = {}
+    if args.method == "gnn":
+        from dgrn.zoo import load_pretrained
+
+        opts["encoder"] = load_pretrained(args.encoder)
+    labels = find_communities(couplings, args.method, spikes=data, noise_threshold=args.noise_threshold, **opts)
+    sizes = torch.bincount(labels).tolist()
+    print(f"{len(sizes)} communities of {data.n_neurons} neurons ({args.method}); sizes {sizes}")
+    if data.true_communities is not None:
+        from sklearn.metrics import adjusted_mutual_info_score
+
+        planted = data.observed_communities()
+        print(f"AMI against the file's planted communities ({int(planted.max()) + 1}): "
+              f"{adjusted_mutual_info_score(planted.numpy(), labels.numpy()):.3f}")
+    out = Path(args.out) if args.out else Path(args.spikes).with_suffix(".communities.npz")
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez_compressed(fh, labels=labels.numpy(), sizes=np.array(sizes), couplings=couplings.numpy())
+
+    atomic_write(out, write_npz)
+    print(f"wrote {out} (labels, sizes, couplings)")
+    return 0
+
+
 def _renorm(args: argparse.Namespace) -> int:
     import json
 
@@ -231,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--no-fresh-data", action="store_true",
                      help="do not score fresh trajectories (simulators whose state depends on the initial condition)")
     pub.set_defaults(func=_publish)
+
+    com = sub.add_parser("communities", help="communities of a recording: couplings inferred from the spikes, "
+                                             "shrunk by their noise, then a community method")
+    com.add_argument("spikes", help="a recording (.npz, .nwb, ...: dgrn.data.load_recording)")
+    com.add_argument("--out", default=None, help="labels .npz (default: SPIKES with .communities.npz)")
+    com.add_argument("--method", default="leiden", help="leiden (default), markov_stability, lrg, gnn")
+    com.add_argument("--encoder", default="community_encoder_grid", help="zoo encoder of --method gnn")
+    com.add_argument("--noise-threshold", type=float, default=1.5,
+                     help="standard errors the couplings are shrunk by first (0: the raw estimates)")
+    com.add_argument("--latent-rank", type=int, default=0, help="latent input of the coupling fit (hidden neurons)")
+    com.set_defaults(func=_communities)
 
     ren = sub.add_parser("renorm", help="diffusion (Laplacian) renormalization flow of a graph, with plots")
     ren.add_argument("graph", help="graph file: scipy sparse .npz, .npz with adjacency / edge_index / true_couplings, "

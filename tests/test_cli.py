@@ -73,3 +73,22 @@ def test_cli_missing_file_is_one_line_and_exit_2(capsys, tmp_path):
     assert cli.main(["predict", "--model", MODEL, "--spikes", str(tmp_path / "none.npz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "none.npz" in err and err.count("\n") == 1
+
+
+def test_cli_communities_reports_k_and_writes_the_labels(capsys, tmp_path):
+    import numpy as np
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from dgrn.sim import kinetic_ising
+
+    data = kinetic_ising(100, 5000, n_communities=4, seed=0)
+    data.save(tmp_path / "rec.npz")
+    assert cli.main(["communities", str(tmp_path / "rec.npz")]) == 0
+    out = capsys.readouterr().out
+    saved = np.load(tmp_path / "rec.communities.npz")
+    assert out.startswith(f"{len(saved['sizes'])} communities of 100 neurons (leiden)")
+    assert "AMI against the file's planted communities (4)" in out
+    assert adjusted_mutual_info_score(data.true_communities.numpy(), saved["labels"]) > 0.95
+    assert saved["couplings"].shape == (100, 100) and saved["sizes"].sum() == 100
+    assert cli.main(["communities", str(tmp_path / "rec.npz"), "--method", "spectral"]) == 2
+    assert capsys.readouterr().err.strip() == "error: method 'spectral' needs n_communities"
