@@ -62,7 +62,7 @@ Grid
   and ``ml_latent`` graphs only): the method called with the spikes, ``find_communities(graph, method,
   spikes=spikes)``, which shrinks the couplings by 1.5 standard errors (:func:`dgrn.graph.denoise_couplings`).
   ``leiden+denoised`` on ``ml`` is the default a user gets from ``find_communities(infer_couplings(spikes),
-  spikes=spikes)``.
+  spikes=spikes)``; ``METHOD+denoised:Z`` shrinks by ``Z`` standard errors instead of 1.5.
 - **Weights** (``--methods NAME@abs``, ``leiden@signed``; list in ``WEIGHT_VARIANTS``): the methods that take
   ``weights`` see the positive part of the graph by default (inhibitory couplings dropped); ``@abs`` gives them
   ``|W|``, ``leiden@signed`` the signed two-layer modularity.
@@ -214,8 +214,11 @@ def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: i
             raise ValueError("consensus needs at least two label-free partitions")
         return consensus(members), {"members": len(members)}
     opts = {}
-    if method.endswith("+denoised"):  # the couplings shrunk by their standard errors, from the spikes
-        method, opts["spikes"] = method.removesuffix("+denoised"), spikes
+    if "+denoised" in method:  # the couplings shrunk by their standard errors (":Z": by Z of them), from the spikes
+        method, _, z = method.partition("+denoised")
+        opts["spikes"] = spikes
+        if z:
+            opts["noise_threshold"] = float(z.removeprefix(":"))
     if "@" in method:  # a weight variant: how the method sees the negative (inhibitory) couplings
         method, opts["weights"] = method.split("@")
     if method == "spectral":
@@ -269,7 +272,7 @@ def run_cell(family: str, dynamics: str, bins: int, fraction: float, seed: int, 
         rec["graph_s"][gname] = time.perf_counter() - t1
         out, done = {}, {}
         for m in _order(methods):
-            if m == "infomap" and not _has_infomap() or m.endswith("+denoised") and gname not in DENOISED_GRAPHS:
+            if m == "infomap" and not _has_infomap() or "+denoised" in m and gname not in DENOISED_GRAPHS:
                 continue
             t2 = time.perf_counter()
             try:
