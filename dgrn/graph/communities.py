@@ -94,8 +94,8 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
     Without ``spikes`` the graph is used as given. Nodes without any edge the method can use (silent neurons, or
     every coupling within the noise) carry no evidence of a community: they are put in one group of their own
     rather than a community each (except by a method told ``n_communities``). A graph of one node is one
-    community (``[0]``) for every method. Raises on a graph without (usable) edges, e.g. all negative with the default ``weights``: no method
-    defines communities there.
+    community (``[0]``) for every method. Raises on a graph without (usable) edges, e.g. all negative with the
+    default ``weights``: no method defines communities there.
     """
     fn = _method(method, COMMUNITY_METHODS)
     adj = as_adjacency(graph)
