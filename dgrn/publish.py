@@ -230,7 +230,7 @@ def publish_checkpoint(
     if "encoder" in ckpt["hyper_parameters"]:  # a community-encoder run (CommunityModule): its own card
         from dgrn.models.community import publish_encoder
 
-        return publish_encoder(ckpt_path, name, summary=summary, command=command, out_dir=out_dir)
+        return publish_encoder(ckpt_path, name, summary=summary, command=command, out_dir=out_dir, notes=notes)
     hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters")
     if not data_hp or "dataset" not in data_hp:
         raise ValueError(f"{ckpt_path} does not record the data config it was trained on; cannot write a model card")

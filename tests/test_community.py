@@ -222,3 +222,23 @@ def test_train_py_community_encoder(run_train):
     for key in ("val/modularity", "test/ami", "test/modularity"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_train_py_encoder_on_graph_families_and_publish_with_notes(run_train, tmp_path):
+    """experiment=community_encoder_corpus: networks of the benchmark families, couplings shrunk by their noise,
+    fine-tuned from the zoo encoder; the published encoder carries its noise threshold and the card its notes."""
+    import json
+
+    from dgrn.publish import publish_checkpoint
+
+    metrics, run_dir = run_train(
+        ["experiment=community_encoder_corpus", "data.n_train=2", "data.n_val=1", "data.n_test=1", "data.t=800",
+         "data.families=[planted,lfr0.3]", "data.cache=null", "data.batch_size=2"],
+        base=["trainer.max_epochs=1", "logger=none"],
+    )
+    assert metrics["test/ami"] == metrics["test/ami"]
+    folder = publish_checkpoint(run_dir, "tiny_encoder", command="pytest", out_dir=tmp_path / "tiny_encoder",
+                                notes="## Benchmark\nheld-out AMI")
+    assert (folder / "README.md").read_text().rstrip().endswith("## Benchmark\nheld-out AMI")
+    assert "| input | the couplings shrunk by 1.5 standard errors" in (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["net"]["noise_threshold"] == 1.5

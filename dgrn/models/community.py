@@ -266,9 +266,11 @@ It works on networks of any size; the number of communities is chosen per networ
 
 
 def publish_encoder(ckpt_path: str | Path, name: str, *, summary: str = "", command: str = "",
-                    out_dir: str | Path | None = None) -> Path:
-    """Publish a :class:`CommunityModule` checkpoint (or a ``train.py`` run directory) as zoo model ``name``."""
+                    out_dir: str | Path | None = None, notes: str = "") -> Path:
+    """Publish a :class:`CommunityModule` checkpoint (or a ``train.py`` run directory) as zoo model ``name``;
+    ``notes`` (markdown) are appended to its card."""
     from dgrn import zoo
+    from dgrn.publish import model_card
     from dgrn.runner import load_checkpoint
 
     ckpt_path = Path(ckpt_path)
@@ -288,7 +290,7 @@ def publish_encoder(ckpt_path: str | Path, name: str, *, summary: str = "", comm
     folder = Path(out_dir) if out_dir else zoo.checkpoint_dir() / name
     return zoo.save_pretrained(
         model.net, folder, architecture="community_encoder", net_kwargs=hp["encoder"],
-        card=lambda config: encoder_card(name, config, model.net), summary=summary or "GNN community encoder",
+        card=lambda config: model_card(name, config, model.net, notes), summary=summary or "GNN community encoder",
         data=data_hp, command=command, metrics={"test": metrics},
     )
 
