@@ -97,7 +97,7 @@ sys.path.insert(0, str(ROOT))
 
 from dgrn.data import SpikeData, atomic_write  # noqa: E402
 from dgrn.graph import COMMUNITY_METHODS, correlation, find_communities, infer_couplings  # noqa: E402
-from dgrn.sim.graph_families import family_kinetic_ising  # noqa: E402
+from dgrn.sim.graph_families import family_kinetic_ising, family_recording  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "communities.json"
 FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted", "lif")
@@ -108,7 +108,6 @@ ENCODERS = {"gnn": "community_encoder_kising", "gnn_grid": "community_encoder_gr
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
 DEFAULT_METHOD = ("ml", "leiden+denoised")  # what find_communities(infer_couplings(spikes), spikes=spikes) gives
 BASE_RATE, BIAS_SD, DT = 0.05, 0.3, 0.01
-LIF_DT = 0.005  # bins of the lif family (the clustered LIF network's own preset, 5 ms as in bench/graph.py)
 
 
 #: the methods that take ``weights`` (default "positive": negative couplings dropped) under the other choices
@@ -133,11 +132,7 @@ def simulate(family: str, dynamics: str, bins: int, seed: int) -> tuple[SpikeDat
     if family == "lif":  # its own network and dynamics: the clustered E/I LIF network
         if dynamics != "lif":
             raise ValueError(f"the lif family has LIF dynamics only, got {dynamics!r}")
-        from dgrn.datasets import build_dataset
-
-        data = build_dataset("clustered_lif", preset="small", duration_s=bins * LIF_DT, dt=LIF_DT, seed=seed)
-        return SpikeData(data.spikes, LIF_DT, true_couplings=data.true_couplings.to_dense(),
-                         true_communities=data.true_communities, meta={"family": family}), {}
+        return family_recording(family, bins, seed=seed), {}
     if dynamics != "kising":
         raise ValueError(f"unknown dynamics {dynamics!r} for {family!r}; only 'kising' (LIF: the lif family)")
     data = family_kinetic_ising(family, bins, seed=seed, base_rate=BASE_RATE, bias_sd=BIAS_SD, dt=DT)

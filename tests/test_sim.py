@@ -149,7 +149,7 @@ def test_hierarchical_couplings_follow_the_two_levels():
 
 def test_cap_input_and_family_networks():
     from dgrn.datasets import build_dataset
-    from dgrn.sim import cap_input, family_kinetic_ising, family_network
+    from dgrn.sim import cap_input, family_kinetic_ising, family_network, family_recording
 
     w = torch.tensor([[0.0, 4.0, -4.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     capped, mean_factor = cap_input(w, cap=6.0)
@@ -164,6 +164,10 @@ def test_cap_input_and_family_networks():
     assert data.spikes.shape == (300, data.true_communities.numel())
     assert len(data.meta["coarse_communities"]) == data.n_neurons
     assert torch.equal(build_dataset("family_kinetic_ising", family="hier", t=300, seed=2).spikes, data.spikes)
+    lif = family_recording("lif", 200, seed=0)  # the clustered LIF network: 10 clusters + the inhibitory group
+    assert lif.n_neurons == 1000 and lif.dt == 0.005 and lif.true_couplings.layout == torch.strided
+    assert int(lif.true_communities.max()) + 1 == 11
+    assert torch.equal(family_recording("hier", 300, seed=2).spikes, data.spikes)
     with pytest.raises(ValueError, match="unknown graph family 'ring'"):
         family_network("ring", 0)
     with pytest.raises(ValueError, match="'lfr<mu>'"):

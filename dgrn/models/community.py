@@ -23,8 +23,6 @@ from dgrn.nn.community import CommunityEncoder, community_loss, encoder_inputs
 
 __all__ = ["simulate_graph", "CommunityGraphDataModule", "CommunityModule", "publish_encoder", "encoder_card"]
 
-LIF_DT = 0.005  # bins of the "lif" family, as the community benchmark's
-
 
 def simulate_graph(n: int, n_communities: int, observed_fraction: float, t: int, seed: int,
                    infer_opts: dict | None = None, dataset: str = "kinetic_ising", max_in_degree: int = 16,
@@ -34,19 +32,18 @@ def simulate_graph(n: int, n_communities: int, observed_fraction: float, t: int,
     (:func:`dgrn.nn.community.encoder_inputs` with ``noise_threshold``, as ``find_communities(...,
     method="gnn")`` does). ``dataset_options``: further keyword arguments of the simulator (e.g.
     ``reference_degree``). ``family`` replaces ``dataset``, ``n`` and ``n_communities`` by a network of a benchmark
-    family: a :func:`dgrn.sim.family_kinetic_ising` name (``"planted"``, ``"hier"``, ``"lfr0.3"``) or ``"lif"``, the
-    clustered E/I LIF network (``clustered_lif`` preset ``small``, ``t`` bins of 5 ms; its inhibitory neurons are
-    one planted group).
+    family (:func:`dgrn.sim.family_recording`: ``"planted"``, ``"hier"``, ``"lfr0.3"``, or ``"lif"``, the clustered
+    E/I LIF network in 5 ms bins).
 
     Returns a PyG ``Data`` with ``x`` ``(n_obs, F)``, ``edge_index``/``edge_weight`` (signed couplings,
     ``j -> i``), ``y`` the planted communities of the observed neurons and ``num_nodes``.
     """
     from dgrn.datasets import build_dataset
 
-    if family == "lif":
-        data = build_dataset("clustered_lif", preset="small", duration_s=t * LIF_DT, dt=LIF_DT, seed=seed)
-    elif family is not None:
-        data = build_dataset("family_kinetic_ising", family=family, t=t, seed=seed)
+    if family is not None:
+        from dgrn.sim import family_recording
+
+        data = family_recording(family, t, seed=seed)
     else:
         data = build_dataset(dataset, n=n, t=t, n_communities=n_communities, seed=seed, **(dataset_options or {}))
     if observed_fraction < 1.0:

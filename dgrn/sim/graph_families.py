@@ -14,12 +14,14 @@ from dgrn.data import SpikeData
 from dgrn.sim.kinetic_ising import glauber_dynamics, kinetic_ising_network, rate_matched_bias, signed_weights
 
 __all__ = ["lfr_couplings", "hierarchical_couplings", "cap_input", "family_network", "family_kinetic_ising",
-           "INPUT_CAP"]
+           "family_recording", "INPUT_CAP", "LIF_DT"]
 
 #: summed |input| per neuron of the lfr and hier networks: uncapped, LFR hubs (up to 40 inputs) and the mostly
 #: excitatory low-mu graphs lock whole communities on (0.9 spikes per bin; mean 0.52 at mu = 0.1); capped at 6,
 #: every community fires at 0.05 to 0.06 per bin
 INPUT_CAP = 6.0
+#: bins of the ``"lif"`` family (seconds)
+LIF_DT = 0.005
 
 
 def lfr_couplings(n: int = 250, mu: float = 0.3, *, seed: int = 0, generator: torch.Generator | None = None,
@@ -145,3 +147,17 @@ def family_kinetic_ising(family: str, t: int, *, seed: int = 0, base_rate: float
     if "lfr_attempts" in info:
         meta.update(lfr_attempts=info["lfr_attempts"], lfr_seed=info["lfr_seed"])
     return SpikeData(spikes, dt, true_couplings=w, true_communities=labels, meta=meta)
+
+
+def family_recording(family: str, t: int, *, seed: int = 0) -> SpikeData:
+    """``t`` bins of one network of a benchmark family: :func:`family_kinetic_ising` for ``"planted"``, ``"hier"``
+    and ``"lfr<mu>"``, or for ``"lif"`` the clustered E/I LIF network (:func:`~dgrn.sim.lif.lif_preset`
+    ``"small"``: 800 excitatory neurons in 10 clusters and 200 inhibitory ones, one planted group of their
+    own; :data:`LIF_DT` bins), with dense true couplings."""
+    if family != "lif":
+        return family_kinetic_ising(family, t, seed=seed)
+    from dgrn.sim.lif import lif_preset
+
+    data = lif_preset("small", t * LIF_DT, LIF_DT, seed=seed)
+    return SpikeData(data.spikes, LIF_DT, true_couplings=data.true_couplings.to_dense(),
+                     true_communities=data.true_communities, meta={**data.meta, "family": family})
