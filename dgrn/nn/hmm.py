@@ -431,7 +431,7 @@ class SwitchingBernoulli(nn.Module):
         return torch.where(y[..., None] > 0, F.logsigmoid(logits), F.logsigmoid(-logits))
 
     def log_transition_matrix(self, dtype: torch.dtype) -> Tensor:
-        """:math:`\log A^u` ``(n, K, K)``."""
+        r""":math:`\log A^u` ``(n, K, K)``."""
         return torch.log_softmax(self.transition_logits.to(dtype), -1)
 
     def filter(self, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
