@@ -463,6 +463,9 @@ def test_communities_of_denoised_couplings():
         denoised.append(ami(labels, find_communities(couplings, spikes=spikes)))
         assert torch.equal(find_communities(couplings, spikes=spikes, noise_threshold=0), find_communities(couplings))
     assert np.mean(denoised) > 0.8 and np.mean(denoised) > np.mean(raw) + 0.1
+    shrunk = denoise_couplings(couplings, spikes)  # the hierarchy sees the same shrunk couplings
+    for got, ref in zip(community_hierarchy(couplings, spikes=spikes), community_hierarchy(shrunk)):
+        assert torch.equal(got, ref)
     with pytest.raises(ValueError, match="no coupling exceeds 100 standard errors"):
         find_communities(couplings, spikes=spikes, noise_threshold=100)
 

@@ -101,45 +101,64 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
     adj = as_adjacency(graph)
     if adj.shape[0] == 1:
         return torch.zeros(1, dtype=torch.long)  # one node, one community, whatever the method
-    if adj.nnz and adj.max() <= 0 and opts.get("weights", "positive") == "positive":
-        raise ValueError("every edge of the graph is negative (inhibitory): the methods drop negative weights by "
-                         "default, so no edge is left; weights='abs' uses |W|, weights='signed' (leiden) uses "
-                         "them as repulsion")
-    if spikes is not None:
-        if "spikes" in inspect.signature(fn).parameters:
-            opts["spikes"] = spikes
-        elif noise_threshold:
-            denoised = denoise_couplings(adj.toarray(), spikes, noise_threshold)
-            if not bool(denoised.ne(0).any()):
-                raise ValueError(f"no coupling exceeds {noise_threshold:g} standard errors of the noise of its "
-                                 f"estimate: the recording ({binary_spikes(spikes).shape[0]} bins) is too short to "
-                                 "show communities; lower noise_threshold (0: the raw estimates) or record longer")
-            adj = sp.csr_matrix(denoised.numpy())
+    adj = _graph_seen(adj, fn, spikes, noise_threshold, opts)
     labels = torch.as_tensor(np.asarray(fn(adj, **opts))).long()
     if labels.shape != (adj.shape[0],):
         raise RuntimeError(f"method {method!r} returned {tuple(labels.shape)} labels for {adj.shape[0]} nodes")
     if "n_communities" not in opts:  # a method told K keeps its K
-        seen = edge_weights(adj, "abs" if opts.get("weights") in ("abs", "signed") else "positive").tolil()
-        seen.setdiag(0)  # a self-coupling links a node to no other
-        seen = seen.tocsr()
-        seen.eliminate_zeros()
-        isolated = torch.as_tensor((seen.getnnz(0) + seen.getnnz(1)) == 0)
-        if isolated.any() and not isolated.all():  # no edge, no evidence: one group, not a community each
-            labels = labels.masked_fill(isolated, int(labels.max()) + 1)
+        labels = _group_isolated(labels, adj, opts.get("weights"))
     return relabel(labels)
 
 
-def community_hierarchy(graph: Any, method: str = "leiden", **opts) -> list[Tensor]:
+def _graph_seen(adj: sp.csr_matrix, fn: Callable[..., Any], spikes: Any, noise_threshold: float,
+                opts: dict) -> sp.csr_matrix:
+    """The graph a method sees: ``adj`` shrunk by ``noise_threshold`` standard errors of the ``spikes`` when given,
+    unless the method reads the spikes itself (then they go into ``opts``)."""
+    if adj.nnz and adj.max() <= 0 and opts.get("weights", "positive") == "positive":
+        raise ValueError("every edge of the graph is negative (inhibitory): the methods drop negative weights by "
+                         "default, so no edge is left; weights='abs' uses |W|, weights='signed' (leiden) uses "
+                         "them as repulsion")
+    if spikes is None:
+        return adj
+    if "spikes" in inspect.signature(fn).parameters:
+        opts["spikes"] = spikes
+        return adj
+    if not noise_threshold:
+        return adj
+    denoised = denoise_couplings(adj.toarray(), spikes, noise_threshold)
+    if not bool(denoised.ne(0).any()):
+        raise ValueError(f"no coupling exceeds {noise_threshold:g} standard errors of the noise of its estimate: "
+                         f"the recording ({binary_spikes(spikes).shape[0]} bins) is too short to show communities; "
+                         "lower noise_threshold (0: the raw estimates) or record longer")
+    return sp.csr_matrix(denoised.numpy())
+
+
+def _group_isolated(labels: Tensor, adj: sp.csr_matrix, weights: str | None) -> Tensor:
+    """``labels`` with the nodes that have no edge in ``adj`` (as the method reads its ``weights``; self-couplings
+    link a node to no other) in one group of their own: no edge, no evidence of a community."""
+    seen = edge_weights(adj, "abs" if weights in ("abs", "signed") else "positive").tolil()
+    seen.setdiag(0)
+    seen = seen.tocsr()
+    seen.eliminate_zeros()
+    isolated = torch.as_tensor((seen.getnnz(0) + seen.getnnz(1)) == 0)
+    if isolated.any() and not isolated.all():
+        labels = labels.masked_fill(isolated, int(labels.max()) + 1)
+    return labels
+
+
+def community_hierarchy(graph: Any, method: str = "leiden", *, spikes: Any = None, noise_threshold: float = 1.5,
+                        **opts) -> list[Tensor]:
     """Multiscale communities, fine to coarse: a list of label vectors ``(N,)``.
 
     ``leiden`` scans ``resolutions`` (default ``2, 1, 0.5, 0.25``); ``markov_stability`` scans ``markov_times``
     (default ``0.5, 1, 2, 4, 8``); ``lrg`` follows the RG flow. Consecutive duplicate partitions are merged.
+    ``spikes``, ``noise_threshold`` and the nodes without edges as in :func:`find_communities`.
     """
     fn = _method(method, MULTISCALE_METHODS)
-    adj = as_adjacency(graph)
+    adj = _graph_seen(as_adjacency(graph), fn, spikes, noise_threshold, opts)
     levels: list[Tensor] = []
     for lab in fn(adj, **opts):
-        lab = relabel(lab)
+        lab = relabel(_group_isolated(torch.as_tensor(np.asarray(lab)).long(), adj, opts.get("weights")))
         if not levels or not torch.equal(levels[-1], lab):
             levels.append(lab)
     return levels
