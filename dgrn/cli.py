@@ -74,7 +74,7 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from dgrn.data import atomic_write, load_recording
+    from dgrn.data import atomic_savez, load_recording
     from dgrn.zoo import load_pretrained, model_info
 
     net = load_pretrained(args.model)
@@ -100,13 +100,8 @@ def _predict(args: argparse.Namespace) -> int:
             stop = min(start + args.chunk + net.context, data.n_bins)
             probs.append(rates(x[None, start:stop])[0])
     probs = torch.cat(probs).numpy().astype(np.float32)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probabilities=probs, first_bin=np.array(net.context), dt=np.array(data.dt),
-                                model=np.array(args.model))
-
-    atomic_write(out, write)
+    atomic_savez(out, probabilities=probs, first_bin=np.array(net.context), dt=np.array(data.dt),
+                 model=np.array(args.model))
     print(f"wrote {out}: next-bin spike probabilities for bins {net.context}..{data.n_bins - 1} "
           f"({probs.shape[0]} x {probs.shape[1]})")
     return 0
@@ -126,7 +121,7 @@ def _communities(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from dgrn.data import atomic_write, load_recording
+    from dgrn.data import atomic_savez, load_recording
     from dgrn.graph import find_communities, infer_couplings
 
     data = load_recording(args.spikes)
@@ -146,11 +141,7 @@ def _communities(args: argparse.Namespace) -> int:
         print(f"AMI against the file's planted communities ({int(planted.max()) + 1}): "
               f"{adjusted_mutual_info_score(planted.numpy(), labels.numpy()):.3f}")
     out = Path(args.out) if args.out else Path(args.spikes).with_suffix(".communities.npz")
-    def write_npz(tmp: str) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to the temporary name
-            np.savez_compressed(fh, labels=labels.numpy(), sizes=np.array(sizes), couplings=couplings.numpy())
-
-    atomic_write(out, write_npz)
+    atomic_savez(out, labels=labels.numpy(), sizes=np.array(sizes), couplings=couplings.numpy())
     print(f"wrote {out} (labels, sizes, couplings)")
     return 0
 
@@ -161,7 +152,7 @@ def _renorm(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dgrn import plots
-    from dgrn.data import atomic_write, load_recording
+    from dgrn.data import atomic_savez, atomic_write, load_recording
     from dgrn.renorm import HeatKernel, pool_activity, rg_flow
     from dgrn.renorm.graphs import load_graph
 
@@ -194,12 +185,7 @@ def _renorm(args: argparse.Namespace) -> int:
             "specific_heat": lv.curves["specific_heat"].numpy(),
             "edge_index": np.vstack([coo.row, coo.col]), "edge_weight": coo.data}.items()})
     plots.plot_flow(flow, n, out / "flow.png")
-
-    def write_npz(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, n_nodes=np.array(n), **arrays)
-
-    atomic_write(out / "levels.npz", write_npz)
+    atomic_savez(out / "levels.npz", n_nodes=np.array(n), **arrays)
     summary = {"graph": str(args.graph), "n_nodes": n, "levels": [lv.summary() for lv in flow]}
     atomic_write(out / "levels.json", json.dumps(summary, indent=2))
     if args.spikes:

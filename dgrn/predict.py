@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgrn.data import SpikeData, atomic_write
+from dgrn.data import SpikeData, atomic_savez, atomic_write
 
 __all__ = ["predict_levels"]
 
@@ -52,13 +52,8 @@ def predict_levels(net, data: SpikeData, out: Path, model_name: str, n_samples: 
         arrays[f"probabilities_level{lvl}"] = torch.cat([p[lvl] for p in probs]).numpy().astype(np.float32)
         arrays[f"activity_level{lvl}"] = activity[lvl].numpy().astype(np.uint8)
         arrays[f"membership_level{lvl}"] = net._index(lvl).numpy()
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
     out = Path(out)
-    atomic_write(out, write)
+    atomic_savez(out, **arrays)
     n_units = net.n_units
     summary = {"model": model_name, "n_units": n_units, "bins_scored": int(log_prob.shape[0]),
                "nll_per_unit": [float(-log_prob[:, lvl].mean() / n_units[lvl]) for lvl in range(levels)],

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["SpikeData", "atomic_write"]
+__all__ = ["SpikeData", "atomic_write", "atomic_savez"]
 
 _FORMAT_VERSION = 1
 
@@ -101,6 +101,15 @@ def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[str],
         raise
     _fsync(path.parent, directory=True)  # the rename itself
     return path
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``np.savez_compressed(path, **arrays)`` by :func:`atomic_write`, written to exactly ``path``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez_compressed(fh, **arrays)
+
+    return atomic_write(path, write)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -434,12 +443,7 @@ class SpikeData:
             arrays["true_couplings"] = w.numpy()
         if self.true_communities is not None:
             arrays["true_communities"] = self.true_communities.numpy()
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-
-        return atomic_write(path, write)
+        return atomic_savez(path, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, dt: float | None = None) -> "SpikeData":

@@ -49,10 +49,8 @@ def simulate_graph(n: int, n_communities: int, observed_fraction: float, t: int,
     if observed_fraction < 1.0:
         data = data.subsample(observed_fraction, seed=seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # silent neurons are expected in some networks; they get zero couplings
+        warnings.simplefilter("ignore")  # silent neurons are expected in some networks: zero couplings, infinite se
         coupling = infer_couplings(data, **(infer_opts or {"max_iter": 10}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the same silent neurons: their standard errors are infinite
         x, edge_index, edge_weight = encoder_inputs(coupling, data, max_in_degree, noise_threshold)
     return Data(x=x, edge_index=edge_index, edge_weight=edge_weight, y=data.observed_communities(),
                 num_nodes=data.n_neurons)

@@ -299,9 +299,9 @@ def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16,
     in-edges of each node (signed; self-loops dropped) to pass messages on, after the couplings are shrunk by
     ``noise_threshold`` standard errors (:func:`dgrn.graph.denoise_couplings`; 0: as given). Training and inference
     both use it."""
-    if noise_threshold:
-        graph = denoise_couplings(as_adjacency(graph).toarray(), spikes, noise_threshold)
     adj = as_adjacency(graph)
+    if noise_threshold:
+        adj = as_adjacency(denoise_couplings(adj.toarray(), spikes, noise_threshold))
     adj.setdiag(0)
     adj.eliminate_zeros()
     x = node_features(spikes, adj)
