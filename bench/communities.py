@@ -46,7 +46,7 @@ Grid
 - **Methods** on each graph: every registered :data:`dgrn.graph.COMMUNITY_METHODS` method at its defaults
   (``leiden``, ``markov_stability``, ``lrg``, ``gnn`` with the zoo encoder ``community_encoder_kising`` and the
   spikes, ``spectral`` told the true K; ``run_cell``'s ``encoder`` maps ``gnn`` and ``gnn_grid`` to their encoders),
-  plus ``leiden_stable`` (resolution chosen by the stability rule below),
+  ``leiden_stable`` (:func:`dgrn.graph.stable_resolution`, the rule below; its resolution is recorded), plus
   ``infomap`` (pip ``infomap``, directed, two-level; skipped when not installed) and ``consensus`` (connected
   components of the majority co-association of the label-free methods' partitions) and ``dmon`` (PyG's
   ``DMoNPooling`` after a dense GCN layer, fitted to each graph, **told the true K**: ``bench/graph.py``'s
@@ -96,13 +96,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dgrn.data import SpikeData, atomic_write  # noqa: E402
-from dgrn.graph import COMMUNITY_METHODS, correlation, find_communities, infer_couplings  # noqa: E402
+from dgrn.graph import COMMUNITY_METHODS, correlation, find_communities, infer_couplings, stable_resolution  # noqa: E402
 from dgrn.sim.graph_families import family_kinetic_ising, family_recording  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "communities.json"
 FAMILIES = ("lfr0.1", "lfr0.3", "lfr0.5", "hier", "planted", "lif")
 GRAPHS = ("ml", "ml_latent", "corr", "true")
-EXTRA_METHODS = ("leiden_stable", "infomap", "consensus", "dmon", "gnn_grid")
+EXTRA_METHODS = ("infomap", "consensus", "dmon", "gnn_grid")
 #: zoo encoder of each GNN method
 ENCODERS = {"gnn": "community_encoder_kising", "gnn_grid": "community_encoder_grid"}
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
@@ -141,28 +141,6 @@ def simulate(family: str, dynamics: str, bins: int, seed: int) -> tuple[SpikeDat
 
 
 # ----------------------------------------------------------------------------------------------- methods
-def leiden_stable(adj, seeds=(0, 1)) -> tuple[np.ndarray, float]:
-    """Leiden at the resolution whose partitions are most stable across seeds and neighbouring resolutions."""
-    from dgrn.graph.communities import leiden
-
-    grid = [0.25 * math.sqrt(2) ** k for k in range(9)]
-    parts = [[leiden(adj, resolution=r, seed=s) for s in seeds] for r in grid]
-    best, best_key = None, None
-    for i, r in enumerate(grid):
-        if min(len(np.unique(p)) for p in parts[i]) < 2:
-            continue
-        pairs = [ami(parts[i][0], parts[i][1])]
-        for k in (i - 1, i + 1):
-            if 0 <= k < len(grid):
-                pairs += [ami(a, b) for a in parts[i] for b in parts[k]]
-        key = (statistics.fmean(pairs), -abs(math.log(r)))
-        if best_key is None or key > best_key:
-            best, best_key = i, key
-    if best is None:
-        return parts[4][0], 1.0
-    return parts[best][0], grid[best]
-
-
 def infomap_labels(adj, seed: int = 0) -> np.ndarray:
     import infomap
     from dgrn.graph.convert import edge_weights
@@ -192,7 +170,7 @@ def run_method(method: str, graph: torch.Tensor, spikes: torch.Tensor, k_true: i
     if method == "leiden_stable":
         from dgrn.graph import as_adjacency
 
-        lab, res = leiden_stable(as_adjacency(graph))
+        lab, res = stable_resolution(as_adjacency(graph))
         return lab, {"resolution": res}
     if method == "infomap":
         from dgrn.graph import as_adjacency

@@ -393,6 +393,14 @@ def test_dgrn_hierarchy_from_the_correlation_graph(kising):
     assert model.hparams.hierarchy_info["hierarchy_graph"] == "correlation"
     with pytest.raises(ValueError, match="unknown hierarchy_graph 'lagged'"):
         DGRN.from_datamodule(dm, levels=1, communities="leiden", net=net, hierarchy_graph="lagged")
+    # community_options reach the method: the same graph at Leiden resolution 3 (more, smaller communities)
+    finer = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 5}, net=net,
+                                 hierarchy_graph="correlation", community_options={"resolution": 3.0})
+    expected = build_hierarchy(correlation(train), train, 1, communities="leiden",
+                               community_options={"resolution": 3.0})
+    assert finer.hparams.net["memberships"] == expected["memberships"]
+    assert finer.net.n_units[1] > model.net.n_units[1]
+    assert finer.hparams.hierarchy_info["community_options"] == {"resolution": 3.0}
 
 
 def test_dgrn_refuses_too_few_neurons():

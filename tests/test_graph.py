@@ -7,9 +7,9 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score as ami
 
 from dgrn.graph import (
-    ConvergenceWarning, UninformativeFitWarning, community_hierarchy, community_order, correlation,
+    ConvergenceWarning, UninformativeFitWarning, as_adjacency, community_hierarchy, community_order, correlation,
     coupling_standard_errors, denoise_couplings, find_communities, infer_couplings, mean_field_couplings, metagraph,
-    partial_correlation, relabel, select_latent_rank,
+    partial_correlation, relabel, select_latent_rank, stable_resolution,
 )
 from dgrn.graph.baselines import _solve_tap
 from dgrn.graph.quality import directed_modularity
@@ -481,6 +481,22 @@ def test_warns_where_shrinking_single_couplings_strips_neurons():
     couplings = infer_couplings(data.spikes)
     with pytest.warns(UserWarning, match=r"left 2\d of 60 connected neurons without an edge.*noise_threshold=0"):
         find_communities(couplings, spikes=data.spikes)
+
+
+def test_stable_resolution_escapes_the_resolution_limit():
+    """A ring of 30 five-node cliques, each joined to the next by one edge (Fortunato & Barthelemy 2007): modularity
+    at resolution 1 merges neighbouring cliques (16 communities), the most stable resolution recovers all 30."""
+    n_cliques, size = 30, 5
+    labels = np.repeat(np.arange(n_cliques), size)
+    adj = (labels[:, None] == labels[None, :]).astype(float)
+    np.fill_diagonal(adj, 0)
+    for c in range(n_cliques):
+        i, j = c * size, (c + 1) % n_cliques * size + 1
+        adj[i, j] = adj[j, i] = 1
+    assert int(find_communities(adj, "leiden").max()) + 1 < n_cliques
+    found, resolution = stable_resolution(as_adjacency(adj))
+    assert ami(labels, found) == pytest.approx(1.0) and resolution > 1
+    assert torch.equal(find_communities(adj, "leiden_stable"), relabel(torch.as_tensor(found)))
 
 
 def test_lrg_communities():

@@ -72,10 +72,11 @@ class DGRN(NextBinModule):
                         tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
                         pool: str = "or", max_threshold: int | None = None, init: str = "rates",
                         hierarchy_graph: str = "couplings", time_scales: list[int] | str | None = None,
-                        **kwargs: Any) -> DGRN:
+                        community_options: dict | None = None, **kwargs: Any) -> DGRN:
         """Infer the couplings on the training split (:func:`dgrn.graph.infer_couplings` with ``graph`` options),
-        build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities``, ``encoder`` = a zoo name
-        for the ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
+        build the hierarchy (:func:`dgrn.nn.build_hierarchy`: ``levels``, ``communities`` (a
+        :func:`dgrn.graph.find_communities` method, with ``community_options``), ``encoder`` = a zoo name for the
+        ``gnn`` method, ``tau`` / ``shrink`` / ``laplacian`` of the renormalization, ``pool`` /
         ``max_threshold``: when a coarse unit is active, thresholds set on the training split; a graph that cannot be
         coarse-grained ``levels`` times gets the levels it can, with a warning) and return the model,
         its decoders started at the training split's rates of every level (``init="glm"``: the fine level at the
@@ -101,12 +102,13 @@ class DGRN(NextBinModule):
         enc = zoo.load_pretrained(encoder) if communities == "gnn" and levels > 0 else None
         hierarchy = build_hierarchy(couplings, spikes, levels, communities=communities, encoder=enc, tau=tau,
                                     shrink=shrink, laplacian=laplacian, pool=pool, max_threshold=max_threshold,
-                                    strict=False, time_scales=time_scales,
+                                    strict=False, time_scales=time_scales, community_options=community_options,
                                     scored_bins=datamodule.hparams.window - net_context)
         log.info("DGRN hierarchy: units per level %s, tau %s, thresholds per level %s, time scales %s",
                  hierarchy["n_units"], hierarchy["taus"], [sorted(set(k)) for k in hierarchy["thresholds"]],
                  hierarchy["time_scales"])
         info = {"n_units": hierarchy.pop("n_units"), "taus": hierarchy.pop("taus"), "communities": communities,
+                "community_options": dict(community_options or {}),
                 "encoder": encoder, "tau": tau, "shrink": shrink, "laplacian": laplacian, "pool": pool,
                 "max_threshold": max_threshold, "hierarchy_graph": hierarchy_graph}
         model = cls(n_neurons=datamodule.n_neurons, net={**net, **hierarchy}, hierarchy_info=info, **kwargs)
