@@ -112,17 +112,22 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
 
 
 def _continue(net, x: Tensor, n_bins: int, memory: int, generator: torch.Generator | None) -> Tensor:
-    """``n_bins`` bins drawn after each past ``x`` ``(B, memory, N)``, ``(B, n_bins, N)``."""
-    drawn, total = [], 0
+    """``n_bins`` bins drawn after each past ``x`` ``(B, memory, N)``, ``(B, n_bins, N)``. Past and draws share one
+    buffer, and the model is fed a view of its last ``memory`` bins: no copy of the window per step."""
+    steps = getattr(net, "time_scales", [1])[-1]  # bins drawn per step
+    buffer = x.new_empty(x.shape[0], memory + n_bins + steps - 1, x.shape[2])
+    buffer[:, :memory] = x
+    total = 0
     while total < n_bins:
-        out = net.sample(x, 1, generator=generator)
+        out = net.sample(buffer[:, total:total + memory], 1, generator=generator)
         if isinstance(out, list):  # multiscale: level 0, in decoder order
             out = net.to_neurons(out[0])
-        step = out.reshape(x.shape[0], -1, x.shape[2]).to(x.dtype)  # (B, bins drawn, N)
-        drawn.append(step)
+        step = out.reshape(x.shape[0], -1, x.shape[2])  # (B, bins drawn, N)
+        if step.shape[1] > steps:
+            raise RuntimeError(f"{type(net).__name__}.sample drew {step.shape[1]} bins, more than its {steps}")
+        buffer[:, memory + total:memory + total + step.shape[1]] = step
         total += step.shape[1]
-        x = torch.cat([x, step], 1)[:, -memory:]
-    return torch.cat(drawn, 1)[:, :n_bins]
+    return buffer[:, memory:memory + n_bins]
 
 
 def forecast_scores(probability, truth) -> dict:

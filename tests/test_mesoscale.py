@@ -79,6 +79,23 @@ def test_rollouts_of_a_temporal_multiscale_model_are_cut_to_length():
     assert out.shape == (1, 3, 10, 4) and set(out.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("net_kwargs", [{"latent_states": 2}, {"time_scales": [2]}])
+def test_rollouts_are_the_draws_of_the_window_fed_back(net_kwargs):
+    """rollout keeps past and draws in one buffer: its continuations are exactly those of calling ``sample`` on the
+    last ``memory`` bins, step after step, with the same generator (latent chains; a 2-bin top level)."""
+    torch.manual_seed(0)
+    net = MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, **net_kwargs).eval()
+    windows = (torch.rand(2, 5, 4) < 0.4).float()
+    got = rollout(net, windows, 5, 3, generator=torch.Generator().manual_seed(3), memory=4)
+    x, gen, drawn = windows[:, -4:].repeat_interleave(3, 0), torch.Generator().manual_seed(3), []
+    while sum(d.shape[1] for d in drawn) < 5:
+        out = net.sample(x, 1, generator=gen)
+        step = net.to_neurons(out[0]).reshape(x.shape[0], -1, 4)
+        drawn.append(step)
+        x = torch.cat([x, step], 1)[:, -4:]
+    torch.testing.assert_close(got, torch.cat(drawn, 1)[:, :5].reshape(2, 3, 5, 4), rtol=0, atol=0)
+
+
 def test_activity_statistics_of_a_record_against_itself_and_another():
     torch.manual_seed(1)
     x = (torch.rand(400, 6) < 0.2).float()

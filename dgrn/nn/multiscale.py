@@ -233,6 +233,11 @@ def choose_time_scales(spikes: Any, memberships: list[Any], *, scored_bins: int 
     return scales
 
 
+def _repeat(x: Tensor, n: int) -> Tensor:
+    """``x`` with every row repeated ``n`` times (dim 0); itself, uncopied, for ``n = 1``."""
+    return x if n == 1 else x.repeat_interleave(n, 0)
+
+
 class MultiscaleBornMachine(nn.Module):
     r"""Coarse-to-fine next-bin model over a hierarchy of units (the DGRN network).
 
@@ -564,11 +569,11 @@ class MultiscaleBornMachine(nn.Module):
         drawn: list[list[Tensor]] = [[] for _ in xs]
         latent = []
         if self.latent_states:  # the top level: a draw from the chains' filtered mixture, once per window's filter
-            _, _, log_prior, c = (t.repeat_interleave(n_samples, 0) for t in self._filter_latent(xs))
+            _, _, log_prior, c = (_repeat(t, n_samples) for t in self._filter_latent(xs))
             draw = self.decoders[-1].sample(c, log_prior, generator).to(x.dtype)
             latent = [self.decoders[-1].update(draw, c, log_prior)[..., 1:].flatten(-2)]
             drawn[-1].append(draw)
-        xs = [lvl.repeat_interleave(n_samples, 0) for lvl in xs]
+        xs = [_repeat(lvl, n_samples) for lvl in xs]
         for t in range(self.time_scales[-1]):
             for lvl in range(self.n_levels - bool(self.latent_states), -1, -1):
                 if t % self.time_scales[lvl]:
@@ -595,7 +600,8 @@ class MultiscaleBornMachine(nn.Module):
                     constraint["groups"] = groups
                 draw = self.decoders[lvl].sample(torch.cat(feats, -1), generator, **constraint).to(x.dtype)
                 drawn[lvl].append(draw)
-                xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
+                if t + 1 < self.time_scales[-1]:  # later steps of this call read it
+                    xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
         out = [torch.stack(d, 1).reshape(x.shape[0], n_samples, len(d), -1) for d in drawn]
         return [d[:, :, 0] for d in out] if self.time_scales[-1] == 1 else out
 
