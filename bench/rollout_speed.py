@@ -3,7 +3,7 @@
     python bench/rollout_speed.py [--repo DIR]
 
 An untrained :class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent chains,
-bond dimension 4) draws 10 rollouts of 10 bins from each of 64 random windows of 64 bins, on one thread. Prints the
+bond dimension 4, rank 1) draws 10 rollouts of 10 bins from each of 64 random windows of 64 bins, on one thread. Prints the
 seconds and the number of spikes drawn (the same for two versions that draw the same). ``--repo`` imports ``dgrn``
 from another checkout, e.g. a ``git worktree`` of an older commit, so two versions can be timed alternately.
 """
