@@ -497,6 +497,8 @@ def test_stable_resolution_escapes_the_resolution_limit():
     found, resolution = stable_resolution(as_adjacency(adj))
     assert ami(labels, found) == pytest.approx(1.0) and resolution > 1
     assert torch.equal(find_communities(adj, "leiden_stable"), relabel(torch.as_tensor(found)))
+    with pytest.raises(ValueError, match="at least one resolution"):
+        stable_resolution(as_adjacency(adj), resolutions=())
 
 
 def test_lrg_communities():

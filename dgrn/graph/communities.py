@@ -81,7 +81,8 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
     Args:
         graph: dense ``(N, N)`` tensor/array, scipy sparse matrix or ``(edge_index, edge_weight, num_nodes)``;
             ``[i, j]`` is the weight of ``j -> i`` (a coupling matrix from :func:`infer_couplings` as is).
-        method: ``"leiden"``, ``"markov_stability"``, ``"spectral"``, ``"lrg"`` (:mod:`dgrn.renorm`), ``"gnn"``
+        method: ``"leiden"``, ``"leiden_stable"`` (:func:`stable_resolution`), ``"markov_stability"``,
+            ``"spectral"``, ``"lrg"`` (:mod:`dgrn.renorm`), ``"gnn"``
             (:mod:`dgrn.nn`; needs ``encoder`` and ``spikes``), or one added by :func:`register_community_method`.
             ``opts`` go to the method, e.g. ``resolution``, ``markov_time``, ``n_communities``, ``weights``
             (``"positive"`` default: negative couplings are dropped; ``"abs"``; ``"signed"`` for ``leiden``:
@@ -257,6 +258,9 @@ def stable_resolution(adj: sp.csr_matrix, resolutions=STABLE_RESOLUTIONS, seeds=
     noise, do. ``opts`` go to :func:`leiden`."""
     from sklearn.metrics import adjusted_mutual_info_score as ami
 
+    resolutions, seeds = tuple(resolutions), tuple(seeds)
+    if not resolutions or not seeds:
+        raise ValueError(f"need at least one resolution and one seed, got {resolutions} and {seeds}")
     parts = [[leiden(adj, resolution=r, seed=s, **opts) for s in seeds] for r in resolutions]
     best, best_key = None, None
     for i, r in enumerate(resolutions):
