@@ -246,7 +246,7 @@ STABLE_RESOLUTIONS = tuple(0.25 * 2 ** (k / 2) for k in range(9))
 
 def stable_resolution(adj: sp.csr_matrix, resolutions=STABLE_RESOLUTIONS, seeds=(0, 1),
                       **opts) -> tuple[np.ndarray, float]:
-    """Leiden at the resolution whose partitions are the most reproducible: ``(labels, resolution)``.
+    r"""Leiden at the resolution whose partitions are the most reproducible: ``(labels, resolution)``.
 
     Modularity at resolution 1 cannot resolve communities smaller than about :math:`\sqrt{2m}` (Fortunato &
     Barthelemy 2007): 50 clusters of 16 observed neurons merge into 13. The resolution is chosen without the
