@@ -112,7 +112,7 @@ def find_communities(graph: Any, method: str = "leiden", *, spikes: Any = None, 
     if labels.shape != (adj.shape[0],):
         raise RuntimeError(f"method {method!r} returned {tuple(labels.shape)} labels for {adj.shape[0]} nodes")
     if "n_communities" not in opts:  # a method told K keeps its K
-        labels = _group_isolated(labels, adj, opts.get("weights"))
+        labels = _group_isolated(labels, _isolated_nodes(adj, opts.get("weights")))
     return relabel(labels)
 
 
@@ -136,8 +136,9 @@ def _graph_seen(adj: sp.csr_matrix, fn: Callable[..., Any], spikes: Any, noise_t
         raise ValueError(f"no coupling exceeds {noise_threshold:g} standard errors of the noise of its estimate: "
                          f"the recording ({binary_spikes(spikes).shape[0]} bins) is too short to show communities; "
                          "lower noise_threshold (0: the raw estimates) or record longer")
-    _warn_if_stripped(adj, denoised, noise_threshold, opts.get("weights", "positive"))
-    return sp.csr_matrix(denoised.numpy())
+    seen = sp.csr_matrix(denoised.numpy())
+    _warn_if_stripped(adj, seen, noise_threshold, opts.get("weights", "positive"))
+    return seen
 
 
 #: fraction of the connected nodes that the shrinkage may leave without an edge before find_communities warns: 0 on
@@ -145,11 +146,11 @@ def _graph_seen(adj: sp.csr_matrix, fn: Callable[..., Any], spikes: Any, noise_t
 STRIPPED_WARNING = 0.05
 
 
-def _warn_if_stripped(adj: sp.csr_matrix, denoised: Tensor, noise_threshold: float, weights: str) -> None:
+def _warn_if_stripped(adj: sp.csr_matrix, denoised: sp.csr_matrix, noise_threshold: float, weights: str) -> None:
     """Warn when the shrinkage strips many nodes of their every edge: there single couplings are poorly determined
     (rates near 0 or 1, a community locked on), and the raw estimates, summed by the method, may still hold the
     communities that thresholding each one separately throws away."""
-    before, after = _isolated_nodes(adj, weights), _isolated_nodes(sp.csr_matrix(denoised.numpy()), weights)
+    before, after = _isolated_nodes(adj, weights), _isolated_nodes(denoised, weights)
     stripped = int((after & ~before).sum())
     if stripped > STRIPPED_WARNING * int((~before).sum()):
         warnings.warn(f"shrinking the couplings by {noise_threshold:g} standard errors left {stripped} of "
@@ -158,17 +159,18 @@ def _warn_if_stripped(adj: sp.csr_matrix, denoised: Tensor, noise_threshold: flo
                       "noise_threshold=0 (the raw estimates)", stacklevel=4)
 
 
-def _group_isolated(labels: Tensor, adj: sp.csr_matrix, weights: str | None) -> Tensor:
-    """``labels`` with the nodes that have no edge in ``adj`` (as the method reads its ``weights``; self-couplings
-    link a node to no other) in one group of their own: no edge, no evidence of a community."""
-    isolated = torch.as_tensor(_isolated_nodes(adj, weights))
+def _group_isolated(labels: Tensor, isolated: np.ndarray) -> Tensor:
+    """``labels`` with the ``isolated`` nodes (:func:`_isolated_nodes`) in one group of their own: no edge, no
+    evidence of a community."""
+    isolated = torch.as_tensor(isolated)
     if isolated.any() and not isolated.all():
         labels = labels.masked_fill(isolated, int(labels.max()) + 1)
     return labels
 
 
 def _isolated_nodes(adj: sp.csr_matrix, weights: str | None) -> np.ndarray:
-    """Boolean ``(N,)``: the nodes without an edge to another node, as a method reads its ``weights``."""
+    """Boolean ``(N,)``: the nodes without an edge to another node, as a method reads its ``weights``
+    (self-couplings link a node to no other)."""
     seen = edge_weights(adj, "abs" if weights in ("abs", "signed") else "positive").tolil()
     seen.setdiag(0)
     seen = seen.tocsr()
@@ -186,9 +188,10 @@ def community_hierarchy(graph: Any, method: str = "leiden", *, spikes: Any = Non
     """
     fn = _method(method, MULTISCALE_METHODS)
     adj = _graph_seen(as_adjacency(graph), fn, spikes, noise_threshold, opts)
+    isolated = _isolated_nodes(adj, opts.get("weights"))
     levels: list[Tensor] = []
     for lab in fn(adj, **opts):
-        lab = relabel(_group_isolated(torch.as_tensor(np.asarray(lab)).long(), adj, opts.get("weights")))
+        lab = relabel(_group_isolated(torch.as_tensor(np.asarray(lab)).long(), isolated))
         if not levels or not torch.equal(levels[-1], lab):
             levels.append(lab)
     return levels
