@@ -43,7 +43,9 @@ def test_nested_order_makes_children_contiguous():
         nested_order([0, 0, 1], [])
 
 
-VARIANTS = [{}, {"thresholds": THRESHOLDS}, {"latent_states": 2}, {"latent_states": 3, "thresholds": THRESHOLDS}]
+VARIANTS = [{}, {"thresholds": THRESHOLDS}, {"latent_states": 2}, {"latent_states": 3, "thresholds": THRESHOLDS},
+            {"latent_states": 2, "latent_mixture": True},
+            {"latent_states": 3, "latent_mixture": True, "thresholds": THRESHOLDS}]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -135,7 +137,67 @@ def test_latent_top_level_equals_brute_force_over_hidden_paths():
     assert not torch.allclose(net(x)[:, :, 0], fine)
 
 
+def test_latent_mixture_equals_brute_force_over_hidden_paths():
+    """With ``latent_mixture`` every level's factor is a ratio of sums over the joint paths of the chains, whose
+    emission in a bin is the top unit's Bernoulli times its segments' factors at every finer level in that state:
+    against the sum over all K^(2 T) paths, each segment scored by its own ConditionalMPS with the state one-hot in
+    its context (the top level's context and fields as in the test above)."""
+    net = _net(latent_states=2, latent_mixture=True, thresholds=THRESHOLDS)
+    top = net.decoders[-1]
+    x = (torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(4)) < 0.5).double()
+    xs = net.pool(x)
+    fine = xs[0][:, :-1]  # the last fine bin before bins 1..5, decoder order
+    emission = torch.zeros(3, 5, 2, 2, dtype=torch.float64)  # (B, bin 1..5, top unit, state)
+    with torch.no_grad():
+        states, _ = net.grus[-1](xs[-1][:, :-1])
+        f = (torch.cat([states, fine], -1) @ top.field.weight.T + top.field.bias).unflatten(-1, (2, 2))
+        p_on = torch.sigmoid((f[..., 1] - f[..., 0])[..., None] + top.state_logits)
+        emission += torch.where(xs[-1][:, 1:, :, None] > 0, p_on, 1 - p_on).log()
+        for lvl in range(2):
+            states, _ = net.grus[lvl](xs[lvl][:, :-1])
+            c = torch.cat([states, fine], -1).reshape(15, -1)
+            groups, k = getattr(net, f"groups_{lvl}"), torch.tensor(net.thresholds[lvl])
+            for u, (part, sites) in enumerate(zip(net.decoders[lvl].parts, net.decoders[lvl].slices)):
+                blocks = groups[sites]
+                parents = slice(int(blocks[0]), int(blocks[-1]) + 1)
+                for state in range(2):
+                    onehot = torch.nn.functional.one_hot(torch.tensor(state), 2).double().expand(15, 2)
+                    emission[:, :, u, state] += part.log_prob(
+                        xs[lvl][:, 1:, sites].reshape(15, -1), torch.cat([c, onehot], 1), groups=blocks - blocks[0],
+                        active=xs[lvl + 1][:, 1:, parents].reshape(15, -1).bool(), thresholds=k[parents]).view(3, 5)
+        a = torch.softmax(top.transition_logits.double(), -1).numpy()
+    top_emission = torch.where(xs[-1][:, 1:, :, None] > 0, p_on, 1 - p_on).log()
+    stationary = []
+    for u in range(2):
+        vals, vecs = np.linalg.eig(a[u].T)
+        pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
+        stationary.append(pi / pi.sum())
+
+    def log_sum_over_paths(b: int, t: int, last) -> float:
+        """log of the sum over paths of bins 1..t, bin t emitting ``last`` (B, 5, 2, 2) instead of everything."""
+        total = 0.0
+        for paths in itertools.product(range(2), repeat=2 * t):
+            w = 1.0
+            for u in range(2):
+                path = paths[u * t:(u + 1) * t]
+                w *= stationary[u][path[0]]
+                for s, k in enumerate(path):
+                    if s:
+                        w *= a[u][path[s - 1], k]
+                    w *= float((last if s == t - 1 else emission)[b, s, u, k].exp())
+            total += w
+        return np.log(total)
+
+    full = np.array([[log_sum_over_paths(b, t, emission) for t in range(1, 6)] for b in range(3)])
+    coarse = np.array([[log_sum_over_paths(b, t, top_emission) for t in range(2, 6)] for b in range(3)])
+    factors = net(x)  # (3, 4, 3): scored bins 2..5
+    torch.testing.assert_close(factors.sum(-1), torch.tensor(np.diff(full, axis=1)), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(factors[..., -1], torch.tensor(coarse - full[:, :-1]), atol=1e-9, rtol=1e-9)
+
+
 def test_latent_states_refusals():
+    with pytest.raises(ValueError, match="latent_mixture needs latent chains"):
+        MultiscaleBornMachine(6, MEMBERS, latent_mixture=True)
     with pytest.raises(ValueError, match="latent_states"):
         MultiscaleBornMachine(6, MEMBERS, latent_states=1)
     with pytest.raises(ValueError, match="latent_states"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgrn.sim.ising import chain_couplings, ising_sample_exact
-from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, balanced_tree, lattice_tree, tree_from_labels
+from dgrn.tn import MERA, MPS, TTN, ConditionalMPS, SegmentedMPS, balanced_tree, lattice_tree, tree_from_labels
 from dgrn.tn.readouts import compression_report, pair_marginals, truncation_curve
 
 TREE = [[0, [1, 2, 5]], [[3], 4], 6]  # ternary node, single-child node and a site joining the root
@@ -1163,3 +1163,40 @@ def test_conditional_mps_contraction_choice_and_tree_helpers():
     pair_map = count_pair_map(torch.tensor([1, 2]), 3)
     assert pair_map.shape == (2, 9, 3) and pair_map[0, 4].tolist() == [0, 1, 0] and pair_map[0, 2].sum() == 0
     assert pair_map[1, 4].tolist() == [0, 0, 1] and pair_map[1, 3].tolist() == [0, 1, 0]
+
+
+def test_segmented_mps_is_a_normalized_product_of_its_segments():
+    """Enumerate the 2^5 configurations of segments of 2 and 3 sites under a count constraint (blocks [0, 0 | 1, 2,
+    2], block 2 needing 2 nonzero sites): each segment's factor sums to 1 over its consistent configurations and the
+    product sums to 1 over the joint ones, with one context per segment; draws follow the product (total variation
+    at 20k draws); a block across two segments is refused."""
+    torch.manual_seed(0)
+    m = SegmentedMPS([2, 3], context_dim=3, bond_dim=3, rank=1).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    groups, thresholds = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 1, 2])
+    active = torch.tensor([[True, False, True]])
+    c = torch.randn(1, 2, 3, dtype=torch.float64)
+    x = torch.tensor(list(itertools.product([0, 1], repeat=5)))
+    lp = m.log_prob(x, c.expand(32, -1, -1), groups=groups, active=active.expand(32, -1), thresholds=thresholds).detach()
+    assert lp.shape == (32, 2)
+    consistent = (x[:, :2].sum(1) >= 1) & (x[:, 2] == 0) & (x[:, 3:].sum(1) >= 2)
+    assert torch.isinf(lp.sum(1)[~consistent]).all()
+    p = lp.sum(1).exp()
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=torch.float64))
+    first = {tuple(r[:2].tolist()): float(v) for r, v in zip(x, lp[:, 0].exp())}  # a segment's factor: its own sites
+    assert all(abs(first[tuple(r[:2].tolist())] - float(v)) < 1e-12 for r, v in zip(x, lp[:, 0].exp()))
+    torch.testing.assert_close(torch.tensor(sum(first.values()), dtype=torch.float64),
+                               torch.tensor(1.0, dtype=torch.float64))
+    draws = m.sample(c.expand(20_000, -1, -1), torch.Generator().manual_seed(1), groups=groups,
+                     active=active.expand(20_000, -1), thresholds=thresholds)
+    keys = (draws * 2 ** torch.arange(4, -1, -1)).sum(1)
+    freq = torch.bincount(keys, minlength=32).double() / 20_000
+    assert 0.5 * (freq - p).abs().sum() < 0.03
+    with pytest.raises(ValueError, match="straddles two segments"):
+        m.log_prob(x, c[:, 0].expand(32, -1), groups=torch.tensor([0, 1, 1, 2, 2]), active=active.expand(32, -1))
+    with pytest.raises(ValueError, match="context must have shape"):
+        m.log_prob(x, torch.randn(32, 3, 3))
+    with pytest.raises(ValueError, match="sizes"):
+        SegmentedMPS([2, 0], 3, 2)

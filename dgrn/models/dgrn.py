@@ -3,6 +3,7 @@ coarse-to-fine tensor-network decoder of the next bin at every level."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -128,7 +129,9 @@ class DGRN(NextBinModule):
         """The parameters that make the decoders more than a product of Bernoullis: every level's cores, boundary
         vectors and (rank > 0) context-gated modulations with their gates."""
         names = ("core", "left", "right", "modulation", "gate.weight")
-        return [p for dec in self.net.decoders for n, p in dec.named_parameters() if n in names]
+        # a segmented level's parameters are parts.<segment>.<name>
+        return [p for dec in self.net.decoders for n, p in dec.named_parameters()
+                if re.sub(r"^parts\.\d+\.", "", n) in names]
 
     def latent_chain_parameters(self) -> list[nn.Parameter]:
         """The latent chains' state offsets and transition matrices (``net.latent_states > 0``): trained in both

@@ -426,7 +426,9 @@ class SwitchingBernoulli(nn.Module):
         f = self.field(c).unflatten(-1, (self.n_units, 2))
         return (f[..., 1] - f[..., 0])[..., None] + self.state_logits.to(f.dtype)  # (..., n, K)
 
-    def _log_emission(self, y: Tensor, c: Tensor) -> Tensor:
+    def log_emission(self, y: Tensor, c: Tensor) -> Tensor:
+        r""":math:`\log P(y_{u} \mid z_{u} = k, c)`: activity ``(..., n)`` and contexts ``(..., F)`` ->
+        ``(..., n, K)``."""
         logits = self._state_logits(c)
         return torch.where(y[..., None] > 0, F.logsigmoid(logits), F.logsigmoid(-logits))
 
@@ -434,19 +436,23 @@ class SwitchingBernoulli(nn.Module):
         r""":math:`\log A^u` ``(n, K, K)``."""
         return torch.log_softmax(self.transition_logits.to(dtype), -1)
 
+    def log_start(self, dtype: torch.dtype) -> Tensor:
+        r"""The log stationary distribution of every chain, where the filter starts, ``(n, K)``."""
+        pi = stationary_distribution(self.transition_logits.to(dtype))
+        return pi.clamp_min(torch.finfo(pi.dtype).tiny).log()
+
     def filter(self, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if y.dim() != 3 or y.shape[2] != self.n_units or c.shape[:2] != y.shape[:2]:
             raise ValueError(f"expected activity (B, T, {self.n_units}) and contexts (B, T, F), got "
                              f"{tuple(y.shape)} and {tuple(c.shape)}")
-        log_e = self._log_emission(y, c)
-        pi = stationary_distribution(self.transition_logits.to(y.dtype))
-        start = pi.clamp_min(torch.finfo(pi.dtype).tiny).log().expand(y.shape[0], -1, -1)
+        log_e = self.log_emission(y, c)
+        start = self.log_start(y.dtype).expand(y.shape[0], -1, -1)
         priors, log_lik = forward_filter(log_e, self.log_transition_matrix(y.dtype), start)
         posterior = (priors[:, :-1] + log_e - log_lik[..., None]).exp()
         return log_lik, posterior, priors[:, -1]
 
     def update(self, y: Tensor, c: Tensor, log_prior: Tensor) -> Tensor:
-        joint = log_prior + self._log_emission(y, c)
+        joint = log_prior + self.log_emission(y, c)
         return torch.softmax(joint, -1)
 
     def sample(self, c: Tensor, log_prior: Tensor, generator: torch.Generator | None = None) -> Tensor:

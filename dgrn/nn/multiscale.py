@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from dgrn.graph import as_adjacency, community_order, find_communities, metagraph, relabel
 from dgrn.nn.glm import _check_window
-from dgrn.nn.hmm import SwitchingBernoulli
+from dgrn.nn.hmm import SwitchingBernoulli, forward_filter
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
-from dgrn.tn import ConditionalMPS
+from dgrn.tn import ConditionalMPS, SegmentedMPS
+from dgrn.tn._common import sample_categorical
 
 __all__ = ["MultiscaleBornMachine", "build_hierarchy", "choose_time_scales", "nested_order", "unit_thresholds"]
 
@@ -238,6 +239,14 @@ def _repeat(x: Tensor, n: int) -> Tensor:
     return x if n == 1 else x.repeat_interleave(n, 0)
 
 
+def _field_blocks(decoder: nn.Module) -> list[tuple[nn.Module, slice]]:
+    """The read-outs of a level's decoder, each with the units it covers (one per segment of a :class:`SegmentedMPS`):
+    every one has a ``field`` with two log-potentials per unit."""
+    if isinstance(decoder, SegmentedMPS):
+        return list(zip(decoder.parts, decoder.slices))
+    return [(decoder, slice(None))]
+
+
 class MultiscaleBornMachine(nn.Module):
     r"""Coarse-to-fine next-bin model over a hierarchy of units (the DGRN network).
 
@@ -285,6 +294,22 @@ class MultiscaleBornMachine(nn.Module):
     state then evolves on its own clock, :math:`A^u`, rather than only through the GRUs. Needs one coarse level at
     least and no time scales.
 
+    **Latent mixture** (``latent_mixture=True``, with latent chains). The finer levels become mixtures over the
+    chains' states too, and the chains are filtered on every level's activity, not on the top level's alone. The
+    units of level :math:`\ell < L` under top unit :math:`u` form a segment, modelled by its own
+    :class:`~dgrn.tn.ConditionalMPS` (:class:`~dgrn.tn.SegmentedMPS`: no bond between segments) whose context is
+    :math:`[c^\ell_t, e_{z_u}]`, the one-hot state of chain :math:`u` appended (state-dependent fields and
+    correlations). Given the chains' states the segments are independent, so the emission of chain :math:`u` is
+    :math:`e_{t,u}(k) = \log P(x^L_{u,t} \mid k, c^L_t) + \sum_{\ell<L} \log p_k(x^\ell_{u,t} \mid
+    x^{\ell+1}_{u,t}, c^\ell_t)`, the filter factorizes over the chains, and every level's factor is exact:
+    with :math:`E^{\ell}_{t,u}(k)` the sum of the terms of levels :math:`\ge \ell` and :math:`\pi_{t,u}` the
+    predictive state distribution, :math:`\log p(x^\ell_t \mid x^{\ell+1}_t, x_{<t}) = \sum_u [\operatorname{lse}_k
+    (\log\pi_{t,u}(k) + E^{\ell}_{t,u}(k)) - \operatorname{lse}_k(\log\pi_{t,u}(k) + E^{\ell+1}_{t,u}(k))]`.
+    This is the switching model's mixture at the fine scale (a slow state that changes how every neuron of a
+    community fires, inferred from all of them), at :math:`K` times the finer levels' cost and without
+    correlations between communities within a bin beyond those of the top level. Sampling draws the top level,
+    then every chain's state from its posterior given it, then each finer level given the states.
+
     Args:
         n_neurons: ``N``. memberships: ``L`` sequences of ``N`` labels (level of each neuron, nested);
         order: preferred order of the neurons (default ``0..N-1``). bond_dim, rank: of each level's decoder.
@@ -298,6 +323,7 @@ class MultiscaleBornMachine(nn.Module):
         time_scales: ``L`` integers :math:`s_1 \le \dots \le s_L`, the bins per time step of each coarse level,
             each dividing the next (default all 1; see *Temporal renormalization*).
         latent_states: :math:`K`, states of the latent chain of every top unit (0: none; see *Latent chains*).
+        latent_mixture: make the finer levels mixtures over the chains' states (see *Latent mixture*).
 
     Shapes:
         ``forward(x)``: windows ``(B, W, N)`` -> conditional log-probabilities ``(B, W - context, L + 1)``; column
@@ -311,7 +337,7 @@ class MultiscaleBornMachine(nn.Module):
     def __init__(self, n_neurons: int, memberships: list = (), order: list | None = None, bond_dim: int = 4,
                  rank: int = 1, hidden_size: int = 32, history: int = 1, context: int = 8,
                  init_noise: float = 0.3, thresholds: list | None = None, time_scales: list | None = None,
-                 latent_states: int = 0, **hierarchy_info: Any) -> None:
+                 latent_states: int = 0, latent_mixture: bool = False, **hierarchy_info: Any) -> None:
         super().__init__()
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
@@ -344,18 +370,31 @@ class MultiscaleBornMachine(nn.Module):
                              f"scales, got {latent_states!r} with {self.n_levels} coarse level(s) and time scales "
                              f"{self.time_scales[1:]}")
         self.latent_states = int(latent_states)
+        if latent_mixture and not self.latent_states:
+            raise ValueError("latent_mixture needs latent chains (latent_states >= 2)")
+        self.latent_mixture = bool(latent_mixture)
         for lvl in range(self.n_levels):  # children per unit: the most a unit can count in one child block
             self.register_buffer(f"children_{lvl}", torch.bincount(getattr(self, f"groups_{lvl}"),
                                                                    minlength=self.n_units[lvl + 1]), persistent=False)
         # a level on a finer clock than its parent also sees the parent's state, its satisfied units and m / r
         parent_features = [2 * self.n_units[lvl + 1] + 1 if self._ratio(lvl) > 1 else 0 for lvl in range(self.n_levels)]
-        # with latent chains every finer level also sees their filtered states (K - 1 probabilities per top unit)
-        latent_features = self.n_units[-1] * (self.latent_states - 1) if self.latent_states else 0
+        # with latent chains every finer level also sees their filtered states (K - 1 probabilities per top unit), or
+        # in a latent mixture its own chain's state (one-hot)
+        latent_features = (self.latent_states if self.latent_mixture else
+                           self.n_units[-1] * (self.latent_states - 1) if self.latent_states else 0)
         self.grus = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in self.n_units)
         context_dim = hidden_size + history * n_neurons
-        self.decoders = nn.ModuleList(ConditionalMPS(n, context_dim + extra + latent_features, bond_dim, rank=rank,
-                                                    init_noise=init_noise)
-                                      for n, extra in zip(self.n_units[:-1], parent_features))
+        finer = []
+        for lvl, extra in enumerate(parent_features):
+            dim = context_dim + extra + latent_features
+            if self.latent_mixture:  # one segment per top unit: the level's units under it
+                top_of = np.zeros(self.n_units[lvl], dtype=np.int64)
+                top_of[index[lvl]] = index[-1]
+                finer.append(SegmentedMPS(np.bincount(top_of, minlength=self.n_units[-1]), dim, bond_dim, rank=rank,
+                                          init_noise=init_noise))
+            else:
+                finer.append(ConditionalMPS(self.n_units[lvl], dim, bond_dim, rank=rank, init_noise=init_noise))
+        self.decoders = nn.ModuleList(finer)
         self.decoders.append(SwitchingBernoulli(self.n_units[-1], context_dim, self.latent_states)
                              if self.latent_states else
                              ConditionalMPS(self.n_units[-1], context_dim, bond_dim, rank=rank, init_noise=init_noise))
@@ -402,17 +441,19 @@ class MultiscaleBornMachine(nn.Module):
             gru.reset_parameters()
             dec.reset_parameters()
             with torch.no_grad():  # start every unit at a low firing probability, as the GLM and GRU baselines do
-                dec.field.bias.view(-1, 2)[:, 1] = math.log(0.05 / 0.95)
+                for part, _ in _field_blocks(dec):
+                    part.field.bias.view(-1, 2)[:, 1] = math.log(0.05 / 0.95)
 
     @torch.no_grad()
     def init_rates(self, spikes: Tensor) -> None:
         """Start every level's decoder at its units' mean activity in ``spikes`` ``(T, N)`` (the log-odds of the
         pooled rates as the context-free fields), as the GLM and GRU baselines start at a low rate."""
         for dec, pooled in zip(self.decoders, self.pool(torch.as_tensor(spikes).to(self.index_0.device).float())):
-            rate = pooled.mean(0).clamp(1e-4, 1 - 1e-4).to(dec.field.bias.dtype)
-            bias = dec.field.bias.view(-1, 2)
-            bias[:, 0] = 0.0
-            bias[:, 1] = torch.log(rate / (1 - rate))
+            rate = pooled.mean(0).clamp(1e-4, 1 - 1e-4)
+            for part, units in _field_blocks(dec):
+                bias = part.field.bias.view(-1, 2)
+                bias[:, 0] = 0.0
+                bias[:, 1] = torch.log(rate / (1 - rate))[units].to(bias.dtype)
 
     @torch.no_grad()
     def init_latent(self, spikes: Tensor, seed: int = 0) -> None:
@@ -430,22 +471,22 @@ class MultiscaleBornMachine(nn.Module):
         :func:`dgrn.graph.infer_couplings` with ``return_params=True``): its context-free field is the bias and its
         field from the neurons' last ``min(H, history)`` bins the couplings, so training starts from the GLM's
         predictions (up to the decoder's initial correlations) and adds instantaneous correlations and memory."""
-        dec = self.decoders[0]
         pos = self._index(0)  # decoder position of each neuron
         perm = torch.empty_like(pos)
         perm[pos] = torch.arange(self.n_neurons, device=pos.device)  # neuron at each decoder position
-        bias = torch.as_tensor(bias).to(dec.field.bias)
-        weight = torch.as_tensor(weight).to(dec.field.weight)
+        bias, weight = torch.as_tensor(bias), torch.as_tensor(weight)
         if bias.shape != (self.n_neurons,) or weight.dim() != 3 or weight.shape[1:] != (self.n_neurons,) * 2:
             raise ValueError(f"need bias ({self.n_neurons},) and weight (H, {self.n_neurons}, {self.n_neurons}); got "
                              f"{tuple(bias.shape)}, {tuple(weight.shape)}")
-        field_w, field_b = dec.field.weight.view(self.n_neurons, 2, -1), dec.field.bias.view(-1, 2)
-        field_b[:, 0], field_b[:, 1] = 0.0, bias[perm]
-        field_w[:, 0] = 0.0
         hidden = self.grus[0].hidden_size
-        for k in range(min(weight.shape[0], self.history)):
-            cols = slice(hidden + k * self.n_neurons, hidden + (k + 1) * self.n_neurons)
-            field_w[:, 1, cols] = weight[k][perm][:, perm]
+        for part, sites in _field_blocks(self.decoders[0]):
+            field_w, field_b = part.field.weight.view(-1, 2, part.field.in_features), part.field.bias.view(-1, 2)
+            rows = perm[sites]
+            field_b[:, 0], field_b[:, 1] = 0.0, bias.to(field_b)[rows]
+            field_w[:, 0] = 0.0
+            for k in range(min(weight.shape[0], self.history)):
+                cols = slice(hidden + k * self.n_neurons, hidden + (k + 1) * self.n_neurons)
+                field_w[:, 1, cols] = weight[k].to(field_w)[rows][:, perm]
 
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
@@ -505,8 +546,12 @@ class MultiscaleBornMachine(nn.Module):
         out = x.new_zeros(x.shape[0], width - ctx, self.n_levels + 1)
         latent = []  # the filtered states of the latent chains, a context of every finer level
         if self.latent_states:
-            log_lik, posterior, _, _ = self._filter_latent(xs)
+            terms, priors, _ = self._filter_latent(xs)
             skip = ctx - self._latent_start()
+            if self.latent_mixture:
+                return self._mixture_factors(priors[:, skip:-1], terms[:, skip:])
+            log_lik = torch.logsumexp(priors[:, :-1] + terms[..., -1], -1)
+            posterior = (priors[:, :-1] + terms[..., -1] - log_lik[..., None]).exp()
             out[:, :, -1] = log_lik[:, skip:].sum(-1)
             latent = [posterior[:, skip:, :, 1:].flatten(-2)]
         for lvl in range(self.n_levels + 1 - bool(self.latent_states)):
@@ -542,15 +587,56 @@ class MultiscaleBornMachine(nn.Module):
         bin before, the last ``history`` bins) exists."""
         return max(1, self.history)
 
-    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`SwitchingBernoulli.filter` of the top level over the bins ``_latent_start() .. W-1`` of the pooled
-        windows ``xs`` (the chains start at their stationary distribution at the first of them), plus the top
-        level's context of the bin after the window."""
+    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The forward filter of the latent chains over the bins ``_latent_start() .. W-1`` of the pooled windows
+        ``xs`` (the chains start at their stationary distribution at the first of them). Returns ``(terms (B, T,
+        n_L, K, E), priors (B, T + 1, n_L, K), c)``: the log-emission terms of every chain and state (``E = 1``, the
+        top level, or with a latent mixture ``L + 1``, one per level, fine first), the log predictive state
+        distributions (the last for the bin after the window) and the top level's context of the bin after the
+        window."""
         start, width = self._latent_start(), xs[0].shape[1]
         states, _ = self.grus[-1](xs[-1])
         starts = torch.arange(start, width + 1, device=xs[0].device)
         c = torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1)
-        return (*self.decoders[-1].filter(xs[-1][:, start:], c[:, :-1]), c[:, -1])
+        top = self.decoders[-1]
+        terms = top.log_emission(xs[-1][:, start:], c[:, :-1])[..., None]
+        if self.latent_mixture:
+            terms = torch.cat([self._segment_log_probs(xs, start), terms], -1)
+        log_start = top.log_start(terms.dtype).expand(terms.shape[0], -1, -1)
+        priors, _ = forward_filter(terms.sum(-1), top.log_transition_matrix(terms.dtype), log_start)
+        return terms, priors, c[:, -1]
+
+    def _state_contexts(self, feats: Tensor) -> Tensor:
+        """Contexts ``(..., F)`` -> ``(..., K, F + K)``: one per chain state, the state one-hot appended."""
+        k = self.latent_states
+        eye = torch.eye(k, dtype=feats.dtype, device=feats.device).expand(*feats.shape[:-1], k, k)
+        return torch.cat([feats[..., None, :].expand(*feats.shape[:-1], k, -1), eye], -1)
+
+    def _segment_log_probs(self, xs: list[Tensor], start: int) -> Tensor:
+        r""":math:`\log p_k(x^\ell_{u,t} \mid x^{\ell+1}_{u,t}, c^\ell_t)` of every finer level's segment of every
+        top unit ``u`` in every chain state ``k``, bins ``start .. W-1``: ``(B, T, n_L, K, L)``."""
+        batch, width, k = xs[0].shape[0], xs[0].shape[1], self.latent_states
+        starts = torch.arange(start, width, device=xs[0].device)
+        out = []
+        for lvl in range(self.n_levels):
+            states, _ = self.grus[lvl](xs[lvl][:, :-1])
+            c = self._state_contexts(torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1))
+            target, parent = (xs[j][:, start:, None].expand(-1, -1, k, -1) for j in (lvl, lvl + 1))
+            lp = self.decoders[lvl].log_prob(target.reshape(-1, target.shape[-1]), c.reshape(-1, c.shape[-1]),
+                                             groups=getattr(self, f"groups_{lvl}"),
+                                             active=parent.reshape(-1, parent.shape[-1]).bool(),
+                                             thresholds=self.thresholds[lvl])
+            out.append(lp.reshape(batch, width - start, k, -1).transpose(2, 3))
+        return torch.stack(out, -1)
+
+    @staticmethod
+    def _mixture_factors(log_prior: Tensor, terms: Tensor) -> Tensor:
+        r"""Every level's exact factor from the chains' predictive states ``log_prior (B, T, n_L, K)`` and the
+        emission terms of every level ``terms (B, T, n_L, K, L + 1)`` (fine first): :math:`\log p(x^{\ge\ell}_t)
+        - \log p(x^{>\ell}_t)`, each the sum over chains of a mixture over their states, ``(B, T, L + 1)``."""
+        upward = terms.flip(-1).cumsum(-1).flip(-1)  # levels >= l
+        joint = torch.logsumexp(log_prior[..., None] + upward, -2).sum(-2)  # log p(x^{>= l}_t | past)
+        return joint - torch.cat([joint[..., 1:], torch.zeros_like(joint[..., :1])], -1)
 
     def level_log_probs(self, x: Tensor) -> Tensor:
         r"""Exact :math:`\log p(x^{\ell}_t \mid x_{<t})` of every level, ``(B, W - context, L + 1)``."""
@@ -569,9 +655,15 @@ class MultiscaleBornMachine(nn.Module):
         drawn: list[list[Tensor]] = [[] for _ in xs]
         latent = []
         if self.latent_states:  # the top level: a draw from the chains' filtered mixture, once per window's filter
-            _, _, log_prior, c = (_repeat(t, n_samples) for t in self._filter_latent(xs))
+            _, priors, c = self._filter_latent(xs)
+            log_prior, c = _repeat(priors[:, -1], n_samples), _repeat(c, n_samples)
             draw = self.decoders[-1].sample(c, log_prior, generator).to(x.dtype)
-            latent = [self.decoders[-1].update(draw, c, log_prior)[..., 1:].flatten(-2)]
+            posterior = self.decoders[-1].update(draw, c, log_prior)
+            if self.latent_mixture:  # every chain's state given the top level's draw: the finer levels' context
+                chosen = sample_categorical(posterior.reshape(-1, self.latent_states), generator)
+                latent = [nn.functional.one_hot(chosen, self.latent_states).to(x.dtype).view(*posterior.shape)]
+            else:
+                latent = [posterior[..., 1:].flatten(-2)]
             drawn[-1].append(draw)
         xs = [_repeat(lvl, n_samples) for lvl in xs]
         for t in range(self.time_scales[-1]):
@@ -583,6 +675,8 @@ class MultiscaleBornMachine(nn.Module):
                 feats = [states[:, -1], self._history(xs[0], end)[:, 0]]
                 constraint = {}
                 if lvl < self.n_levels:
+                    if self.latent_mixture:  # one context per segment: its chain's state
+                        feats = [torch.cat(feats, -1)[:, None].expand(-1, self.n_units[-1], -1)]
                     feats += latent
                     parent, r = drawn[lvl + 1][-1], self._ratio(lvl)
                     groups = getattr(self, f"groups_{lvl}")

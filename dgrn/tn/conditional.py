@@ -10,7 +10,7 @@ from dgrn.tn._common import check_finite, check_memory, check_size, check_states
 from dgrn.tn.contract import (count_pair_map, count_slot_mask, normalize_slots, pair_sites, transfer_log_norm,
                               transfer_right_environments, tree_product)
 
-__all__ = ["ConditionalMPS"]
+__all__ = ["ConditionalMPS", "SegmentedMPS"]
 
 #: the context fields are clamped to +-FIELD_BOUND, so the two values of a site differ by at most e^(2 FIELD_BOUND) in
 #: probability through the fields: far above the float64 rounding of the contractions (see ``_contract_dtype``)
@@ -606,3 +606,97 @@ class ConditionalMPS(nn.Module):
     def extra_repr(self) -> str:
         return (f"n_sites={self.n_sites}, context_dim={self.context_dim}, bond_dim={self.bond_dim}, "
                 f"phys_dim={self.phys_dim}, rank={self.rank}")
+
+
+class SegmentedMPS(nn.Module):
+    r"""Independent :class:`ConditionalMPS` on contiguous segments of the sites: a product of Born machines,
+
+    .. math::
+        p(x \mid c) = \prod_{s=1}^{S} p_s(x_s \mid c_s),
+
+    with :math:`x_s` the sites of segment :math:`s` (``sizes[s]`` of them, segments in site order) and
+    :math:`c_s` its context (one shared context, or one per segment). It is the decoder of one level of
+    :class:`~dgrn.nn.MultiscaleBornMachine` when each segment's factor must be scored on its own: there, each
+    segment's context holds the state of its own latent chain, and the filter of that chain needs the segment's
+    :math:`\log p_s`. Bonds never cross a segment boundary, so the segments are uncorrelated given the contexts.
+
+    The coarse-to-fine constraint is passed for the whole level, as to :class:`ConditionalMPS`: ``groups (n,)``
+    (contiguous blocks numbered in site order, none straddling two segments), ``active (B, K)`` and ``thresholds``
+    (``(K,)`` or ``(B, K)``); each segment gets its own blocks, renumbered.
+
+    Args:
+        sizes: sites per segment, each >= 1. context_dim, bond_dim, phys_dim, rank, init_noise: of every segment's
+            :class:`ConditionalMPS`.
+
+    Shapes:
+        ``log_prob(x, c)``: ``x (B, n)``, ``c (B, context_dim)`` or ``(B, S, context_dim)`` -> ``(B, S)``, the
+        log-probability of every segment (their sum is :math:`\log p(x \mid c)`). ``sample(c)`` -> ``(B, n)`` long.
+    """
+
+    def __init__(self, sizes, context_dim: int, bond_dim: int, phys_dim: int = 2, *, rank: int = 1,
+                 init_noise: float = 0.3) -> None:
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"sizes must be one or more segment lengths >= 1, got {sizes}")
+        self.sizes, self.n_sites = sizes, sum(sizes)
+        self.context_dim, self.phys_dim = check_size("context_dim", context_dim), check_size("phys_dim", phys_dim, 2)
+        self.parts = nn.ModuleList(ConditionalMPS(s, context_dim, bond_dim, phys_dim, rank=rank, init_noise=init_noise)
+                                   for s in sizes)
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        self.slices = [slice(a, b) for a, b in zip(offsets, offsets[1:])]
+
+    def reset_parameters(self) -> None:
+        for part in self.parts:
+            part.reset_parameters()
+
+    def _contexts(self, c) -> list[Tensor]:
+        c = torch.as_tensor(c)
+        if c.dim() == 3 and c.shape[1] == len(self.sizes):
+            return list(c.unbind(1))
+        if c.dim() == 2:
+            return [c] * len(self.sizes)
+        raise ValueError(f"context must have shape (batch, {self.context_dim}) or (batch, {len(self.sizes)}, "
+                         f"{self.context_dim}), got {tuple(c.shape)}")
+
+    def _constraints(self, groups, active, thresholds) -> list[dict]:
+        """The constraint of every segment: its blocks of ``groups`` renumbered from 0 and their columns of ``active``
+        and ``thresholds``."""
+        if groups is None and active is None and thresholds is None:
+            return [{}] * len(self.sizes)
+        if groups is None or active is None:
+            raise ValueError("pass both groups (n_sites,) and active (batch, n_groups), or neither")
+        groups = torch.as_tensor(groups).long()
+        if groups.shape != (self.n_sites,):
+            raise ValueError(f"groups must have shape ({self.n_sites},), got {tuple(groups.shape)}")
+        out = []
+        for part in self.slices:
+            first, last = int(groups[part.start]), int(groups[part.stop - 1])
+            if part.start and int(groups[part.start - 1]) == first:
+                raise ValueError(f"block {first} of groups straddles two segments (sizes {self.sizes})")
+            keep = slice(first, last + 1)
+            k = None if thresholds is None else torch.as_tensor(thresholds)[..., keep]
+            out.append(dict(groups=groups[part] - first, active=torch.as_tensor(active)[:, keep], thresholds=k))
+        return out
+
+    def log_prob(self, x, c, groups=None, active=None, thresholds=None) -> Tensor:
+        """Exact log-probability of every segment, ``(B, S)`` (see the class)."""
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != self.n_sites:
+            raise ValueError(f"x must have shape (batch, {self.n_sites}), got {tuple(x.shape)}")
+        return torch.stack([part.log_prob(x[:, s], cs, **constraint) for part, s, cs, constraint in zip(
+            self.parts, self.slices, self._contexts(c), self._constraints(groups, active, thresholds))], 1)
+
+    def forward(self, x, c, groups=None, active=None, thresholds=None) -> Tensor:
+        return self.log_prob(x, c, groups, active, thresholds)
+
+    @torch.no_grad()
+    def sample(self, c, generator: torch.Generator | None = None, groups=None, active=None, thresholds=None) -> Tensor:
+        """One exact draw per context row, ``(B, n)`` long: every segment drawn from its own machine."""
+        return torch.cat([part.sample(cs, generator, **constraint) for part, cs, constraint in zip(
+            self.parts, self._contexts(c), self._constraints(groups, active, thresholds))], 1)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, context_dim={self.context_dim}"
