@@ -4,7 +4,8 @@ the same data, neurons and splits.
     python bench/mesoscale.py [--datasets kising_hmm kising_hmm50 metastable lkd2012 lkd2012_5 lkd2012_block
                                           aplysia] [--seeds 0 1 2]
                               [--models independent glm glm_long hmm hmm_glm gru cmps dgrn
-                                        dgrn_temporal dgrn_latent dgrn_latent_stable] [--jobs 2] [--runs-dir DIR]
+                                        dgrn_temporal dgrn_latent dgrn_latent_stable dgrn_mixture]
+                              [--jobs 2] [--runs-dir DIR]
 
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
@@ -68,6 +69,10 @@ MODELS = {
     # resolution limit) instead of the pretrained encoder
     "dgrn_latent_stable": ["model=dgrn", "renorm=community_lrg", "renorm.levels=1", "model.net.latent_states=2",
                            "model.communities=leiden_stable"],
+    # latent chains whose states also switch how every neuron of their community fires (a mixture at the fine level),
+    # filtered on all of them
+    "dgrn_mixture": ["model=dgrn", "renorm=community_lrg", "renorm.levels=1", "model.net.latent_states=2",
+                     "model.net.latent_mixture=true"],
 }
 
 #: the rate rule of the coarse state per dataset (dgrn.mesoscale.coarse_states: active above this many times the mean

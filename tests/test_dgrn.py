@@ -610,3 +610,30 @@ def test_dgrn_with_latent_chains_trains_in_both_stages_and_round_trips(kising):
     torch.testing.assert_close(copy.net(x), model.net(x))
     out = model.predict_step(x[:2], n_samples=8)
     assert out["probabilities"][1].shape == (2, model.net.n_units[1])
+
+
+def test_dgrn_with_a_latent_mixture_starts_from_the_chains_and_trains(kising):
+    """``net.latent_mixture``: one fine decoder per community (its cores among the correlation parameters), each
+    neuron's state fields started at its log-odds in the states of its community's chain (the more active state
+    gets the larger field for most neurons), training lowers the validation NLL, and a checkpoint copy predicts the
+    same."""
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    model = DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20}, lr=0.02,
+                                 net={"bond_dim": 2, "hidden_size": 8, "context": 4, "latent_states": 2,
+                                      "latent_mixture": True})
+    fine = model.net.decoders[0]
+    assert len(fine.parts) == model.net.n_units[1] and sum(fine.sizes) == model.net.n_neurons
+    assert {id(p.core) for p in fine.parts} <= {id(p) for p in model.correlation_parameters()}
+    offsets = torch.cat([p.field.weight.view(-1, 2, p.field.in_features)[:, 1, -2:] for p in fine.parts]).detach()
+    assert (offsets[:, 1] > offsets[:, 0]).float().mean() > 0.7
+    dm.context = model.context
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    before = float(trainer.callback_metrics["val/nll"])
+    trainer.fit(model, datamodule=dm)
+    assert float(trainer.callback_metrics["val/nll"]) < before
+    copy = module_for(dict(model.hparams))(**model.hparams)
+    copy.load_state_dict(model.state_dict())
+    x = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(copy.net(x), model.net(x))

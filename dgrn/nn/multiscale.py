@@ -458,11 +458,28 @@ class MultiscaleBornMachine(nn.Module):
     @torch.no_grad()
     def init_latent(self, spikes: Tensor, seed: int = 0) -> None:
         """Start the latent chains of the top level at a Baum-Welch fit of each top unit's pooled activity in
-        ``spikes`` ``(T, N)`` (:meth:`SwitchingBernoulli.init_from_data`); the context drive starts at zero."""
+        ``spikes`` ``(T, N)`` (:meth:`SwitchingBernoulli.init_from_data`); the context drive starts at zero. With a
+        latent mixture, every finer unit's state fields start at its log-odds in each state of its chain (the
+        activity weighted by the chain's filtered state probabilities) relative to its mean rate."""
         if not self.latent_states:
             raise ValueError("this model has no latent chains (latent_states=0)")
-        top = self.pool(torch.as_tensor(spikes).to(self.index_0.device).float())[-1]
-        self.decoders[-1].init_from_data(top, seed=seed)
+        levels = self.pool(torch.as_tensor(spikes).to(self.index_0.device).float())
+        chains = self.decoders[-1]
+        chains.init_from_data(levels[-1], seed=seed)
+        if not self.latent_mixture:
+            return
+        # the finer levels' state fields: each unit's log-odds in each state of its chain (weighted by the chain's
+        # filtered state probabilities) against its mean rate, so the mixture starts where the chains' fit says
+        y = levels[-1][None].to(chains.field.weight)
+        posterior = chains.filter(y, y.new_zeros(*y.shape[:2], chains.field.in_features))[1][0]  # (T, n_L, K)
+        k = self.latent_states
+        for dec, pooled in zip(self.decoders[:-1], levels[:-1]):
+            for u, (part, units) in enumerate(_field_blocks(dec)):
+                w = posterior[:, u].to(pooled.dtype)
+                rates = ((w.T @ pooled[:, units]) / w.sum(0).clamp_min(1e-12)[:, None]).clamp(1e-4, 1 - 1e-4)
+                mean = pooled[:, units].mean(0).clamp(1e-4, 1 - 1e-4)
+                state_fields = part.field.weight.view(-1, 2, part.field.in_features)[:, 1, -k:]
+                state_fields.copy_((torch.logit(rates) - torch.logit(mean)).T)
 
     @torch.no_grad()
     def init_glm(self, bias: Tensor, weight: Tensor) -> None:
