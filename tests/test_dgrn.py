@@ -91,6 +91,29 @@ def test_samples_are_consistent_across_levels_and_follow_the_model(variant):
     assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation; ~64 cells at 20k draws
 
 
+def _log_sum_over_paths(transition: np.ndarray, emission, t: int) -> float:
+    """log of the sum over all joint paths of bins 0..t-1 of independent 2-state chains (``transition (C, 2, 2)``),
+    each started at its stationary distribution (numpy's eigenvector of eigenvalue 1), weighted by
+    ``emission(bin, chain, state)`` (a probability)."""
+    stationary = []
+    for a in transition:
+        vals, vecs = np.linalg.eig(a.T)
+        pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
+        stationary.append(pi / pi.sum())
+    n_chains, total = len(transition), 0.0
+    for paths in itertools.product(range(2), repeat=n_chains * t):
+        w = 1.0
+        for u in range(n_chains):
+            path = paths[u * t:(u + 1) * t]
+            w *= stationary[u][path[0]]
+            for s, k in enumerate(path):
+                if s:
+                    w *= transition[u][path[s - 1], k]
+                w *= emission(s, u, k)
+        total += w
+    return float(np.log(total))
+
+
 def test_latent_top_level_equals_brute_force_over_hidden_paths():
     """The top level's factors over a window are the predictive probabilities of independent hidden Markov chains,
     one per top unit, started at their stationary distribution at bin 1: against the sum over all K^(2 T) joint
@@ -107,28 +130,13 @@ def test_latent_top_level_equals_brute_force_over_hidden_paths():
         f = (c @ top.field.weight.T + top.field.bias).unflatten(-1, (2, 2))
         p_on = torch.sigmoid((f[..., 1] - f[..., 0])[..., None] + top.state_logits)  # (B, 5, units, K)
         a = torch.softmax(top.transition_logits.double(), -1).numpy()
-    stationary = []
-    for u in range(2):
-        vals, vecs = np.linalg.eig(a[u].T)
-        pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
-        stationary.append(pi / pi.sum())
     expected = []
     for b in range(3):
-        prefix = []
-        for t in range(1, 6):  # log p(y_1..y_t) summed over the paths of both chains
-            total = 0.0
-            for paths in itertools.product(range(2), repeat=2 * t):
-                w = 1.0
-                for u in range(2):
-                    path = paths[u * t:(u + 1) * t]
-                    w *= stationary[u][path[0]]
-                    for s, k in enumerate(path):
-                        if s:
-                            w *= a[u][path[s - 1], k]
-                        q = float(p_on[b, s, u, k])
-                        w *= q if y[b, s + 1, u] else 1 - q
-                total += w
-            prefix.append(np.log(total))
+        def bernoulli(s, u, k, b=b):
+            q = float(p_on[b, s, u, k])
+            return q if y[b, s + 1, u] else 1 - q
+
+        prefix = [_log_sum_over_paths(a, bernoulli, t) for t in range(1, 6)]  # log p(y_1..y_t)
         expected.append(np.diff(prefix))  # log p(y_t | y_1..y_(t-1)) of the scored bins 2..5 (context 2)
     torch.testing.assert_close(net(x)[:, :, -1], torch.tensor(np.array(expected)), atol=1e-10, rtol=1e-10)
     fine = net(x)[:, :, 0]
@@ -167,26 +175,10 @@ def test_latent_mixture_equals_brute_force_over_hidden_paths():
                         active=xs[lvl + 1][:, 1:, parents].reshape(15, -1).bool(), thresholds=k[parents]).view(3, 5)
         a = torch.softmax(top.transition_logits.double(), -1).numpy()
     top_emission = torch.where(xs[-1][:, 1:, :, None] > 0, p_on, 1 - p_on).log()
-    stationary = []
-    for u in range(2):
-        vals, vecs = np.linalg.eig(a[u].T)
-        pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
-        stationary.append(pi / pi.sum())
 
     def log_sum_over_paths(b: int, t: int, last) -> float:
-        """log of the sum over paths of bins 1..t, bin t emitting ``last`` (B, 5, 2, 2) instead of everything."""
-        total = 0.0
-        for paths in itertools.product(range(2), repeat=2 * t):
-            w = 1.0
-            for u in range(2):
-                path = paths[u * t:(u + 1) * t]
-                w *= stationary[u][path[0]]
-                for s, k in enumerate(path):
-                    if s:
-                        w *= a[u][path[s - 1], k]
-                    w *= float((last if s == t - 1 else emission)[b, s, u, k].exp())
-            total += w
-        return np.log(total)
+        """Bins 1..t, bin t emitting ``last`` (B, 5, 2, 2) instead of every level's terms."""
+        return _log_sum_over_paths(a, lambda s, u, k: float((last if s == t - 1 else emission)[b, s, u, k].exp()), t)
 
     full = np.array([[log_sum_over_paths(b, t, emission) for t in range(1, 6)] for b in range(3)])
     coarse = np.array([[log_sum_over_paths(b, t, top_emission) for t in range(2, 6)] for b in range(3)])
