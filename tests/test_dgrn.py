@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import lightning as L
 import numpy as np
@@ -523,6 +524,11 @@ def test_init_glm_reproduces_the_glm_exactly_with_product_cores():
     logits = glm_logits(x, bias, weight, context=2)
     expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x[:, 2:], reduction="none").sum(-1)
     torch.testing.assert_close(net(x)[..., 0], expected)
+    # the couplings a lasso sees are the GLM's, in decoder order on both sides, one block of columns per lag
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    (couplings,) = net.coupling_weights()
+    torch.testing.assert_close(couplings, torch.cat([weight[k][perm][:, perm] for k in range(2)], 1))
+    assert MultiscaleBornMachine(n, [], history=0).coupling_weights() == []
     with pytest.raises(ValueError, match="need bias"):
         net.init_glm(bias[:3], weight)
     # init_noise=0 with rank 0 starts at that product state by construction
@@ -532,6 +538,38 @@ def test_init_glm_reproduces_the_glm_exactly_with_product_cores():
     torch.testing.assert_close(exact(x)[..., 0], expected)
     with pytest.raises(ValueError, match="init_noise"):
         MultiscaleBornMachine(n, [], init_noise=-0.1)
+
+
+def test_dgrn_lasso_penalizes_and_shrinks_the_couplings_of_every_level(kising):
+    """``l1``: the loss gains lambda * sum |f_1 - f_0| over the columns of the neurons' last bin of every level's
+    field, / N (recomputed here from the raw field weights), and training with it leaves smaller couplings."""
+    dm = SpikeDataModule(kising, observed_fraction=0.5, window=24, batch_size=32, n_blocks=10)
+    models = []
+    for l1 in (0.0, 0.01):
+        torch.manual_seed(0)
+        models.append(DGRN.from_datamodule(dm, levels=1, communities="leiden", graph={"max_iter": 20}, lr=0.02,
+                                           net={"bond_dim": 2, "hidden_size": 8, "context": 4}, l1=l1))
+    plain, lasso = models
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), lasso.parameters()))
+    n, hidden = dm.n_neurons, 8
+    fields = [dec.field.weight.view(-1, 2, dec.field.in_features) for dec in lasso.net.decoders]
+    assert len(fields) == len(lasso.net.coupling_weights()) == 2  # the fine level and the top
+    by_hand = sum((w[:, 1, hidden:hidden + n] - w[:, 0, hidden:hidden + n]).abs().sum() for w in fields)
+    dm.context = plain.context
+    dm.setup("fit")
+    x = next(iter(dm.train_dataloader()))
+    with warnings.catch_warnings():  # self.log outside a trainer warns
+        warnings.simplefilter("ignore")
+        extra = lasso.training_step(x, 0) - plain.training_step(x, 0)
+    torch.testing.assert_close(extra, 0.01 * by_hand / n)
+    for model in models:
+        L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False).fit(model, datamodule=dm)
+    with torch.no_grad():
+        plain_sum, lasso_sum = (sum(w.abs().sum() for w in m.net.coupling_weights()) for m in models)
+    assert float(lasso_sum) < 0.9 * float(plain_sum)
+    with pytest.raises(ValueError, match="l1"):
+        DGRN(dm.n_neurons, net={"memberships": []}, l1=-1.0)
 
 
 def test_factorized_epochs_train_the_fields_first_then_only_the_correlations(kising):

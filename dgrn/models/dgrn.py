@@ -22,7 +22,7 @@ class DGRN(NextBinModule):
 
     Loss: :math:`\sum_\ell w_\ell\, \mathrm{NLL}_\ell / n_\ell` with :math:`\mathrm{NLL}_\ell = -\log p(x^\ell_t \mid
     x_{<t})` the exact next-bin NLL of level :math:`\ell` (its units' joint, not a product of marginals), ``w``
-    = ``level_weights`` (default 1 for every level). Logs, per split, the fine-scale ``nll`` (nats per neuron-bin,
+    = ``level_weights`` (default 1 for every level), plus the lasso ``l1`` on the couplings. Logs, per split, the fine-scale ``nll`` (nats per neuron-bin,
     comparable with the factorized baselines) and ``bits_per_spike``, ``nll_level{l}`` (per unit of level ``l``)
     and ``c2f_nll`` (per neuron: :math:`-\log p(x^0_t \mid x^1_t, x_{<t})/N`, the cost of the fine detail given
     the coarse level).
@@ -36,6 +36,10 @@ class DGRN(NextBinModule):
         n_neurons: ``N``. net: keyword arguments of :class:`dgrn.nn.MultiscaleBornMachine` (``name: dgrn``
             optional), including ``memberships`` and ``order``. level_weights: ``L + 1`` weights, fine first.
         lr, weight_decay: Adam.
+        l1: :math:`\lambda_1`, a lasso on the couplings from the neurons' last bins to every level's units
+            (:meth:`dgrn.nn.MultiscaleBornMachine.coupling_weights`), added to the loss as
+            :math:`\lambda_1 \sum |W| / N`, the scale of :class:`NextBinModule`'s and
+            :func:`dgrn.graph.infer_couplings`' lasso.
         factorized_epochs: train in two stages (default ``None``: everything together). For the first
             ``factorized_epochs`` epochs the decoders' correlation parameters (:meth:`correlation_parameters`) stay
             at their initial values, so with a small ``net.init_noise`` the model trains as a product of Bernoullis
@@ -46,15 +50,17 @@ class DGRN(NextBinModule):
         hierarchy_info: how the hierarchy was built (recorded, not used).
     """
 
-    _unused_hparams = ("l1", "init")  # no coupling matrix to penalize; its init is from_datamodule's
+    _unused_hparams = ("init",)  # its init is from_datamodule's
 
     def __init__(self, n_neurons: int, net: dict, level_weights: list[float] | None = None, lr: float = 5e-3,
-                 weight_decay: float = 0.0, factorized_epochs: int | None = None,
+                 weight_decay: float = 0.0, l1: float = 0.0, factorized_epochs: int | None = None,
                  hierarchy_info: dict | None = None) -> None:
         net = {"name": "dgrn", **net}
         if net["name"] != "dgrn":
             raise ValueError(f"DGRN needs net.name 'dgrn', got {net['name']!r}")
-        super().__init__(n_neurons=n_neurons, net=net, lr=lr, weight_decay=weight_decay)
+        super().__init__(n_neurons=n_neurons, net=net, lr=lr, weight_decay=weight_decay, l1=l1)
+        if l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {l1}")
         if factorized_epochs is not None and (int(factorized_epochs) != factorized_epochs or factorized_epochs < 1):
             raise ValueError(f"factorized_epochs must be a positive integer or null, got {factorized_epochs!r}")
         n_levels = self.net.n_levels + 1
@@ -167,6 +173,9 @@ class DGRN(NextBinModule):
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         nll = self._level_nll(x)
         loss = (nll.mean((0, 1)) * self.level_scale).sum()
+        if self.hparams.l1:
+            lasso = sum(w.abs().sum() for w in self.net.coupling_weights())
+            loss = loss + self.hparams.l1 * lasso / self.hparams.n_neurons
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
         self.log("train/nll", nll[..., 0].mean() / self.hparams.n_neurons, on_step=False, on_epoch=True, prog_bar=True)

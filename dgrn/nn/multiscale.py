@@ -505,6 +505,20 @@ class MultiscaleBornMachine(nn.Module):
                 cols = slice(hidden + k * self.n_neurons, hidden + (k + 1) * self.n_neurons)
                 field_w[:, 1, cols] = weight[k].to(field_w)[rows][:, perm]
 
+    def coupling_weights(self) -> list[Tensor]:
+        """The couplings from the neurons' last ``history`` bins to every level's units, one ``(n, history * N)``
+        tensor per read-out (per segment of a latent mixture; rows in decoder order): each unit's field difference
+        :math:`f_{u,1} - f_{u,0}`, the log-odds it adds per spike, as a GLM's coupling matrix is (what a lasso on the
+        couplings penalizes). Empty without ``history``."""
+        start = self.grus[0].hidden_size
+        cols = slice(start, start + self.history * self.n_neurons)
+        out = []
+        for dec in self.decoders:
+            for part, _ in _field_blocks(dec):
+                w = part.field.weight.view(-1, 2, part.field.in_features)[..., cols]
+                out.append(w[:, 1] - w[:, 0])
+        return out if self.history else []
+
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
 
