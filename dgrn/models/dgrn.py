@@ -22,10 +22,10 @@ class DGRN(NextBinModule):
 
     Loss: :math:`\sum_\ell w_\ell\, \mathrm{NLL}_\ell / n_\ell` with :math:`\mathrm{NLL}_\ell = -\log p(x^\ell_t \mid
     x_{<t})` the exact next-bin NLL of level :math:`\ell` (its units' joint, not a product of marginals), ``w``
-    = ``level_weights`` (default 1 for every level), plus the lasso ``l1`` on the couplings. Logs, per split, the fine-scale ``nll`` (nats per neuron-bin,
-    comparable with the factorized baselines) and ``bits_per_spike``, ``nll_level{l}`` (per unit of level ``l``)
-    and ``c2f_nll`` (per neuron: :math:`-\log p(x^0_t \mid x^1_t, x_{<t})/N`, the cost of the fine detail given
-    the coarse level).
+    = ``level_weights`` (default 1 for every level), plus the lasso ``l1`` on the couplings. Logs, per split, the
+    fine-scale ``nll`` (nats per neuron-bin, comparable with the factorized baselines) and ``bits_per_spike``,
+    ``nll_level{l}`` (per unit of level ``l``) and ``c2f_nll`` (per neuron: :math:`-\log p(x^0_t \mid x^1_t,
+    x_{<t})/N`, the cost of the fine detail given the coarse level).
 
     The hierarchy (memberships of every level and the neuron order) is part of ``net`` and therefore of the
     checkpoint; build it from data with :meth:`from_datamodule` (what ``train.py`` does). Because the decoder's
@@ -59,8 +59,6 @@ class DGRN(NextBinModule):
         if net["name"] != "dgrn":
             raise ValueError(f"DGRN needs net.name 'dgrn', got {net['name']!r}")
         super().__init__(n_neurons=n_neurons, net=net, lr=lr, weight_decay=weight_decay, l1=l1)
-        if l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {l1}")
         if factorized_epochs is not None and (int(factorized_epochs) != factorized_epochs or factorized_epochs < 1):
             raise ValueError(f"factorized_epochs must be a positive integer or null, got {factorized_epochs!r}")
         n_levels = self.net.n_levels + 1

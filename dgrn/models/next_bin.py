@@ -60,6 +60,8 @@ class NextBinModule(L.LightningModule):
     def __init__(self, n_neurons: int, net: dict, lr: float = 1e-2, weight_decay: float = 0.0, l1: float = 0.0,
                  init: str | None = None) -> None:
         super().__init__()
+        if l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {l1}")
         self.save_hyperparameters(ignore=list(self._unused_hparams))  # collects a subclass's arguments too
         net_kwargs = dict(net)
         self.net = build_network(net_kwargs.pop("name"), n_neurons=n_neurons, **net_kwargs)
