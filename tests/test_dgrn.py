@@ -505,6 +505,9 @@ def test_dgrn_experiments_and_search_space_compose(tmp_path):
                                                 "model.factorized_epochs"}
     cfg = compose("train", ["experiment=dgrn_kising", "renorm=none"], tmp_path / "none")
     assert cfg.model.levels == 0  # the fine-scale ConditionalMPS baseline
+    cfg = compose("train", ["experiment=dgrn_kising_hmm"], tmp_path / "hmm")
+    assert cfg.data.dataset.name == "hidden_markov_kinetic_ising" and cfg.model.levels == 1
+    assert cfg.model.net.latent_mixture and cfg.model.l1 == 3e-4 and cfg.trainer.max_epochs == 14
 
 
 def test_init_glm_reproduces_the_glm_exactly_with_product_cores():
