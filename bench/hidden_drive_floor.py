@@ -22,8 +22,8 @@ every bin of the test blocks after their first (nats per neuron-bin):
 
 With ``--switching-l1``, also what *estimating* the simulator's own model class costs: the switching GLM
 (:class:`dgrn.nn.BernoulliHMM` with the true communities, lag-1 couplings and 2 states per chain) fitted by
-full-batch L-BFGS from the true parameters on the training windows of ``train.py`` (64 bins, the first 16 filtered
-but not scored), with a smooth lasso :math:`\lambda \sum |W| / N` for each value given (0: maximum likelihood),
+full-batch L-BFGS from the true parameters on the 64-bin windows of the data module's training split (the first
+16 bins of each filtered but not scored), with a smooth lasso :math:`\lambda \sum |W| / N` for each value given (0: maximum likelihood),
 scored on the test windows' bins against the exact filter on the same bins (``switching``).
 
 The fraction of the gap between ``glm`` and ``exact`` that each closes says how much of the mesoscale issue's 75 %
