@@ -510,14 +510,13 @@ class MultiscaleBornMachine(nn.Module):
         tensor per read-out (per segment of a latent mixture; rows in decoder order): each unit's field difference
         :math:`f_{u,1} - f_{u,0}`, the log-odds it adds per spike, as a GLM's coupling matrix is (what a lasso on the
         couplings penalizes). Empty without ``history``."""
+        if not self.history:
+            return []
         start = self.grus[0].hidden_size
         cols = slice(start, start + self.history * self.n_neurons)
-        out = []
-        for dec in self.decoders:
-            for part, _ in _field_blocks(dec):
-                w = part.field.weight.view(-1, 2, part.field.in_features)[..., cols]
-                out.append(w[:, 1] - w[:, 0])
-        return out if self.history else []
+        weights = [part.field.weight.view(-1, 2, part.field.in_features)[..., cols]
+                   for dec in self.decoders for part, _ in _field_blocks(dec)]
+        return [w[:, 1] - w[:, 0] for w in weights]
 
     def _index(self, lvl: int) -> Tensor:
         return getattr(self, f"index_{lvl}")
