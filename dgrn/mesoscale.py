@@ -91,9 +91,11 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
     last ``memory`` bins (observed, then drawn; default: the windows' length ``W``) back, so a recurrent model sees
     as much past as in a training window of ``W`` bins and a model with a finite history uses the last bins it needs;
     a :class:`~dgrn.nn.MultiscaleBornMachine` with time scales draws a whole top-level block per step (cut to
-    ``n_bins``). ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``): the model's
-    intermediates grow with ``chunk_size * memory * N`` (a switching GLM refilters the whole past at every step), so
-    a large population needs chunks to fit in memory; chunks draw from the same distribution as one batch."""
+    ``n_bins``). A model with ``start_rollout(x)`` and ``rollout_step(state, generator)`` (the switching GLM,
+    :class:`~dgrn.nn.BernoulliHMM`) makes the same draws from the same windows while keeping what its filter reads
+    of them from step to step. ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``):
+    the model's intermediates grow with ``chunk_size * memory * N``, so a large population needs chunks to fit in
+    memory; chunks draw from the same distribution as one batch."""
     if windows.dim() != 3:
         raise ValueError(f"windows must be (B, W, N), got shape {tuple(windows.shape)}")
     if n_bins < 1 or n_rollouts < 1:
@@ -114,6 +116,11 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
 def _continue(net, x: Tensor, n_bins: int, memory: int, generator: torch.Generator | None) -> Tensor:
     """``n_bins`` bins drawn after each past ``x`` ``(B, memory, N)``, ``(B, n_bins, N)``. Past and draws share one
     buffer, and the model is fed a view of its last ``memory`` bins: no copy of the window per step."""
+    if hasattr(net, "rollout_step"):  # the model keeps what its window's filter reads from step to step
+        state, draws = net.start_rollout(x), x.new_empty(x.shape[0], n_bins, x.shape[2])
+        for t in range(n_bins):
+            draws[:, t], state = net.rollout_step(state, generator)
+        return draws
     steps = getattr(net, "time_scales", [1])[-1]  # bins drawn per step
     buffer = x.new_empty(x.shape[0], memory + n_bins + steps - 1, x.shape[2])
     buffer[:, :memory] = x

@@ -8,7 +8,7 @@ import torch
 
 from dgrn.mesoscale import (activity_statistics, coarse_states, compare_statistics, forecast_scores, rollout,
                             run_lengths)
-from dgrn.nn import BernoulliGLM, GRUBernoulli, IndependentBernoulli, MultiscaleBornMachine
+from dgrn.nn import BernoulliGLM, BernoulliHMM, GRUBernoulli, IndependentBernoulli, MultiscaleBornMachine
 
 
 def test_coarse_states_by_the_rate_rule():
@@ -79,21 +79,35 @@ def test_rollouts_of_a_temporal_multiscale_model_are_cut_to_length():
     assert out.shape == (1, 3, 10, 4) and set(out.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("net_kwargs", [{"latent_states": 2}, {"time_scales": [2]}])
-def test_rollouts_are_the_draws_of_the_window_fed_back(net_kwargs):
-    """rollout keeps past and draws in one buffer: its continuations are exactly those of calling ``sample`` on the
-    last ``memory`` bins, step after step, with the same generator (latent chains; a 2-bin top level)."""
+def _switching_glm(history: int) -> BernoulliHMM:
+    net = BernoulliHMM(4, n_states=3, context=2, communities=[0, 0, 1, 1], history=history).double()
+    with torch.no_grad():  # states, chains and couplings far from their symmetric start
+        for p in net.parameters():
+            p.normal_(0.0, 1.0)
+    return net
+
+
+@pytest.mark.parametrize("make_net", [
+    lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, latent_states=2),
+    lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, time_scales=[2]),
+    lambda: _switching_glm(0), lambda: _switching_glm(1), lambda: _switching_glm(2)],
+    ids=["latent", "time_scales", "hmm", "switching_glm_lag1", "switching_glm_lag2"])
+def test_rollouts_are_the_draws_of_the_window_fed_back(make_net):
+    """rollout keeps past and draws in one buffer (or, for the switching GLM, its filter's emission terms): its
+    continuations are exactly those of calling ``sample`` on the last ``memory`` bins, step after step, with the
+    same generator (latent chains; a 2-bin top level; HMMs in float64, so that no rounding flips a draw)."""
     torch.manual_seed(0)
-    net = MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, **net_kwargs).eval()
-    windows = (torch.rand(2, 5, 4) < 0.4).float()
-    got = rollout(net, windows, 5, 3, generator=torch.Generator().manual_seed(3), memory=4)
-    x, gen, drawn = windows[:, -4:].repeat_interleave(3, 0), torch.Generator().manual_seed(3), []
-    while sum(d.shape[1] for d in drawn) < 5:
+    net = make_net().eval()
+    dtype = next(net.parameters()).dtype
+    windows = (torch.rand(2, 5, 4) < 0.4).to(dtype)
+    got = rollout(net, windows, 6, 40, generator=torch.Generator().manual_seed(3), memory=4)
+    x, gen, drawn = windows[:, -4:].repeat_interleave(40, 0), torch.Generator().manual_seed(3), []
+    while sum(d.shape[1] for d in drawn) < 6:
         out = net.sample(x, 1, generator=gen)
-        step = net.to_neurons(out[0]).reshape(x.shape[0], -1, 4)
+        step = (net.to_neurons(out[0]) if isinstance(out, list) else out).reshape(x.shape[0], -1, 4)
         drawn.append(step)
         x = torch.cat([x, step], 1)[:, -4:]
-    torch.testing.assert_close(got, torch.cat(drawn, 1)[:, :5].reshape(2, 3, 5, 4), rtol=0, atol=0)
+    torch.testing.assert_close(got, torch.cat(drawn, 1)[:, :6].reshape(2, 40, 6, 4), rtol=0, atol=0)
 
 
 def test_activity_statistics_of_a_record_against_itself_and_another():

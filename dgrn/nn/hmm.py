@@ -44,6 +44,11 @@ def forward_filter(log_emission: Tensor, log_transition: Tensor, log_prior: Tens
     return torch.stack(priors, 1), log_lik
 
 
+def _scaled(log_emission: Tensor) -> Tensor:
+    """Emission likelihoods from their logarithms ``(..., K)``, each row divided by its largest (no underflow)."""
+    return (log_emission - log_emission.amax(-1, keepdim=True)).exp()
+
+
 def stationary_distribution(transition_logits: Tensor) -> Tensor:
     """:math:`\\pi^c` with :math:`\\pi^c A^c = \\pi^c`, :math:`\\sum_k \\pi^c_k = 1` ``(C, K)`` of the chains with
     :math:`A^c` = softmax of the rows of ``transition_logits`` ``(C, K, K)``: one batched linear solve (the balance
@@ -111,7 +116,9 @@ class BernoulliHMM(nn.Module):
         ``forward(x)``: windows ``(B, W, N)`` 0/1 -> chain-rule logits ``(B, W - context, N)``.
         ``log_prob(x)`` -> :math:`\log p(x_t \mid x_{<t})` ``(B, W - context)``. ``rates(x)`` -> marginal
         :math:`P(x_{ti} = 1 \mid x_{<t})` ``(B, W - context, N)``. ``sample(x, n_samples)``: windows
-        ``(B, W >= context, N)`` -> ``(B, n_samples, N)`` draws of the bin after each window.
+        ``(B, W >= context, N)`` -> ``(B, n_samples, N)`` draws of the bin after each window. ``start_rollout(x)``
+        and ``rollout_step(state)`` -> ``(B, N)``: the same draws bin after bin, each from the window of the last
+        ``W`` bins, with the window's emission terms kept from step to step (:func:`dgrn.mesoscale.rollout`).
 
     Cost: ``O(B W K N)`` for the emission likelihoods (plus ``O(B W H N^2)`` for the couplings), a loop over the
     ``W`` bins of ``(B, C, K, K)`` log-sum-exps (the filter is sequential), and ``O(B W K N)`` for the chain-rule
@@ -207,18 +214,27 @@ class BernoulliHMM(nn.Module):
         :math:`\\log p(x_t \\mid x_{<t})` of bins ``history .. W-1`` ``(B, W - history)`` and the per-state logits
         of :meth:`_state_logits`."""
         logits = self._state_logits(x)
-        member = F.one_hot(self.communities, self.n_communities).to(x.dtype)  # (N, C)
-        if self.history:
-            target, emitted = x[:, self.history:, None, :], logits[:, :-1]
-            ll = target * F.logsigmoid(emitted) + (1 - target) * F.logsigmoid(-emitted)  # (B, T, K, N)
-            log_e = (ll @ member).transpose(-1, -2)  # (B, T, C, K): log p(x_{t,c} | s^c_t = k, x_{<t})
-        else:  # the logits do not depend on the past: two (B W, N) x (N, C K) products, no (B, W, K, N) array
-            theta = self.emission_logits.to(x.dtype).T[:, None, :]  # (N, 1, K)
-            on, off = (F.logsigmoid(theta) * member[..., None]).flatten(1), (F.logsigmoid(-theta) * member[..., None])
-            log_e = (x @ on + (1 - x) @ off.flatten(1)).unflatten(-1, (self.n_communities, self.n_states))
-        priors, preds = forward_filter(log_e, self.log_transition_matrix(x.dtype),
-                                       self.initial_log_distribution(x.dtype).expand(x.shape[0], -1, -1))
+        priors, preds = self._forward(self._log_emission(x[:, self.history:], self._bins(logits, 0)))
         return priors, preds.sum(-1), logits
+
+    def _log_emission(self, target: Tensor, logits: Tensor) -> Tensor:
+        """:math:`\log p(x_{t,c} \mid s^c_t = k, x_{<t})` ``(B, T, C, K)`` of the bins ``target`` ``(B, T, N)``
+        with their per-state logits ``(B, T, K, N)`` (without history, ``theta`` is used instead)."""
+        member = F.one_hot(self.communities, self.n_communities).to(target.dtype)  # (N, C)
+        if self.history:
+            target = target[:, :, None, :]
+            ll = target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)  # (B, T, K, N)
+            return (ll @ member).transpose(-1, -2)
+        # the logits do not depend on the past: two (B T, N) x (N, C K) products, no (B, T, K, N) array
+        theta = self.emission_logits.to(target.dtype).T[:, None, :]  # (N, 1, K)
+        on, off = (F.logsigmoid(theta) * member[..., None]).flatten(1), (F.logsigmoid(-theta) * member[..., None])
+        return (target @ on + (1 - target) @ off.flatten(1)).unflatten(-1, (self.n_communities, self.n_states))
+
+    def _forward(self, log_e: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`forward_filter` of every community's chain over the emission terms ``(B, T, C, K)``, started at the
+        window-start distribution."""
+        return forward_filter(log_e, self.log_transition_matrix(log_e.dtype),
+                              self.initial_log_distribution(log_e.dtype).expand(log_e.shape[0], -1, -1))
 
     def _bins(self, logits: Tensor, first: int, last: int | None = -1) -> Tensor:
         """The logits of :meth:`_state_logits` at steps ``first:last`` (all of them, broadcast, without history)."""
@@ -272,13 +288,48 @@ class BernoulliHMM(nn.Module):
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         priors, _, logits = self._filter(x)
-        prior = priors[:, -1].exp()  # (B, C, K)
-        states = torch.multinomial(prior.reshape(-1, self.n_states), n_samples, replacement=True, generator=generator)
-        states = states.reshape(x.shape[0], self.n_communities, n_samples)[:, self.communities].transpose(1, 2)
-        lg = self._bins(logits, -1, None).expand(x.shape[0], n_samples, -1, -1)  # (B, S, K, N)
+        return self._draw(priors[:, -1], self._bins(logits, -1, None), n_samples, generator)
+
+    def _draw(self, log_prior: Tensor, logits: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
+        """``n_samples`` draws of one bin ``(B, n_samples, N)``: a state of every community from its predictive
+        distribution ``log_prior`` ``(B, C, K)``, then the neurons at that state's logits ``(B or 1, 1, K, N)``."""
+        batch = log_prior.shape[0]
+        states = torch.multinomial(log_prior.exp().reshape(-1, self.n_states), n_samples, replacement=True,
+                                   generator=generator)
+        states = states.reshape(batch, self.n_communities, n_samples)[:, self.communities].transpose(1, 2)
+        lg = logits.expand(batch, n_samples, -1, -1)  # (B, S, K, N)
         p = torch.sigmoid(lg.gather(2, states[:, :, None, :]).squeeze(2))  # (B, S, N)
         u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-        return (u < p).to(x.dtype)
+        return (u < p).to(logits.dtype)
+
+    @torch.no_grad()
+    def start_rollout(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the emission likelihoods
+        of the bins the window's filter reads, ``(B, W - history, C, K)`` (each bin's scaled to a largest of 1), and
+        the window's last ``history`` bins."""
+        _check_sample_window(x, self.n_neurons, max(self.context, self.history))
+        logits = self._state_logits(x)
+        return _scaled(self._log_emission(x[:, self.history:], self._bins(logits, 0))), x[:, x.shape[1] - self.history:]
+
+    @torch.no_grad()
+    def rollout_step(self, state: tuple[Tensor, Tensor], generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)``, as :meth:`sample`
+        of that window draws it, and the state of the window moved on by one bin (its first bin dropped, the draw
+        appended). The window's emission likelihoods are kept, so a step costs the filter over the window, in
+        probabilities (normalized every bin: only the predictive distribution is needed, not the likelihood), plus
+        ``O(B K N)`` for the new bin and ``O(B H N^2)`` for its coupling drive, not :meth:`sample`'s
+        ``O(B W K N + B W H N^2)``: the same draws up to rounding."""
+        emission, recent = state
+        transition = self.log_transition_matrix(emission.dtype).exp()
+        prior = self.initial_log_distribution(emission.dtype).exp().expand(emission.shape[0], -1, -1)
+        for t in range(emission.shape[1]):
+            prior = torch.einsum("bck,ckl->bcl", prior * emission[:, t], transition)
+            prior = prior / prior.sum(-1, keepdim=True)
+        logits = self._state_logits(recent)[:, -1:]  # (B, 1, K, N); without history (1, 1, K, N)
+        draw = self._draw(prior.log(), logits, 1, generator)  # (B, 1, N)
+        emission = torch.cat([emission[:, 1:], _scaled(self._log_emission(draw, logits))], 1)
+        return draw[:, 0], (emission, torch.cat([recent, draw], 1)[:, 1:])
 
     def coupling_matrix(self) -> Tensor | None:
         """Net coupling ``sum_k W^(k)`` ``(N, N)`` (``[i, j]``: influence of ``j`` on ``i``), ``None`` without
