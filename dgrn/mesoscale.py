@@ -92,8 +92,8 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
     as much past as in a training window of ``W`` bins and a model with a finite history uses the last bins it needs;
     a :class:`~dgrn.nn.MultiscaleBornMachine` with time scales draws a whole top-level block per step (cut to
     ``n_bins``). A model with ``start_rollout(x)`` and ``rollout_step(state, generator)`` (the switching GLM,
-    :class:`~dgrn.nn.BernoulliHMM`) makes the same draws from the same windows while keeping what its filter reads
-    of them from step to step. ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``):
+    :class:`~dgrn.nn.BernoulliHMM`; :class:`~dgrn.nn.MultiscaleBornMachine` without time scales) makes the same
+    draws from the same windows (up to rounding) while keeping what does not change in them from step to step. ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``):
     the model's intermediates grow with ``chunk_size * memory * N``, so a large population needs chunks to fit in
     memory; chunks draw from the same distribution as one batch."""
     if windows.dim() != 3:
@@ -116,8 +116,9 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
 def _continue(net, x: Tensor, n_bins: int, memory: int, generator: torch.Generator | None) -> Tensor:
     """``n_bins`` bins drawn after each past ``x`` ``(B, memory, N)``, ``(B, n_bins, N)``. Past and draws share one
     buffer, and the model is fed a view of its last ``memory`` bins: no copy of the window per step."""
-    if hasattr(net, "rollout_step"):  # the model keeps what its window's filter reads from step to step
-        state, draws = net.start_rollout(x), x.new_empty(x.shape[0], n_bins, x.shape[2])
+    state = net.start_rollout(x) if hasattr(net, "start_rollout") else None
+    if state is not None:  # the model keeps what does not change in its window from step to step
+        draws = x.new_empty(x.shape[0], n_bins, x.shape[2])
         for t in range(n_bins):
             draws[:, t], state = net.rollout_step(state, generator)
         return draws

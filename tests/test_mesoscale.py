@@ -80,24 +80,42 @@ def test_rollouts_of_a_temporal_multiscale_model_are_cut_to_length():
 
 
 def _switching_glm(history: int) -> BernoulliHMM:
-    net = BernoulliHMM(4, n_states=3, context=2, communities=[0, 0, 1, 1], history=history).double()
-    with torch.no_grad():  # states, chains and couplings far from their symmetric start
+    return BernoulliHMM(4, n_states=3, context=2, communities=[0, 0, 1, 1], history=history).double()
+
+
+#: models whose rollouts keep a state (all but ``time_scales``, which draws a block per step from a buffer)
+ROLLOUT_NETS = {
+    "latent": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, latent_states=2,
+                                            history=2).double(),
+    "latent_mixture": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2,
+                                                    latent_states=2, latent_mixture=True).double(),
+    "two_levels": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1], [0, 0, 0, 0]], bond_dim=2, hidden_size=3,
+                                                context=2).double(),
+    "fine_only": lambda: MultiscaleBornMachine(4, [], bond_dim=2, hidden_size=3, context=2).double(),
+    "time_scales": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2,
+                                                 time_scales=[2]),
+    "hmm": lambda: _switching_glm(0), "switching_glm_lag1": lambda: _switching_glm(1),
+    "switching_glm_lag2": lambda: _switching_glm(2),
+}
+
+
+def _randomized(net):
+    """``net`` in eval mode with every parameter moved away from its initial value (zero read-outs of the latent
+    chains' context, symmetric states, ...)."""
+    with torch.no_grad():
         for p in net.parameters():
-            p.normal_(0.0, 1.0)
-    return net
+            p.add_(torch.randn_like(p), alpha=0.5)
+    return net.eval()
 
 
-@pytest.mark.parametrize("make_net", [
-    lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, latent_states=2),
-    lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, time_scales=[2]),
-    lambda: _switching_glm(0), lambda: _switching_glm(1), lambda: _switching_glm(2)],
-    ids=["latent", "time_scales", "hmm", "switching_glm_lag1", "switching_glm_lag2"])
-def test_rollouts_are_the_draws_of_the_window_fed_back(make_net):
-    """rollout keeps past and draws in one buffer (or, for the switching GLM, its filter's emission terms): its
-    continuations are exactly those of calling ``sample`` on the last ``memory`` bins, step after step, with the
-    same generator (latent chains; a 2-bin top level; HMMs in float64, so that no rounding flips a draw)."""
+@pytest.mark.parametrize("name", list(ROLLOUT_NETS))
+def test_rollouts_are_the_draws_of_the_window_fed_back(name):
+    """rollout keeps what does not change in the window from step to step (the pooled levels and the history part
+    of the latent chains' drive; a switching GLM's emission terms), or with time scales past and draws in one
+    buffer: its continuations are exactly those of calling ``sample`` on the last ``memory`` bins, step after step,
+    with the same generator (in float64, so that no rounding flips a draw)."""
     torch.manual_seed(0)
-    net = make_net().eval()
+    net = _randomized(ROLLOUT_NETS[name]())
     dtype = next(net.parameters()).dtype
     windows = (torch.rand(2, 5, 4) < 0.4).to(dtype)
     got = rollout(net, windows, 6, 40, generator=torch.Generator().manual_seed(3), memory=4)
@@ -108,6 +126,27 @@ def test_rollouts_are_the_draws_of_the_window_fed_back(make_net):
         drawn.append(step)
         x = torch.cat([x, step], 1)[:, -4:]
     torch.testing.assert_close(got, torch.cat(drawn, 1)[:, :6].reshape(2, 40, 6, 4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in ROLLOUT_NETS if n != "time_scales"])
+def test_a_rollout_step_carries_the_state_of_the_moved_window(name):
+    """After every ``rollout_step`` the kept state is the one ``start_rollout`` computes from the window moved on by
+    the draw (its first bin dropped): nothing in it is misaligned by a bin."""
+    torch.manual_seed(1)
+    net = _randomized(ROLLOUT_NETS[name]())
+    x = (torch.rand(3, 5, 4) < 0.4).double()
+    state, gen = net.start_rollout(x), torch.Generator().manual_seed(2)
+
+    def flat(s):  # the state's tensors: a list of levels and a tensor or None (multiscale), or tensors (HMM)
+        return [t for part in s for t in (part if isinstance(part, list) else [part]) if t is not None]
+
+    for _ in range(4):
+        draw, state = net.rollout_step(state, gen)
+        x = torch.cat([x, draw[:, None]], 1)[:, 1:]
+        expected = net.start_rollout(x)
+        assert len(flat(state)) == len(flat(expected))
+        for got, want in zip(flat(state), flat(expected)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_activity_statistics_of_a_record_against_itself_and_another():

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from dgrn.nn.glm import _check_sample_window, _check_window
 
-__all__ = ["BernoulliHMM", "SwitchingBernoulli", "forward_filter", "hmmlearn_bernoulli", "stationary_distribution"]
+__all__ = ["BernoulliHMM", "SwitchingBernoulli", "forward_filter", "hmmlearn_bernoulli", "predictive_distribution",
+           "stationary_distribution"]
 
 _STARTS = ("stationary", "initial")
 
@@ -42,6 +43,18 @@ def forward_filter(log_emission: Tensor, log_transition: Tensor, log_prior: Tens
     log_lik = torch.stack(preds, 1) if preds else log_emission.new_zeros(*log_emission.shape[:1], 0,
                                                                            log_emission.shape[2])
     return torch.stack(priors, 1), log_lik
+
+
+def predictive_distribution(emission: Tensor, transition: Tensor, prior: Tensor) -> Tensor:
+    r""":math:`P(s^c_T \mid y_{<T})` ``(B, C, K)``, the predictive state distribution of the bin after the last, by
+    the forward filter of :func:`forward_filter` in probabilities: ``emission`` likelihoods ``(B, T, C, K)`` (any
+    positive scale per bin and chain, e.g. :func:`_scaled`), transition matrices :math:`A^c` ``(C, K, K)``, the
+    first bin's distribution ``(B, C, K)``. Normalized at every bin, so it neither underflows nor needs logarithms:
+    a few times cheaper than the log-domain filter where neither the likelihood nor a gradient is needed (sampling)."""
+    for t in range(emission.shape[1]):
+        prior = torch.einsum("bck,ckl->bcl", prior * emission[:, t], transition)
+        prior = prior / prior.sum(-1, keepdim=True)
+    return prior
 
 
 def _scaled(log_emission: Tensor) -> Tensor:
@@ -321,11 +334,9 @@ class BernoulliHMM(nn.Module):
         ``O(B K N)`` for the new bin and ``O(B H N^2)`` for its coupling drive, not :meth:`sample`'s
         ``O(B W K N + B W H N^2)``: the same draws up to rounding."""
         emission, recent = state
-        transition = self.log_transition_matrix(emission.dtype).exp()
-        prior = self.initial_log_distribution(emission.dtype).exp().expand(emission.shape[0], -1, -1)
-        for t in range(emission.shape[1]):
-            prior = torch.einsum("bck,ckl->bcl", prior * emission[:, t], transition)
-            prior = prior / prior.sum(-1, keepdim=True)
+        prior = predictive_distribution(emission, self.log_transition_matrix(emission.dtype).exp(),
+                                        self.initial_log_distribution(emission.dtype).exp().expand(
+                                            emission.shape[0], -1, -1))
         logits = self._state_logits(recent)[:, -1:]  # (B, 1, K, N); without history (1, 1, K, N)
         draw = self._draw(prior.log(), logits, 1, generator)  # (B, 1, N)
         emission = torch.cat([emission[:, 1:], _scaled(self._log_emission(draw, logits))], 1)
@@ -421,6 +432,8 @@ class SwitchingBernoulli(nn.Module):
         exact :math:`\log p(y_{u,t} \mid y_{<t}, c)`, the filtered state probabilities after bin ``t`` and the log
         predictive state distribution of the bin after the last. ``sample(c, log_prior)``: ``(B, F)``, ``(B, n, K)``
         -> ``(B, n)``. ``update(y, c, log_prior)`` -> the filtered probabilities ``(B, n, K)`` after one bin.
+        ``log_emission``, ``update`` and ``sample`` also take the context's :meth:`drive` ``(..., n)`` instead
+        (``c=None, drive=...``).
     """
 
     def __init__(self, n_units: int, in_features: int, n_states: int = 2) -> None:
@@ -473,14 +486,26 @@ class SwitchingBernoulli(nn.Module):
             self.state_logits[u] = (torch.logit(p) - bias[u, 1]).to(self.state_logits)
             self.transition_logits[u] = (a / a.sum(1, keepdim=True)).log().to(self.transition_logits)
 
-    def _state_logits(self, c: Tensor) -> Tensor:
-        f = self.field(c).unflatten(-1, (self.n_units, 2))
-        return (f[..., 1] - f[..., 0])[..., None] + self.state_logits.to(f.dtype)  # (..., n, K)
+    def drive(self, c: Tensor, features: slice | None = None) -> Tensor:
+        r""":math:`a_u(c) = f_{u,1}(c) - f_{u,0}(c)` ``(..., n)`` of contexts ``c`` ``(..., F)``. With ``features``,
+        ``c`` holds only those columns of the context and the result is their part of the drive (the read-out is
+        linear, so the parts of a split context add up to its drive; the bias goes with the part that starts at
+        column 0): a part that does not change can be computed once."""
+        if features is None:
+            f = self.field(c).unflatten(-1, (self.n_units, 2))
+            return f[..., 1] - f[..., 0]
+        weight = self.field.weight[:, features].unflatten(0, (self.n_units, 2))
+        bias = self.field.bias.view(self.n_units, 2) if features.start in (None, 0) else None
+        return F.linear(c, weight[:, 1] - weight[:, 0], None if bias is None else bias[:, 1] - bias[:, 0])
 
-    def log_emission(self, y: Tensor, c: Tensor) -> Tensor:
-        r""":math:`\log P(y_{u} \mid z_{u} = k, c)`: activity ``(..., n)`` and contexts ``(..., F)`` ->
-        ``(..., n, K)``."""
-        logits = self._state_logits(c)
+    def _state_logits(self, c: Tensor | None, drive: Tensor | None = None) -> Tensor:
+        drive = self.drive(c) if drive is None else drive
+        return drive[..., None] + self.state_logits.to(drive.dtype)  # (..., n, K)
+
+    def log_emission(self, y: Tensor, c: Tensor | None, *, drive: Tensor | None = None) -> Tensor:
+        r""":math:`\log P(y_{u} \mid z_{u} = k, c)`: activity ``(..., n)`` and contexts ``(..., F)`` (or their
+        :meth:`drive` ``(..., n)``, with ``c=None``) -> ``(..., n, K)``."""
+        logits = self._state_logits(c, drive)
         return torch.where(y[..., None] > 0, F.logsigmoid(logits), F.logsigmoid(-logits))
 
     def log_transition_matrix(self, dtype: torch.dtype) -> Tensor:
@@ -502,13 +527,14 @@ class SwitchingBernoulli(nn.Module):
         posterior = (priors[:, :-1] + log_e - log_lik[..., None]).exp()
         return log_lik, posterior, priors[:, -1]
 
-    def update(self, y: Tensor, c: Tensor, log_prior: Tensor) -> Tensor:
-        joint = log_prior + self.log_emission(y, c)
+    def update(self, y: Tensor, c: Tensor | None, log_prior: Tensor, *, drive: Tensor | None = None) -> Tensor:
+        joint = log_prior + self.log_emission(y, c, drive=drive)
         return torch.softmax(joint, -1)
 
-    def sample(self, c: Tensor, log_prior: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        p = (log_prior.exp() * torch.sigmoid(self._state_logits(c))).sum(-1)  # the mixture's firing probability
-        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(c.dtype)
+    def sample(self, c: Tensor | None, log_prior: Tensor, generator: torch.Generator | None = None, *,
+               drive: Tensor | None = None) -> Tensor:
+        p = (log_prior.exp() * torch.sigmoid(self._state_logits(c, drive))).sum(-1)  # the mixture's firing probability
+        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
 
     def extra_repr(self) -> str:
         return f"n_units={self.n_units}, in_features={self.field.in_features}, n_states={self.n_states}"

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from dgrn.graph import as_adjacency, community_order, find_communities, metagraph, relabel
 from dgrn.nn.glm import _check_window
-from dgrn.nn.hmm import SwitchingBernoulli, forward_filter
+from dgrn.nn.hmm import SwitchingBernoulli, forward_filter, predictive_distribution
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS, SegmentedMPS
@@ -617,24 +617,41 @@ class MultiscaleBornMachine(nn.Module):
         bin before, the last ``history`` bins) exists."""
         return max(1, self.history)
 
-    def _filter_latent(self, xs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _filter_latent(self, xs: list[Tensor], history_drive: Tensor | None = None, *, last_only: bool = False
+                       ) -> tuple[Tensor, Tensor, Tensor]:
         """The forward filter of the latent chains over the bins ``_latent_start() .. W-1`` of the pooled windows
         ``xs`` (the chains start at their stationary distribution at the first of them). Returns ``(terms (B, T,
-        n_L, K, E), priors (B, T + 1, n_L, K), c)``: the log-emission terms of every chain and state (``E = 1``, the
-        top level, or with a latent mixture ``L + 1``, one per level, fine first), the log predictive state
-        distributions (the last for the bin after the window) and the top level's context of the bin after the
-        window."""
+        n_L, K, E), priors (B, T + 1, n_L, K), drive)``: the log-emission terms of every chain and state (``E = 1``,
+        the top level, or with a latent mixture ``L + 1``, one per level, fine first), the log predictive state
+        distributions (the last for the bin after the window) and the top level's drive of the bin after the window
+        (:meth:`SwitchingBernoulli.drive`). ``history_drive``: the part of the top drive from the neurons' last bins
+        at bins ``_latent_start() .. W`` ``(B, T + 1, n_L)``, if known (:meth:`start_rollout`). ``last_only``: only
+        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`)."""
         start, width = self._latent_start(), xs[0].shape[1]
         states, _ = self.grus[-1](xs[-1])
-        starts = torch.arange(start, width + 1, device=xs[0].device)
-        c = torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1)
         top = self.decoders[-1]
-        terms = top.log_emission(xs[-1][:, start:], c[:, :-1])[..., None]
+        if history_drive is None:  # the read-out of the whole context, as in training
+            starts = torch.arange(start, width + 1, device=xs[0].device)
+            drive = top.drive(torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1))
+        else:
+            drive = top.drive(states[:, start - 1:], slice(0, states.shape[-1])) + history_drive
+        terms = top.log_emission(xs[-1][:, start:], None, drive=drive[:, :-1])[..., None]
         if self.latent_mixture:
             terms = torch.cat([self._segment_log_probs(xs, start), terms], -1)
         log_start = top.log_start(terms.dtype).expand(terms.shape[0], -1, -1)
+        if last_only:
+            emission = terms.sum(-1)
+            prior = predictive_distribution((emission - emission.amax(-1, keepdim=True)).exp(),
+                                            top.log_transition_matrix(terms.dtype).exp(), log_start.exp())
+            return terms, prior.log()[:, None], drive[:, -1]
         priors, _ = forward_filter(terms.sum(-1), top.log_transition_matrix(terms.dtype), log_start)
-        return terms, priors, c[:, -1]
+        return terms, priors, drive[:, -1]
+
+    def _history_drive(self, fine: Tensor, starts: Tensor) -> Tensor:
+        """The part of the top level's drive from the neurons' last ``history`` bins before each start bin, ``(B, J,
+        n_L)`` (:meth:`SwitchingBernoulli.drive` of those context columns)."""
+        hidden = self.grus[-1].hidden_size
+        return self.decoders[-1].drive(self._history(fine, starts), slice(hidden, hidden + self.history * self.n_neurons))
 
     def _state_contexts(self, feats: Tensor) -> Tensor:
         """Contexts ``(..., F)`` -> ``(..., K, F + K)``: one per chain state, the state one-hot appended."""
@@ -681,14 +698,19 @@ class MultiscaleBornMachine(nn.Module):
         whose prediction of a bin appended to ``x`` this is (with time scales, blocks end at the window's end)."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
-        xs = self.pool(x, align=x.shape[1])
+        return self._draw(self.pool(x, align=x.shape[1]), n_samples, generator)
+
+    def _draw(self, xs: list[Tensor], n_samples: int, generator: torch.Generator | None,
+              history_drive: Tensor | None = None) -> list[Tensor]:
+        """:meth:`sample` from the pooled windows ``xs`` (``history_drive``: see :meth:`_filter_latent`)."""
+        x = xs[0]
         drawn: list[list[Tensor]] = [[] for _ in xs]
         latent = []
         if self.latent_states:  # the top level: a draw from the chains' filtered mixture, once per window's filter
-            _, priors, c = self._filter_latent(xs)
-            log_prior, c = _repeat(priors[:, -1], n_samples), _repeat(c, n_samples)
-            draw = self.decoders[-1].sample(c, log_prior, generator).to(x.dtype)
-            posterior = self.decoders[-1].update(draw, c, log_prior)
+            _, priors, drive = self._filter_latent(xs, history_drive, last_only=True)
+            log_prior, drive = _repeat(priors[:, -1], n_samples), _repeat(drive, n_samples)
+            draw = self.decoders[-1].sample(None, log_prior, generator, drive=drive).to(x.dtype)
+            posterior = self.decoders[-1].update(draw, None, log_prior, drive=drive)
             if self.latent_mixture:  # every chain's state given the top level's draw: the finer levels' context
                 chosen = sample_categorical(posterior.reshape(-1, self.latent_states), generator)
                 latent = [nn.functional.one_hot(chosen, self.latent_states).to(x.dtype).view(*posterior.shape)]
@@ -728,6 +750,35 @@ class MultiscaleBornMachine(nn.Module):
                     xs[lvl] = torch.cat([xs[lvl], draw[:, None]], 1)
         out = [torch.stack(d, 1).reshape(x.shape[0], n_samples, len(d), -1) for d in drawn]
         return [d[:, :, 0] for d in out] if self.time_scales[-1] == 1 else out
+
+    @torch.no_grad()
+    def start_rollout(self, x: Tensor) -> tuple[list[Tensor], Tensor | None] | None:
+        """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the pooled windows of
+        every level and, with latent chains, the part of the top drive from the neurons' last bins (neither changes
+        for the bins already in the window). ``None`` with time scales (a step draws a block: see :meth:`sample`)."""
+        if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
+            raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
+        if self.time_scales[-1] > 1:
+            return None
+        xs = self.pool(x, align=x.shape[1])
+        if not self.latent_states:
+            return xs, None
+        return xs, self._history_drive(xs[0], torch.arange(self._latent_start(), x.shape[1] + 1, device=x.device))
+
+    @torch.no_grad()
+    def rollout_step(self, state: tuple[list[Tensor], Tensor | None], generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, tuple[list[Tensor], Tensor | None]]:
+        """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)`` in the neurons'
+        order, as :meth:`sample` of that window draws it (up to rounding), and the state of the window moved on by
+        one bin. Every level's GRU still runs over the whole window (its state starts at the window's first bin), but
+        the window is not pooled again and the top drive's history part is computed for the new bin only."""
+        xs, history_drive = state
+        drawn = [d[:, 0] for d in self._draw(xs, 1, generator, history_drive)]
+        xs = [torch.cat([lvl[:, 1:], d[:, None]], 1) for lvl, d in zip(xs, drawn)]
+        if history_drive is not None:
+            new = self._history_drive(xs[0], torch.tensor([xs[0].shape[1]], device=xs[0].device))
+            history_drive = torch.cat([history_drive[:, 1:], new], 1)
+        return self.to_neurons(drawn[0]), (xs, history_drive)
 
     def to_neurons(self, level0: Tensor) -> Tensor:
         """Level-0 (decoder order) activity back in the neurons' order, ``(..., N)``."""
