@@ -1,13 +1,14 @@
 """Seconds of one ``dgrn.mesoscale.rollout`` of a model the size of the ``lkd2012`` benchmark at 20 % observed.
 
-    python bench/rollout_speed.py [--model dgrn|switching_glm] [--bins 10] [--repo DIR]
+    python bench/rollout_speed.py [--model dgrn|switching_glm] [--bins 10] [--rank 1] [--repo DIR]
 
 ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent
-chains, bond dimension 4, rank 1) draws 10 rollouts of ``--bins`` bins from each of 64 random windows of 64 bins.
-``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (800 neurons, one 2-state chain for
-each of 85 communities, lag-1 couplings of random weights) draws the same. One thread. Prints the seconds and the
-number of spikes drawn (the same for two versions that draw the same). ``--repo`` imports ``dgrn`` from another
-checkout, e.g. a ``git worktree`` of an older commit, so two versions can be timed alternately.
+chains, bond dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0) draws 10 rollouts of ``--bins``
+bins from each of 64 random windows of 64 bins. ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the
+benchmark's recipe (800 neurons, one 2-state chain for each of 85 communities, lag-1 couplings of random weights)
+draws the same. One thread. Prints the seconds and the number of spikes drawn (the same for two versions that draw
+the same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
+worktree`` of an older commit, so two versions can be timed alternately.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["dgrn", "switching_glm"], default="dgrn")
     parser.add_argument("--bins", type=int, default=10)
+    parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     args = parser.parse_args()
     sys.path.insert(0, args.repo)
@@ -34,8 +36,8 @@ def main() -> None:
     n_neurons, n_units = 800, 85
     units = (torch.arange(n_neurons) % n_units).tolist()
     if args.model == "dgrn":
-        net = MultiscaleBornMachine(n_neurons, [units], bond_dim=4, hidden_size=32, history=1, context=8,
-                                    latent_states=2)
+        net = MultiscaleBornMachine(n_neurons, [units], bond_dim=4, rank=args.rank, hidden_size=32, history=1,
+                                    context=8, latent_states=2)
     else:
         net = BernoulliHMM(n_neurons, n_states=2, context=16, communities=units, history=1)
         with torch.no_grad():

@@ -93,9 +93,10 @@ def rollout(net, windows: Tensor, n_bins: int, n_rollouts: int = 1,
     a :class:`~dgrn.nn.MultiscaleBornMachine` with time scales draws a whole top-level block per step (cut to
     ``n_bins``). A model with ``start_rollout(x)`` and ``rollout_step(state, generator)`` (the switching GLM,
     :class:`~dgrn.nn.BernoulliHMM`; :class:`~dgrn.nn.MultiscaleBornMachine` without time scales) makes the same
-    draws from the same windows (up to rounding) while keeping what does not change in them from step to step. ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``):
-    the model's intermediates grow with ``chunk_size * memory * N``, so a large population needs chunks to fit in
-    memory; chunks draw from the same distribution as one batch."""
+    draws from the same windows (up to rounding) while keeping what does not change in them from step to step.
+    ``chunk_size`` bounds the rollouts drawn at once (default: all ``B * n_rollouts``): the model's intermediates
+    grow with ``chunk_size * memory * N``, so a large population needs chunks to fit in memory; chunks draw from the
+    same distribution as one batch."""
     if windows.dim() != 3:
         raise ValueError(f"windows must be (B, W, N), got shape {tuple(windows.shape)}")
     if n_bins < 1 or n_rollouts < 1:

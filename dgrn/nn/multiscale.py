@@ -651,7 +651,8 @@ class MultiscaleBornMachine(nn.Module):
         """The part of the top level's drive from the neurons' last ``history`` bins before each start bin, ``(B, J,
         n_L)`` (:meth:`SwitchingBernoulli.drive` of those context columns)."""
         hidden = self.grus[-1].hidden_size
-        return self.decoders[-1].drive(self._history(fine, starts), slice(hidden, hidden + self.history * self.n_neurons))
+        columns = slice(hidden, hidden + self.history * self.n_neurons)
+        return self.decoders[-1].drive(self._history(fine, starts), columns)
 
     def _state_contexts(self, feats: Tensor) -> Tensor:
         """Contexts ``(..., F)`` -> ``(..., K, F + K)``: one per chain state, the state one-hot appended."""
