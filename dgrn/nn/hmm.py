@@ -48,9 +48,10 @@ def forward_filter(log_emission: Tensor, log_transition: Tensor, log_prior: Tens
 def predictive_distribution(emission: Tensor, transition: Tensor, prior: Tensor) -> Tensor:
     r""":math:`P(s^c_T \mid y_{<T})` ``(B, C, K)``, the predictive state distribution of the bin after the last, by
     the forward filter of :func:`forward_filter` in probabilities: ``emission`` likelihoods ``(B, T, C, K)`` (any
-    positive scale per bin and chain, e.g. :func:`_scaled`), transition matrices :math:`A^c` ``(C, K, K)``, the
-    first bin's distribution ``(B, C, K)``. Normalized at every bin, so it neither underflows nor needs logarithms:
-    a few times cheaper than the log-domain filter where neither the likelihood nor a gradient is needed (sampling)."""
+    positive scale per bin and chain, e.g. divided by their largest), transition matrices :math:`A^c` ``(C, K, K)``,
+    the first bin's distribution ``(B, C, K)``. Normalized at every bin, so it neither underflows nor needs
+    logarithms: a few times cheaper than the log-domain filter where neither the likelihood nor a gradient is needed
+    (sampling)."""
     for t in range(emission.shape[1]):
         prior = torch.einsum("bck,ckl->bcl", prior * emission[:, t], transition)
         prior = prior / prior.sum(-1, keepdim=True)
@@ -231,7 +232,7 @@ class BernoulliHMM(nn.Module):
         return priors, preds.sum(-1), logits
 
     def _log_emission(self, target: Tensor, logits: Tensor) -> Tensor:
-        """:math:`\log p(x_{t,c} \mid s^c_t = k, x_{<t})` ``(B, T, C, K)`` of the bins ``target`` ``(B, T, N)``
+        r""":math:`\log p(x_{t,c} \mid s^c_t = k, x_{<t})` ``(B, T, C, K)`` of the bins ``target`` ``(B, T, N)``
         with their per-state logits ``(B, T, K, N)`` (without history, ``theta`` is used instead)."""
         member = F.one_hot(self.communities, self.n_communities).to(target.dtype)  # (N, C)
         if self.history:
