@@ -380,3 +380,18 @@ def test_switching_bernoulli_gradcheck_float64():
     c = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: m.filter(y, c)[0], (c,))
     assert torch.autograd.gradcheck(lambda c: m.filter(y, c)[1], (c,))
+
+
+def test_predictive_distribution_equals_the_log_domain_filter():
+    """The filter in probabilities (for sampling) gives the log-domain filter's last predictive distribution, also
+    when the emissions are far below what exp can represent (log-likelihoods near -2,000: scaled per bin)."""
+    from dgrn.nn.hmm import forward_filter, predictive_distribution
+
+    torch.manual_seed(0)
+    log_e = torch.randn(3, 7, 4, 3, dtype=torch.float64) * 5 - 2000
+    log_a = torch.log_softmax(torch.randn(4, 3, 3, dtype=torch.float64), -1)
+    log_prior = torch.log_softmax(torch.randn(3, 4, 3, dtype=torch.float64), -1)
+    expected = forward_filter(log_e, log_a, log_prior)[0][:, -1].exp()
+    scaled = (log_e - log_e.amax(-1, keepdim=True)).exp()
+    torch.testing.assert_close(predictive_distribution(scaled, log_a.exp(), log_prior.exp()), expected)
+    assert predictive_distribution(scaled[:, :0], log_a.exp(), log_prior.exp()).equal(log_prior.exp())
