@@ -137,16 +137,27 @@ def test_a_rollout_step_carries_the_state_of_the_moved_window(name):
     x = (torch.rand(3, 5, 4) < 0.4).double()
     state, gen = net.start_rollout(x), torch.Generator().manual_seed(2)
 
-    def flat(s):  # the state's tensors: a list of levels and a tensor or None (multiscale), or tensors (HMM)
-        return [t for part in s for t in (part if isinstance(part, list) else [part]) if t is not None]
+    def flat(s):  # the state's windows: a list of levels and one or None (multiscale), or two (HMM)
+        return [w.values for part in s for w in (part if isinstance(part, list) else [part]) if w is not None]
 
-    for _ in range(4):
+    for _ in range(12):  # the buffers fill up (twice the window's 5 bins) and move their content
         draw, state = net.rollout_step(state, gen)
         x = torch.cat([x, draw[:, None]], 1)[:, 1:]
         expected = net.start_rollout(x)
         assert len(flat(state)) == len(flat(expected))
         for got, want in zip(flat(state), flat(expected)):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [0, 1, 3])
+def test_rolling_window_is_the_last_entries_of_the_sequence(width):
+    from dgrn.nn.rolling import RollingWindow
+
+    seq = torch.arange(2 * 30 * 2).reshape(2, 30, 2)
+    window = RollingWindow(seq[:, :width])
+    for t in range(width, 30):
+        window.push(seq[:, t])
+        assert torch.equal(window.values, seq[:, t + 1 - width:t + 1])
 
 
 def test_activity_statistics_of_a_record_against_itself_and_another():

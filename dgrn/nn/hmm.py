@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgrn.nn.glm import _check_sample_window, _check_window
+from dgrn.nn.rolling import RollingWindow
 
 __all__ = ["BernoulliHMM", "SwitchingBernoulli", "forward_filter", "hmmlearn_bernoulli", "predictive_distribution",
            "stationary_distribution"]
@@ -317,31 +318,33 @@ class BernoulliHMM(nn.Module):
         return (u < p).to(logits.dtype)
 
     @torch.no_grad()
-    def start_rollout(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def start_rollout(self, x: Tensor) -> tuple[RollingWindow, RollingWindow]:
         """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the emission likelihoods
         of the bins the window's filter reads, ``(B, W - history, C, K)`` (each bin's scaled to a largest of 1), and
-        the window's last ``history`` bins."""
+        the window's last ``history`` bins, each a :class:`~dgrn.nn.rolling.RollingWindow`."""
         _check_sample_window(x, self.n_neurons, max(self.context, self.history))
         logits = self._state_logits(x)
-        return _scaled(self._log_emission(x[:, self.history:], self._bins(logits, 0))), x[:, x.shape[1] - self.history:]
+        emission = _scaled(self._log_emission(x[:, self.history:], self._bins(logits, 0)))
+        return RollingWindow(emission), RollingWindow(x[:, x.shape[1] - self.history:])
 
     @torch.no_grad()
-    def rollout_step(self, state: tuple[Tensor, Tensor], generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def rollout_step(self, state: tuple[RollingWindow, RollingWindow], generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, tuple[RollingWindow, RollingWindow]]:
         """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)``, as :meth:`sample`
         of that window draws it, and the state of the window moved on by one bin (its first bin dropped, the draw
-        appended). The window's emission likelihoods are kept, so a step costs the filter over the window, in
-        probabilities (normalized every bin: only the predictive distribution is needed, not the likelihood), plus
-        ``O(B K N)`` for the new bin and ``O(B H N^2)`` for its coupling drive, not :meth:`sample`'s
-        ``O(B W K N + B W H N^2)``: the same draws up to rounding."""
+        appended; updated in place). The window's emission likelihoods are kept, so a step costs the filter over the
+        window, in probabilities (normalized every bin: only the predictive distribution is needed, not the
+        likelihood), plus ``O(B K N)`` for the new bin and ``O(B H N^2)`` for its coupling drive, not
+        :meth:`sample`'s ``O(B W K N + B W H N^2)``: the same draws up to rounding."""
         emission, recent = state
-        prior = predictive_distribution(emission, self.log_transition_matrix(emission.dtype).exp(),
-                                        self.initial_log_distribution(emission.dtype).exp().expand(
-                                            emission.shape[0], -1, -1))
-        logits = self._state_logits(recent)[:, -1:]  # (B, 1, K, N); without history (1, 1, K, N)
+        e = emission.values
+        prior = predictive_distribution(e, self.log_transition_matrix(e.dtype).exp(),
+                                        self.initial_log_distribution(e.dtype).exp().expand(e.shape[0], -1, -1))
+        logits = self._state_logits(recent.values)[:, -1:]  # (B, 1, K, N); without history (1, 1, K, N)
         draw = self._draw(prior.log(), logits, 1, generator)  # (B, 1, N)
-        emission = torch.cat([emission[:, 1:], _scaled(self._log_emission(draw, logits))], 1)
-        return draw[:, 0], (emission, torch.cat([recent, draw], 1)[:, 1:])
+        emission.push(_scaled(self._log_emission(draw, logits))[:, 0])
+        recent.push(draw[:, 0])
+        return draw[:, 0], state
 
     def coupling_matrix(self) -> Tensor | None:
         """Net coupling ``sum_k W^(k)`` ``(N, N)`` (``[i, j]``: influence of ``j`` on ``i``), ``None`` without

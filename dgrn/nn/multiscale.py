@@ -19,6 +19,7 @@ from dgrn.graph import as_adjacency, community_order, find_communities, metagrap
 from dgrn.nn.glm import _check_window
 from dgrn.nn.hmm import SwitchingBernoulli, forward_filter, predictive_distribution
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
+from dgrn.nn.rolling import RollingWindow
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS, SegmentedMPS
 from dgrn.tn._common import sample_categorical
@@ -753,33 +754,39 @@ class MultiscaleBornMachine(nn.Module):
         return [d[:, :, 0] for d in out] if self.time_scales[-1] == 1 else out
 
     @torch.no_grad()
-    def start_rollout(self, x: Tensor) -> tuple[list[Tensor], Tensor | None] | None:
+    def start_rollout(self, x: Tensor) -> tuple[list[RollingWindow], RollingWindow | None] | None:
         """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the pooled windows of
         every level and, with latent chains, the part of the top drive from the neurons' last bins (neither changes
-        for the bins already in the window). ``None`` with time scales (a step draws a block: see :meth:`sample`)."""
+        for the bins already in the window), each a :class:`~dgrn.nn.rolling.RollingWindow`. ``None`` with time
+        scales (a step draws a block: see :meth:`sample`)."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
         if self.time_scales[-1] > 1:
             return None
         xs = self.pool(x, align=x.shape[1])
         if not self.latent_states:
-            return xs, None
-        return xs, self._history_drive(xs[0], torch.arange(self._latent_start(), x.shape[1] + 1, device=x.device))
+            return [RollingWindow(lvl) for lvl in xs], None
+        starts = torch.arange(self._latent_start(), x.shape[1] + 1, device=x.device)
+        return [RollingWindow(lvl) for lvl in xs], RollingWindow(self._history_drive(xs[0], starts))
 
     @torch.no_grad()
-    def rollout_step(self, state: tuple[list[Tensor], Tensor | None], generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, tuple[list[Tensor], Tensor | None]]:
+    def rollout_step(self, state: tuple[list[RollingWindow], RollingWindow | None],
+                     generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, tuple[list[RollingWindow], RollingWindow | None]]:
         """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)`` in the neurons'
         order, as :meth:`sample` of that window draws it (up to rounding), and the state of the window moved on by
-        one bin. Every level's GRU still runs over the whole window (its state starts at the window's first bin), but
-        the window is not pooled again and the top drive's history part is computed for the new bin only."""
-        xs, history_drive = state
-        drawn = [d[:, 0] for d in self._draw(xs, 1, generator, history_drive)]
-        xs = [torch.cat([lvl[:, 1:], d[:, None]], 1) for lvl, d in zip(xs, drawn)]
+        one bin (updated in place). Every level's GRU still runs over the whole window (its state starts at the
+        window's first bin), but the window is neither pooled nor copied again and the top drive's history part is
+        computed for the new bin only."""
+        levels, history_drive = state
+        drive = None if history_drive is None else history_drive.values
+        drawn = [d[:, 0] for d in self._draw([lvl.values for lvl in levels], 1, generator, drive)]
+        for lvl, d in zip(levels, drawn):
+            lvl.push(d)
         if history_drive is not None:
-            new = self._history_drive(xs[0], torch.tensor([xs[0].shape[1]], device=xs[0].device))
-            history_drive = torch.cat([history_drive[:, 1:], new], 1)
-        return self.to_neurons(drawn[0]), (xs, history_drive)
+            fine = levels[0].values
+            history_drive.push(self._history_drive(fine, torch.tensor([fine.shape[1]], device=fine.device))[:, 0])
+        return self.to_neurons(drawn[0]), state
 
     def to_neurons(self, level0: Tensor) -> Tensor:
         """Level-0 (decoder order) activity back in the neurons' order, ``(..., N)``."""
