@@ -83,7 +83,8 @@ def _switching_glm(history: int) -> BernoulliHMM:
     return BernoulliHMM(4, n_states=3, context=2, communities=[0, 0, 1, 1], history=history).double()
 
 
-#: models whose rollouts keep a state (all but ``time_scales``, which draws a block per step from a buffer)
+#: models whose rollouts keep a state (all but ``time_scales``, which draws a block per step, and the stacked GRU:
+#: both draw from a buffer)
 ROLLOUT_NETS = {
     "latent": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, latent_states=2,
                                             history=2).double(),
@@ -94,6 +95,8 @@ ROLLOUT_NETS = {
     "fine_only": lambda: MultiscaleBornMachine(4, [], bond_dim=2, hidden_size=3, context=2).double(),
     "time_scales": lambda: MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2,
                                                  time_scales=[2]),
+    "gru": lambda: GRUBernoulli(4, hidden_size=3, context=2).double(),
+    "stacked_gru": lambda: GRUBernoulli(4, hidden_size=3, num_layers=2, context=2).double(),
     "hmm": lambda: _switching_glm(0), "switching_glm_lag1": lambda: _switching_glm(1),
     "switching_glm_lag2": lambda: _switching_glm(2),
 }
@@ -128,7 +131,7 @@ def test_rollouts_are_the_draws_of_the_window_fed_back(name):
     torch.testing.assert_close(got, torch.cat(drawn, 1)[:, :6].reshape(2, 40, 6, 4), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in ROLLOUT_NETS if n != "time_scales"])
+@pytest.mark.parametrize("name", [n for n in ROLLOUT_NETS if n not in ("time_scales", "stacked_gru")])
 def test_a_rollout_step_carries_the_state_of_the_moved_window(name):
     """After every ``rollout_step`` the kept state is the one ``start_rollout`` computes from the window moved on by
     the draw (its first bin dropped): nothing in it is misaligned by a bin."""
@@ -137,8 +140,9 @@ def test_a_rollout_step_carries_the_state_of_the_moved_window(name):
     x = (torch.rand(3, 5, 4) < 0.4).double()
     state, gen = net.start_rollout(x), torch.Generator().manual_seed(2)
 
-    def flat(s):  # the state's windows: a list of levels and one or None (multiscale), or two (HMM)
-        return [w.values for part in s for w in (part if isinstance(part, list) else [part]) if w is not None]
+    def flat(s):  # the state's windows: lists of levels and one or None (multiscale), two (HMM) or one (GRU)
+        parts = s if isinstance(s, tuple) else (s,)
+        return [w.values for part in parts for w in (part if isinstance(part, list) else [part]) if w is not None]
 
     for _ in range(12):  # the buffers fill up (twice the window's 5 bins) and move their content
         draw, state = net.rollout_step(state, gen)
@@ -158,6 +162,18 @@ def test_rolling_window_is_the_last_entries_of_the_sequence(width):
     for t in range(width, 30):
         window.push(seq[:, t])
         assert torch.equal(window.values, seq[:, t + 1 - width:t + 1])
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_gru_states_from_input_gates_equal_nn_gru(dtype, tol):
+    from dgrn.nn.rolling import gru_input_gates, gru_states
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(5, 7, batch_first=True).to(dtype)
+    x = torch.randn(3, 11, 5, dtype=dtype)
+    torch.testing.assert_close(gru_states(gru, gru_input_gates(gru, x)), gru(x)[0], rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="one-layer"):
+        gru_input_gates(torch.nn.GRU(5, 7, num_layers=2), x)
 
 
 def test_activity_statistics_of_a_record_against_itself_and_another():

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from dgrn.nn.glm import _bernoulli_draws, _check_sample_window, _check_window
+from dgrn.nn.rolling import RollingWindow, gru_input_gates, gru_states
 
 __all__ = ["GRUBernoulli"]
 
@@ -27,7 +28,8 @@ class GRUBernoulli(nn.Module):
     Shapes:
         input ``(B, L, N)``; output logits ``(B, L - context, N)`` for bins ``context .. L-1``.
         ``sample(x, n_samples)``: windows ``(B, W >= context, N)`` -> ``(B, n_samples, N)`` draws of the bin after
-        each window.
+        each window; ``start_rollout(x)`` and ``rollout_step(state)`` -> ``(B, N)``: the same draws bin after bin
+        (:func:`dgrn.mesoscale.rollout`).
     """
 
     def __init__(self, n_neurons: int, hidden_size: int = 64, num_layers: int = 1, context: int = 16) -> None:
@@ -58,6 +60,25 @@ class GRUBernoulli(nn.Module):
         _check_sample_window(x, self.n_neurons, self.context)
         states, _ = self.gru(x)
         return _bernoulli_draws(self.readout(states[:, -1]), n_samples, generator)
+
+    @torch.no_grad()
+    def start_rollout(self, x: Tensor) -> RollingWindow | None:
+        """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the GRU's input gates of
+        the window's bins (:func:`~dgrn.nn.rolling.gru_input_gates`), which do not change as the window moves on;
+        ``None`` for a stacked GRU (the inputs of its upper layers do)."""
+        _check_sample_window(x, self.n_neurons, self.context)
+        return RollingWindow(gru_input_gates(self.gru, x)) if self.gru.num_layers == 1 else None
+
+    @torch.no_grad()
+    def rollout_step(self, state: RollingWindow, generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, RollingWindow]:
+        """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)``, as :meth:`sample`
+        of that window draws it (up to rounding), and the state moved on by one bin (updated in place): the
+        recurrence runs over the window again, from zero, but no bin is multiplied by the input weights twice."""
+        h = gru_states(self.gru, state.values)[:, -1]
+        draw = _bernoulli_draws(self.readout(h), 1, generator)[:, 0]
+        state.push(gru_input_gates(self.gru, draw))
+        return draw, state
 
     def coupling_matrix(self) -> None:
         return None

@@ -19,7 +19,7 @@ from dgrn.graph import as_adjacency, community_order, find_communities, metagrap
 from dgrn.nn.glm import _check_window
 from dgrn.nn.hmm import SwitchingBernoulli, forward_filter, predictive_distribution
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
-from dgrn.nn.rolling import RollingWindow
+from dgrn.nn.rolling import RollingWindow, gru_input_gates, gru_states
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS, SegmentedMPS
 from dgrn.tn._common import sample_categorical
@@ -618,8 +618,8 @@ class MultiscaleBornMachine(nn.Module):
         bin before, the last ``history`` bins) exists."""
         return max(1, self.history)
 
-    def _filter_latent(self, xs: list[Tensor], history_drive: Tensor | None = None, *, last_only: bool = False
-                       ) -> tuple[Tensor, Tensor, Tensor]:
+    def _filter_latent(self, xs: list[Tensor], history_drive: Tensor | None = None, *, last_only: bool = False,
+                       states: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The forward filter of the latent chains over the bins ``_latent_start() .. W-1`` of the pooled windows
         ``xs`` (the chains start at their stationary distribution at the first of them). Returns ``(terms (B, T,
         n_L, K, E), priors (B, T + 1, n_L, K), drive)``: the log-emission terms of every chain and state (``E = 1``,
@@ -627,9 +627,11 @@ class MultiscaleBornMachine(nn.Module):
         distributions (the last for the bin after the window) and the top level's drive of the bin after the window
         (:meth:`SwitchingBernoulli.drive`). ``history_drive``: the part of the top drive from the neurons' last bins
         at bins ``_latent_start() .. W`` ``(B, T + 1, n_L)``, if known (:meth:`start_rollout`). ``last_only``: only
-        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`)."""
+        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`).
+        ``states``: every level's GRU states over its window ``(B, W, H)``, if known."""
         start, width = self._latent_start(), xs[0].shape[1]
-        states, _ = self.grus[-1](xs[-1])
+        gru_out = self._gru_states(xs, states)
+        states = gru_out[-1]
         top = self.decoders[-1]
         if history_drive is None:  # the read-out of the whole context, as in training
             starts = torch.arange(start, width + 1, device=xs[0].device)
@@ -638,7 +640,7 @@ class MultiscaleBornMachine(nn.Module):
             drive = top.drive(states[:, start - 1:], slice(0, states.shape[-1])) + history_drive
         terms = top.log_emission(xs[-1][:, start:], None, drive=drive[:, :-1])[..., None]
         if self.latent_mixture:
-            terms = torch.cat([self._segment_log_probs(xs, start), terms], -1)
+            terms = torch.cat([self._segment_log_probs(xs, start, gru_out), terms], -1)
         log_start = top.log_start(terms.dtype).expand(terms.shape[0], -1, -1)
         if last_only:
             emission = terms.sum(-1)
@@ -647,6 +649,11 @@ class MultiscaleBornMachine(nn.Module):
             return terms, prior.log()[:, None], drive[:, -1]
         priors, _ = forward_filter(terms.sum(-1), top.log_transition_matrix(terms.dtype), log_start)
         return terms, priors, drive[:, -1]
+
+    def _gru_states(self, xs: list[Tensor], states: list[Tensor] | None = None) -> list[Tensor]:
+        """Every level's GRU states over its pooled window ``(B, W, H)``: ``states`` if given (a rollout keeps their
+        input gates, :func:`~dgrn.nn.rolling.gru_states`), else computed."""
+        return [self.grus[lvl](x)[0] for lvl, x in enumerate(xs)] if states is None else states
 
     def _history_drive(self, fine: Tensor, starts: Tensor) -> Tensor:
         """The part of the top level's drive from the neurons' last ``history`` bins before each start bin, ``(B, J,
@@ -661,15 +668,16 @@ class MultiscaleBornMachine(nn.Module):
         eye = torch.eye(k, dtype=feats.dtype, device=feats.device).expand(*feats.shape[:-1], k, k)
         return torch.cat([feats[..., None, :].expand(*feats.shape[:-1], k, -1), eye], -1)
 
-    def _segment_log_probs(self, xs: list[Tensor], start: int) -> Tensor:
+    def _segment_log_probs(self, xs: list[Tensor], start: int, states: list[Tensor] | None = None) -> Tensor:
         r""":math:`\log p_k(x^\ell_{u,t} \mid x^{\ell+1}_{u,t}, c^\ell_t)` of every finer level's segment of every
-        top unit ``u`` in every chain state ``k``, bins ``start .. W-1``: ``(B, T, n_L, K, L)``."""
+        top unit ``u`` in every chain state ``k``, bins ``start .. W-1``: ``(B, T, n_L, K, L)`` (``states``: every
+        level's GRU states over its window, if known)."""
         batch, width, k = xs[0].shape[0], xs[0].shape[1], self.latent_states
         starts = torch.arange(start, width, device=xs[0].device)
         out = []
         for lvl in range(self.n_levels):
-            states, _ = self.grus[lvl](xs[lvl][:, :-1])
-            c = self._state_contexts(torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1))
+            level_states = self.grus[lvl](xs[lvl][:, :-1])[0] if states is None else states[lvl][:, :-1]
+            c = self._state_contexts(torch.cat([level_states[:, start - 1:], self._history(xs[0], starts)], -1))
             target, parent = (xs[j][:, start:, None].expand(-1, -1, k, -1) for j in (lvl, lvl + 1))
             lp = self.decoders[lvl].log_prob(target.reshape(-1, target.shape[-1]), c.reshape(-1, c.shape[-1]),
                                              groups=getattr(self, f"groups_{lvl}"),
@@ -703,13 +711,14 @@ class MultiscaleBornMachine(nn.Module):
         return self._draw(self.pool(x, align=x.shape[1]), n_samples, generator)
 
     def _draw(self, xs: list[Tensor], n_samples: int, generator: torch.Generator | None,
-              history_drive: Tensor | None = None) -> list[Tensor]:
-        """:meth:`sample` from the pooled windows ``xs`` (``history_drive``: see :meth:`_filter_latent`)."""
+              history_drive: Tensor | None = None, states: list[Tensor] | None = None) -> list[Tensor]:
+        """:meth:`sample` from the pooled windows ``xs`` (``history_drive`` and every level's GRU ``states``: see
+        :meth:`_filter_latent`; only without time scales)."""
         x = xs[0]
         drawn: list[list[Tensor]] = [[] for _ in xs]
         latent = []
         if self.latent_states:  # the top level: a draw from the chains' filtered mixture, once per window's filter
-            _, priors, drive = self._filter_latent(xs, history_drive, last_only=True)
+            _, priors, drive = self._filter_latent(xs, history_drive, last_only=True, states=states)
             log_prior, drive = _repeat(priors[:, -1], n_samples), _repeat(drive, n_samples)
             draw = self.decoders[-1].sample(None, log_prior, generator, drive=drive).to(x.dtype)
             posterior = self.decoders[-1].update(draw, None, log_prior, drive=drive)
@@ -720,13 +729,14 @@ class MultiscaleBornMachine(nn.Module):
                 latent = [posterior[..., 1:].flatten(-2)]
             drawn[-1].append(draw)
         xs = [_repeat(lvl, n_samples) for lvl in xs]
+        states = None if states is None else [_repeat(h, n_samples) for h in states]
         for t in range(self.time_scales[-1]):
             for lvl in range(self.n_levels - bool(self.latent_states), -1, -1):
                 if t % self.time_scales[lvl]:
                     continue  # a block of this level is under way
-                states, _ = self.grus[lvl](xs[lvl])
+                level_states = self.grus[lvl](xs[lvl])[0] if states is None else states[lvl]
                 end = torch.tensor([xs[0].shape[1]], device=x.device)
-                feats = [states[:, -1], self._history(xs[0], end)[:, 0]]
+                feats = [level_states[:, -1], self._history(xs[0], end)[:, 0]]
                 constraint = {}
                 if lvl < self.n_levels:
                     if self.latent_mixture:  # one context per segment: its chain's state
@@ -754,35 +764,38 @@ class MultiscaleBornMachine(nn.Module):
         return [d[:, :, 0] for d in out] if self.time_scales[-1] == 1 else out
 
     @torch.no_grad()
-    def start_rollout(self, x: Tensor) -> tuple[list[RollingWindow], RollingWindow | None] | None:
-        """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: the pooled windows of
-        every level and, with latent chains, the part of the top drive from the neurons' last bins (neither changes
-        for the bins already in the window), each a :class:`~dgrn.nn.rolling.RollingWindow`. ``None`` with time
-        scales (a step draws a block: see :meth:`sample`)."""
+    def start_rollout(self, x: Tensor) -> tuple[list[RollingWindow], list[RollingWindow], RollingWindow | None] | None:
+        """The state of a rollout from windows ``x`` ``(B, W, N)`` for :meth:`rollout_step`: what does not change for
+        the bins already in the window, each a :class:`~dgrn.nn.rolling.RollingWindow`: every level's pooled window,
+        its GRU's input gates (:func:`~dgrn.nn.rolling.gru_input_gates`) and, with latent chains, the part of the top
+        drive from the neurons' last bins. ``None`` with time scales (a step draws a block: see :meth:`sample`)."""
         if x.dim() != 3 or x.shape[2] != self.n_neurons or x.shape[1] < self.context:
             raise ValueError(f"expected windows (B, >= {self.context}, {self.n_neurons}), got {tuple(x.shape)}")
         if self.time_scales[-1] > 1:
             return None
         xs = self.pool(x, align=x.shape[1])
+        gates = [RollingWindow(gru_input_gates(gru, lvl)) for gru, lvl in zip(self.grus, xs)]
         if not self.latent_states:
-            return [RollingWindow(lvl) for lvl in xs], None
+            return [RollingWindow(lvl) for lvl in xs], gates, None
         starts = torch.arange(self._latent_start(), x.shape[1] + 1, device=x.device)
-        return [RollingWindow(lvl) for lvl in xs], RollingWindow(self._history_drive(xs[0], starts))
+        return [RollingWindow(lvl) for lvl in xs], gates, RollingWindow(self._history_drive(xs[0], starts))
 
     @torch.no_grad()
-    def rollout_step(self, state: tuple[list[RollingWindow], RollingWindow | None],
+    def rollout_step(self, state: tuple[list[RollingWindow], list[RollingWindow], RollingWindow | None],
                      generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, tuple[list[RollingWindow], RollingWindow | None]]:
+                     ) -> tuple[Tensor, tuple[list[RollingWindow], list[RollingWindow], RollingWindow | None]]:
         """One draw of the bin after the window of ``state`` (:meth:`start_rollout`), ``(B, N)`` in the neurons'
         order, as :meth:`sample` of that window draws it (up to rounding), and the state of the window moved on by
-        one bin (updated in place). Every level's GRU still runs over the whole window (its state starts at the
-        window's first bin), but the window is neither pooled nor copied again and the top drive's history part is
-        computed for the new bin only."""
-        levels, history_drive = state
+        one bin (updated in place). Every level's GRU still runs its recurrence over the whole window (its state
+        starts at the window's first bin), but the window is neither pooled nor copied nor multiplied by the GRUs'
+        input weights again, and the top drive's history part is computed for the new bin only."""
+        levels, gates, history_drive = state
+        states = [gru_states(gru, g.values) for gru, g in zip(self.grus, gates)]
         drive = None if history_drive is None else history_drive.values
-        drawn = [d[:, 0] for d in self._draw([lvl.values for lvl in levels], 1, generator, drive)]
-        for lvl, d in zip(levels, drawn):
+        drawn = [d[:, 0] for d in self._draw([lvl.values for lvl in levels], 1, generator, drive, states)]
+        for lvl, gate, gru, d in zip(levels, gates, self.grus, drawn):
             lvl.push(d)
+            gate.push(gru_input_gates(gru, d))
         if history_drive is not None:
             fine = levels[0].values
             history_drive.push(self._history_drive(fine, torch.tensor([fine.shape[1]], device=fine.device))[:, 0])
