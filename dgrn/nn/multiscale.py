@@ -627,21 +627,25 @@ class MultiscaleBornMachine(nn.Module):
         distributions (the last for the bin after the window) and the top level's drive of the bin after the window
         (:meth:`SwitchingBernoulli.drive`). ``history_drive``: the part of the top drive from the neurons' last bins
         at bins ``_latent_start() .. W`` ``(B, T + 1, n_L)``, if known (:meth:`start_rollout`). ``last_only``: only
-        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`).
-        ``states``: every level's GRU states over its window ``(B, W, H)``, if known."""
+        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`; ``terms``
+        is then ``None`` without a latent mixture). ``states``: every level's GRU states over its window ``(B, W,
+        H)``, if known (a rollout keeps their input gates, :func:`~dgrn.nn.rolling.gru_states`)."""
         start, width = self._latent_start(), xs[0].shape[1]
-        gru_out = self._gru_states(xs, states)
-        states = gru_out[-1]
-        top = self.decoders[-1]
+        top_states = self.grus[-1](xs[-1])[0] if states is None else states[-1]
+        top, target = self.decoders[-1], xs[-1][:, start:]
         if history_drive is None:  # the read-out of the whole context, as in training
             starts = torch.arange(start, width + 1, device=xs[0].device)
-            drive = top.drive(torch.cat([states[:, start - 1:], self._history(xs[0], starts)], -1))
+            drive = top.drive(torch.cat([top_states[:, start - 1:], self._history(xs[0], starts)], -1))
         else:
-            drive = top.drive(states[:, start - 1:], slice(0, states.shape[-1])) + history_drive
-        terms = top.log_emission(xs[-1][:, start:], None, drive=drive[:, :-1])[..., None]
+            drive = top.drive(top_states[:, start - 1:], slice(0, top_states.shape[-1])) + history_drive
+        log_start = top.log_start(drive.dtype).expand(drive.shape[0], -1, -1)
+        if last_only and not self.latent_mixture:  # the likelihoods themselves: no logarithm to take and undo
+            prior = predictive_distribution(top.emission(target, None, drive=drive[:, :-1]),
+                                            top.log_transition_matrix(drive.dtype).exp(), log_start.exp())
+            return None, prior.log()[:, None], drive[:, -1]
+        terms = top.log_emission(target, None, drive=drive[:, :-1])[..., None]
         if self.latent_mixture:
-            terms = torch.cat([self._segment_log_probs(xs, start, gru_out), terms], -1)
-        log_start = top.log_start(terms.dtype).expand(terms.shape[0], -1, -1)
+            terms = torch.cat([self._segment_log_probs(xs, start, states), terms], -1)
         if last_only:
             emission = terms.sum(-1)
             prior = predictive_distribution((emission - emission.amax(-1, keepdim=True)).exp(),
@@ -649,11 +653,6 @@ class MultiscaleBornMachine(nn.Module):
             return terms, prior.log()[:, None], drive[:, -1]
         priors, _ = forward_filter(terms.sum(-1), top.log_transition_matrix(terms.dtype), log_start)
         return terms, priors, drive[:, -1]
-
-    def _gru_states(self, xs: list[Tensor], states: list[Tensor] | None = None) -> list[Tensor]:
-        """Every level's GRU states over its pooled window ``(B, W, H)``: ``states`` if given (a rollout keeps their
-        input gates, :func:`~dgrn.nn.rolling.gru_states`), else computed."""
-        return [self.grus[lvl](x)[0] for lvl, x in enumerate(xs)] if states is None else states
 
     def _history_drive(self, fine: Tensor, starts: Tensor) -> Tensor:
         """The part of the top level's drive from the neurons' last ``history`` bins before each start bin, ``(B, J,
