@@ -1,14 +1,15 @@
 """Seconds of one ``dgrn.mesoscale.rollout`` of a model the size of the ``lkd2012`` benchmark at 20 % observed.
 
-    python bench/rollout_speed.py [--model dgrn|switching_glm] [--bins 10] [--rank 1] [--repo DIR]
+    python bench/rollout_speed.py [--model dgrn|cmps|gru|switching_glm] [--bins 10] [--rank 1] [--repo DIR]
 
-``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent
-chains, bond dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0) draws 10 rollouts of ``--bins``
-bins from each of 64 random windows of 64 bins. ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the
-benchmark's recipe (800 neurons, one 2-state chain for each of 85 communities, lag-1 couplings of random weights)
-draws the same. One thread. Prints the seconds and the number of spikes drawn (the same for two versions that draw
-the same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
-worktree`` of an older commit, so two versions can be timed alternately.
+Each model draws 10 rollouts of ``--bins`` bins from each of 64 random windows of 64 bins, on one thread. ``dgrn``: an
+untrained :class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent chains,
+bond dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0); ``cmps``: the same without levels
+(the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units;
+``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each of 85
+communities, lag-1 couplings of random weights). Prints the seconds and the number of spikes drawn (the same for two
+versions that draw the same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout,
+e.g. a ``git worktree`` of an older commit, so two versions can be timed alternately.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["dgrn", "switching_glm"], default="dgrn")
+    parser.add_argument("--model", choices=["dgrn", "cmps", "gru", "switching_glm"], default="dgrn")
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
@@ -29,15 +30,18 @@ def main() -> None:
     import torch
 
     from dgrn.mesoscale import rollout
-    from dgrn.nn import BernoulliHMM, MultiscaleBornMachine
+    from dgrn.nn import BernoulliHMM, GRUBernoulli, MultiscaleBornMachine
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     n_neurons, n_units = 800, 85
     units = (torch.arange(n_neurons) % n_units).tolist()
-    if args.model == "dgrn":
-        net = MultiscaleBornMachine(n_neurons, [units], bond_dim=4, rank=args.rank, hidden_size=32, history=1,
-                                    context=8, latent_states=2)
+    if args.model in ("dgrn", "cmps"):
+        levels = dict(memberships=[units], latent_states=2) if args.model == "dgrn" else {}
+        net = MultiscaleBornMachine(n_neurons, bond_dim=4, rank=args.rank, hidden_size=32, history=1, context=8,
+                                    **levels)
+    elif args.model == "gru":
+        net = GRUBernoulli(n_neurons, hidden_size=64, context=16)
     else:
         net = BernoulliHMM(n_neurons, n_states=2, context=16, communities=units, history=1)
         with torch.no_grad():
