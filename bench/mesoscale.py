@@ -6,7 +6,7 @@ the same data, neurons and splits.
                               [--models independent glm glm_lasso glm_long hmm hmm_glm hmm_glm_lasso gru cmps
                                         dgrn dgrn_temporal dgrn_latent dgrn_latent_stable dgrn_mixture
                                         dgrn_mixture_lasso dgrn_latent_stable_lasso]
-                              [--jobs 2] [--runs-dir DIR]
+                              [--jobs 2] [--runs-dir DIR] [--nll-only]
 
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
@@ -31,7 +31,7 @@ checkpoint:
   RMS errors of rates, Fano factors and pairwise correlations at 250 ms (:func:`dgrn.mesoscale.compare_statistics`).
 
 Writes ``bench/results/mesoscale.json`` (each result saved as soon as it is known; a rerun skips what is there,
-``--fresh`` starts over) and prints a table per dataset.
+``--fresh`` starts over) and prints a table per dataset. ``--nll-only`` trains and scores the NLL alone.
 """
 from __future__ import annotations
 
@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--runs-dir", help="keep every train.py run (checkpoints, metrics.json) here "
                                            "(default: a temporary folder, deleted at the end)")
+    parser.add_argument("--nll-only", action="store_true", help="train and score the test NLL only: no forecasting "
+                                                                   "or generation (a full run redoes these rows)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)  # internal: score one checkpoint, print JSON
     parser.add_argument("--active-factor", type=float, default=3.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -232,8 +234,11 @@ def main() -> None:
     results = {} if args.fresh or not out.exists() else json.loads(out.read_text())
     folder = Path(args.data_dir)
     files = {(ds, s): data_file(ds, s, folder) for ds in args.datasets for s in args.seeds}
-    tasks = [(ds, s, m) for ds in args.datasets for s in args.seeds for m in args.models
-             if m not in results.get(ds, {}).get(str(s), {})]
+    def done(ds, s, model):  # an NLL-only row does not count for a full run
+        row = results.get(ds, {}).get(str(s), {}).get(model)
+        return row is not None and (args.nll_only or "forecast_200ms" in row)
+
+    tasks = [(ds, s, m) for ds in args.datasets for s in args.seeds for m in args.models if not done(ds, s, m)]
     lock = threading.Lock()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -241,6 +246,14 @@ def main() -> None:
         def run(task):
             ds, s, model = task
             res = run_train(overrides(model, ds, files[(ds, s)], s, args.epochs), Path(tmp) / f"{ds}_{s}_{model}")
+            row = {"test_nll": res["metrics"]["test/nll"], "bits_per_spike": res["metrics"].get("test/bits_per_spike"),
+                   "train_seconds": res["seconds"]}
+            if args.nll_only:
+                print(f"{ds} seed {s} {model}: NLL {row['test_nll']:.5f}", flush=True)
+                with lock:
+                    results.setdefault(ds, {}).setdefault(str(s), {})[model] = row
+                    atomic_write(out, json.dumps(results, indent=1))
+                return
             proc = subprocess.run([sys.executable, __file__, "--evaluate", res["best_checkpoint"], "--seeds", str(s),
                                    "--contexts", str(args.contexts), "--rollouts", str(args.rollouts),
                                    "--generate-s", str(args.generate_s), "--chains", str(args.chains),
@@ -248,8 +261,7 @@ def main() -> None:
                                   capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode:
                 raise RuntimeError(f"evaluating {task} failed:\n{proc.stderr[-3000:]}")
-            row = {"test_nll": res["metrics"]["test/nll"], "bits_per_spike": res["metrics"].get("test/bits_per_spike"),
-                   "train_seconds": res["seconds"], **json.loads(proc.stdout.strip().splitlines()[-1])}
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"{ds} seed {s} {model}: NLL {row['test_nll']:.5f}, forecast 200 ms LL "
                   f"{row['forecast_200ms']['log_likelihood']:.4f}, durations KS {row['generation']['durations_ks']:.3f}",
                   flush=True)
@@ -274,8 +286,16 @@ def summarize(results: dict, datasets: list[str], models: list[str]) -> None:
         for model in models:
             rows = [seeds[s][model] for s in seeds if model in seeds[s]]
             if rows:
-                values = [[v for v in map(f, rows) if v is not None] for _, f in keys]
+                values = [[v for v in map(lambda r: _value(f, r), rows) if v is not None] for _, f in keys]
                 print(f"{model:14}" + "".join(f"{statistics.mean(v):13.5f}" if v else f"{'-':>13}" for v in values))
+
+
+def _value(get, row: dict):
+    """``get(row)``, or ``None`` where the row lacks it (an NLL-only row has no forecasts)."""
+    try:
+        return get(row)
+    except KeyError:
+        return None
 
 
 if __name__ == "__main__":
