@@ -670,3 +670,21 @@ def test_dgrn_with_a_latent_mixture_starts_from_the_chains_and_trains(kising):
     copy.load_state_dict(model.state_dict())
     x = next(iter(dm.val_dataloader()))
     torch.testing.assert_close(copy.net(x), model.net(x))
+
+
+def test_latent_draws_survive_a_bin_beyond_floats_range():
+    """The draw's filter runs on likelihoods; a top unit silent where both chain states make it fire with logit 800
+    (likelihood e^-800, 0 in float64) falls back to the logarithms: the same predictive states as the log filter."""
+    torch.manual_seed(0)
+    net = MultiscaleBornMachine(4, [[0, 0, 1, 1]], bond_dim=2, hidden_size=3, context=2, latent_states=2)
+    net = net.double().eval()
+    with torch.no_grad():
+        net.decoders[-1].field.bias.view(2, 2)[0, 1] = 800.0  # unit 0: drive 800 in both states
+        net.decoders[-1].state_logits[0, 1] = 5.0  # the states still differ: e^-800 against e^-805
+    x = torch.zeros(2, 5, 4, dtype=torch.float64)
+    xs = net.pool(x, align=5)
+    with torch.no_grad():
+        fast = net._filter_latent(xs, last_only=True)[1][:, -1]
+        exact = net._filter_latent(xs)[1][:, -1]
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, exact, rtol=1e-10, atol=1e-12)

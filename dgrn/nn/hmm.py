@@ -514,9 +514,9 @@ class SwitchingBernoulli(nn.Module):
 
     def emission(self, y: Tensor, c: Tensor | None, *, drive: Tensor | None = None) -> Tensor:
         r""":math:`P(y_{u} \mid z_{u} = k, c)` ``(..., n, K)``: :meth:`log_emission` without the logarithm (for
-        sampling, where the filter runs in probabilities)."""
-        p = torch.sigmoid(self._state_logits(c, drive))
-        return torch.where(y[..., None] > 0, p, 1 - p)
+        sampling, where the filter runs in probabilities); 0 where it is below float's range."""
+        logits = self._state_logits(c, drive)
+        return torch.sigmoid(torch.where(y[..., None] > 0, logits, -logits))
 
     def log_transition_matrix(self, dtype: torch.dtype) -> Tensor:
         r""":math:`\log A^u` ``(n, K, K)``."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from dgrn.graph import as_adjacency, community_order, find_communities, metagraph, relabel
 from dgrn.nn.glm import _check_window
-from dgrn.nn.hmm import SwitchingBernoulli, forward_filter, predictive_distribution
+from dgrn.nn.hmm import SwitchingBernoulli, _scaled, forward_filter, predictive_distribution
 from dgrn.nn.renorm_pooling import DiffusionRenormPooling
 from dgrn.nn.rolling import RollingWindow, gru_input_gates, gru_states
 from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
@@ -639,17 +639,18 @@ class MultiscaleBornMachine(nn.Module):
         else:
             drive = top.drive(top_states[:, start - 1:], slice(0, top_states.shape[-1])) + history_drive
         log_start = top.log_start(drive.dtype).expand(drive.shape[0], -1, -1)
-        if last_only and not self.latent_mixture:  # the likelihoods themselves: no logarithm to take and undo
-            prior = predictive_distribution(top.emission(target, None, drive=drive[:, :-1]),
-                                            top.log_transition_matrix(drive.dtype).exp(), log_start.exp())
+        if last_only and not self.latent_mixture:  # the likelihoods themselves: no logarithm to take and undo ...
+            emission = top.emission(target, None, drive=drive[:, :-1])
+            if not (emission.amax(-1) > 0).all():  # ... unless a bin is beyond float's range in every state
+                emission = _scaled(top.log_emission(target, None, drive=drive[:, :-1]))
+            prior = predictive_distribution(emission, top.log_transition_matrix(drive.dtype).exp(), log_start.exp())
             return None, prior.log()[:, None], drive[:, -1]
         terms = top.log_emission(target, None, drive=drive[:, :-1])[..., None]
         if self.latent_mixture:
             terms = torch.cat([self._segment_log_probs(xs, start, states), terms], -1)
         if last_only:
-            emission = terms.sum(-1)
-            prior = predictive_distribution((emission - emission.amax(-1, keepdim=True)).exp(),
-                                            top.log_transition_matrix(terms.dtype).exp(), log_start.exp())
+            prior = predictive_distribution(_scaled(terms.sum(-1)), top.log_transition_matrix(terms.dtype).exp(),
+                                            log_start.exp())
             return terms, prior.log()[:, None], drive[:, -1]
         priors, _ = forward_filter(terms.sum(-1), top.log_transition_matrix(terms.dtype), log_start)
         return terms, priors, drive[:, -1]
