@@ -514,7 +514,7 @@ class SwitchingBernoulli(nn.Module):
 
     def emission(self, y: Tensor, c: Tensor | None, *, drive: Tensor | None = None) -> Tensor:
         r""":math:`P(y_{u} \mid z_{u} = k, c)` ``(..., n, K)``: :meth:`log_emission` without the logarithm (for
-        sampling, where the filter runs in probabilities); 0 where it is below float's range."""
+        sampling, where the filter runs in probabilities); it underflows where the logits reach float's range."""
         logits = self._state_logits(c, drive)
         return torch.sigmoid(torch.where(y[..., None] > 0, logits, -logits))
 

@@ -641,7 +641,8 @@ class MultiscaleBornMachine(nn.Module):
         log_start = top.log_start(drive.dtype).expand(drive.shape[0], -1, -1)
         if last_only and not self.latent_mixture:  # the likelihoods themselves: no logarithm to take and undo ...
             emission = top.emission(target, None, drive=drive[:, :-1])
-            if not (emission.amax(-1) > 0).all():  # ... unless a bin is beyond float's range in every state
+            # ... unless a bin is near the end of float's range in every state (its products would underflow)
+            if not (emission.amax(-1) > torch.finfo(emission.dtype).tiny ** 0.5).all():
                 emission = _scaled(top.log_emission(target, None, drive=drive[:, :-1]))
             prior = predictive_distribution(emission, top.log_transition_matrix(drive.dtype).exp(), log_start.exp())
             return None, prior.log()[:, None], drive[:, -1]
