@@ -1,11 +1,13 @@
 """Seconds of one ``dgrn.mesoscale.rollout`` of a model the size of the ``lkd2012`` benchmark at 20 % observed.
 
-    python bench/rollout_speed.py [--model dgrn|cmps|gru|switching_glm] [--bins 10] [--rank 1] [--repo DIR]
+    python bench/rollout_speed.py [--model dgrn|dgrn_mixture|cmps|gru|switching_glm] [--bins 10] [--rank 1]
+                                  [--neurons 800] [--units 85] [--rate 0.02] [--repo DIR]
 
-Each model draws 10 rollouts of ``--bins`` bins from each of 64 random windows of 64 bins, on one thread. ``dgrn``: an
-untrained :class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent chains,
-bond dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0); ``cmps``: the same without levels
-(the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units;
+Each model draws 10 rollouts of ``--bins`` bins from each of 64 random windows of 64 bins (each neuron active with
+probability ``--rate`` in a bin), on one thread. ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine`
+(800 neurons, 85 first-level units with 2-state latent chains, bond dimension 4, rank ``--rank``; the benchmark's
+``model=dgrn`` has rank 0); ``dgrn_mixture``: the same with ``latent_mixture=True`` (every chain's states also
+switch how the neurons of its unit fire); ``cmps``: the same without levels (the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units;
 ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each of 85
 communities, lag-1 couplings of random weights). Prints the seconds and the number of spikes drawn (the same for two
 versions that draw the same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout,
@@ -21,9 +23,12 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["dgrn", "cmps", "gru", "switching_glm"], default="dgrn")
+    parser.add_argument("--model", choices=["dgrn", "dgrn_mixture", "cmps", "gru", "switching_glm"], default="dgrn")
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--rank", type=int, default=1)
+    parser.add_argument("--neurons", type=int, default=800)
+    parser.add_argument("--units", type=int, default=85, help="first-level units (communities), neurons i %% units")
+    parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     args = parser.parse_args()
     sys.path.insert(0, args.repo)
@@ -34,10 +39,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    n_neurons, n_units = 800, 85
+    n_neurons, n_units = args.neurons, args.units
     units = (torch.arange(n_neurons) % n_units).tolist()
-    if args.model in ("dgrn", "cmps"):
-        levels = dict(memberships=[units], latent_states=2) if args.model == "dgrn" else {}
+    if args.model in ("dgrn", "dgrn_mixture", "cmps"):
+        levels = {} if args.model == "cmps" else dict(memberships=[units], latent_states=2,
+                                                       **({"latent_mixture": True} if args.model == "dgrn_mixture" else {}))
         net = MultiscaleBornMachine(n_neurons, bond_dim=4, rank=args.rank, hidden_size=32, history=1, context=8,
                                     **levels)
     elif args.model == "gru":
@@ -46,7 +52,7 @@ def main() -> None:
         net = BernoulliHMM(n_neurons, n_states=2, context=16, communities=units, history=1)
         with torch.no_grad():
             net.weight.normal_(0.0, 0.05)
-    windows = (torch.rand(64, 64, n_neurons) < 0.02).float()
+    windows = (torch.rand(64, 64, n_neurons) < args.rate).float()
     start = time.perf_counter()
     out = rollout(net.eval(), windows, args.bins, 10, generator=torch.Generator().manual_seed(0))
     print(f"{time.perf_counter() - start:.3f} s, {int(out.sum())} spikes drawn ({args.model}, {args.repo})")
