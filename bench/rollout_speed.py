@@ -7,10 +7,12 @@ Each model draws 10 rollouts of ``--bins`` bins from each of 64 random windows o
 probability ``--rate`` in a bin), on one thread. ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine`
 (800 neurons, 85 first-level units with 2-state latent chains, bond dimension 4, rank ``--rank``; the benchmark's
 ``model=dgrn`` has rank 0); ``dgrn_mixture``: the same with ``latent_mixture=True`` (every chain's states also
-switch how the neurons of its unit fire); ``cmps``: the same without levels (the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units;
-``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each of 85
-communities, lag-1 couplings of random weights). Prints the seconds and the number of spikes drawn (the same for two
-versions that draw the same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout,
+switch how the neurons of its unit fire); ``cmps``: the same without levels (the ConditionalMPS alone); ``gru``:
+:class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units; ``switching_glm``: a
+:class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each of 85 communities, lag-1
+couplings of random weights). ``--neurons`` and ``--units`` change the size (neuron ``i`` in unit ``i % units``).
+Prints the seconds and the number of spikes drawn (the same for two versions that draw the same, up to a few where
+rounding differs). ``--repo`` imports ``dgrn`` from another checkout,
 e.g. a ``git worktree`` of an older commit, so two versions can be timed alternately.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def main() -> None:
     units = (torch.arange(n_neurons) % n_units).tolist()
     if args.model in ("dgrn", "dgrn_mixture", "cmps"):
         levels = {} if args.model == "cmps" else dict(memberships=[units], latent_states=2,
-                                                       **({"latent_mixture": True} if args.model == "dgrn_mixture" else {}))
+                                                       latent_mixture=args.model == "dgrn_mixture")
         net = MultiscaleBornMachine(n_neurons, bond_dim=4, rank=args.rank, hidden_size=32, history=1, context=8,
                                     **levels)
     elif args.model == "gru":
