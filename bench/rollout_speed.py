@@ -44,8 +44,9 @@ def main() -> None:
     n_neurons, n_units = args.neurons, args.units
     units = (torch.arange(n_neurons) % n_units).tolist()
     if args.model in ("dgrn", "dgrn_mixture", "cmps"):
-        levels = {} if args.model == "cmps" else dict(memberships=[units], latent_states=2,
-                                                       latent_mixture=args.model == "dgrn_mixture")
+        levels = {} if args.model == "cmps" else dict(memberships=[units], latent_states=2)
+        if args.model == "dgrn_mixture":  # named only here, so that --repo may be a checkout from before the mixture
+            levels["latent_mixture"] = True
         net = MultiscaleBornMachine(n_neurons, bond_dim=4, rank=args.rank, hidden_size=32, history=1, context=8,
                                     **levels)
     elif args.model == "gru":
