@@ -115,8 +115,8 @@ def _randomized(net):
 def test_rollouts_are_the_draws_of_the_window_fed_back(name):
     """rollout keeps what does not change in the window from step to step (the pooled levels, the GRUs' input gates
     and the history part of the latent chains' drive; a switching GLM's emission terms), or with time scales and a
-    stacked GRU past and draws in one buffer: its continuations are exactly those of calling ``sample`` on the last ``memory`` bins, step after step,
-    with the same generator (in float64, so that no rounding flips a draw)."""
+    stacked GRU past and draws in one buffer: its continuations are exactly those of calling ``sample`` on the last
+    ``memory`` bins, step after step, with the same generator (in float64, so that no rounding flips a draw)."""
     torch.manual_seed(0)
     net = _randomized(ROLLOUT_NETS[name]())
     dtype = next(net.parameters()).dtype
