@@ -44,8 +44,9 @@ Grid
   a rank-2 latent input, ``latent_rank=2``), ``corr`` (:func:`dgrn.graph.correlation`, diagonal zeroed) and ``true``
   (the true couplings among the observed neurons: a reference, not an inference).
 - **Methods** on each graph: every registered :data:`dgrn.graph.COMMUNITY_METHODS` method at its defaults
-  (``leiden``, ``markov_stability``, ``lrg``, ``gnn`` with the zoo encoder ``community_encoder_kising`` and the
-  spikes, ``spectral`` told the true K; ``run_cell``'s ``encoder`` maps ``gnn`` and ``gnn_grid`` to their encoders),
+  (``leiden_consensus``, the consensus of 20 Leiden runs; ``leiden``, one run; ``markov_stability``, ``lrg``,
+  ``gnn`` with the zoo encoder ``community_encoder_kising`` and the spikes, its partition polished by Leiden's
+  moves; ``spectral`` told the true K; ``run_cell``'s ``encoder`` maps ``gnn`` and ``gnn_grid`` to their encoders),
   ``leiden_stable`` (:func:`dgrn.graph.stable_resolution`, the rule below; its resolution is recorded), plus
   ``infomap`` (pip ``infomap``, directed, two-level; skipped when not installed) and ``consensus`` (connected
   components of the majority co-association of the label-free methods' partitions) and ``dmon`` (PyG's
@@ -58,11 +59,15 @@ Grid
   the score of a resolution is the mean AMI of its two partitions with each other and with the partitions at the
   neighbouring resolutions; partitions with fewer than 2 communities are excluded; the highest score wins (ties:
   the resolution nearest 1), and its seed-0 partition is returned.
-- **Denoised couplings** (``leiden+denoised``, ``markov_stability+denoised``, ``spectral+denoised``; on the ``ml``
-  and ``ml_latent`` graphs only): the method called with the spikes, ``find_communities(graph, method,
-  spikes=spikes)``, which shrinks the couplings by 1.5 standard errors (:func:`dgrn.graph.denoise_couplings`).
-  ``leiden+denoised`` on ``ml`` is the default a user gets from ``find_communities(infer_couplings(spikes),
-  spikes=spikes)``; ``METHOD+denoised:Z`` shrinks by ``Z`` standard errors instead of 1.5.
+- **Denoised couplings** (``leiden_consensus+denoised``, ``leiden+denoised``, ``markov_stability+denoised``,
+  ``spectral+denoised``; on the ``ml`` and ``ml_latent`` graphs only): the method called with the spikes,
+  ``find_communities(graph, method, spikes=spikes)``, which shrinks the couplings by 1.5 standard errors
+  (:func:`dgrn.graph.denoise_couplings`). ``leiden_consensus+denoised`` on ``ml`` is the default a user gets from
+  ``find_communities(infer_couplings(spikes), spikes=spikes)``; ``METHOD+denoised:Z`` shrinks by ``Z`` standard
+  errors instead of 1.5.
+- **The issue's bars** (printed under the tables): cells where the default is more than 0.1 AMI below the best
+  method on an inferred graph, its median K error, and each encoder's median gap to that best on the cells held
+  out of ``community_encoder_grid``'s corpus.
 - **Weights** (``--methods NAME@abs``, ``leiden@signed``; list in ``WEIGHT_VARIANTS``): the methods that take
   ``weights`` see the positive part of the graph by default (inhibitory couplings dropped); ``@abs`` gives them
   ``|W|``, ``leiden@signed`` the signed two-layer modularity.
@@ -106,14 +111,16 @@ EXTRA_METHODS = ("infomap", "consensus", "dmon", "gnn_grid")
 #: zoo encoder of each GNN method
 ENCODERS = {"gnn": "community_encoder_kising", "gnn_grid": "community_encoder_grid"}
 METHOD_TIMEOUT_S = 120  # a method still running after this is recorded as failed
-DEFAULT_METHOD = ("ml", "leiden+denoised")  # what find_communities(infer_couplings(spikes), spikes=spikes) gives
+DEFAULT_METHOD = ("ml", "leiden_consensus+denoised")  # find_communities(infer_couplings(spikes), spikes=spikes)
+#: cells left out of ``community_encoder_grid``'s training corpus (``configs/data/graph_corpus.yaml``)
+HELD_OUT_FAMILIES, HELD_OUT_FRACTION = ("lfr0.3", "lfr0.5"), 0.2
 BASE_RATE, BIAS_SD, DT = 0.05, 0.3, 0.01
 
 
 #: the methods that take ``weights`` (default "positive": negative couplings dropped) under the other choices
 WEIGHT_VARIANTS = ("leiden@abs", "leiden@signed", "markov_stability@abs", "spectral@abs", "lrg@abs")
 #: the methods on the couplings shrunk by 1.5 standard errors (``find_communities(..., spikes=spikes)``; ML graphs only)
-DENOISED_VARIANTS = ("leiden+denoised", "markov_stability+denoised", "spectral+denoised")
+DENOISED_VARIANTS = ("leiden_consensus+denoised", "leiden+denoised", "markov_stability+denoised", "spectral+denoised")
 DENOISED_GRAPHS = ("ml", "ml_latent")
 
 
@@ -349,7 +356,44 @@ def summarize(cells: dict) -> tuple[dict, str]:
         gap = f"{inferred[best_inf]['ami'] - d:.3f}" if d is not None else "–"
         lines.append(f"| {g} | {best} | {vals[best]['ami']:.3f} | {d if d is None else f'{d:.3f}'} | {gap} | "
                      f"{best_inf} | {inferred[best_inf]['ami']:.3f} |")
+    lines += ["", *bar_checks(cells)]
     return summary, "\n".join(lines)
+
+
+def _held_out(rec: dict) -> bool:
+    """A cell ``community_encoder_grid``'s corpus (``configs/data/graph_corpus.yaml``) left out: LFR mixing 0.3
+    and 0.5, or 20 % observed."""
+    return rec["family"] in HELD_OUT_FAMILIES or rec["fraction"] <= HELD_OUT_FRACTION
+
+
+def bar_checks(cells: dict) -> list[str]:
+    """The issue's per-cell bars: cells where the default is more than 0.1 AMI below the best method on an
+    inferred graph, the default's median K error, and each encoder's median gap to that best on the held-out
+    cells."""
+    gaps, k_errs, encoder_gaps = [], [], {m: [] for m in ENCODERS}
+    default = DEFAULT_METHOD
+    for key, rec in sorted(cells.items()):
+        found = {(g, m): r["ami"] for g, res in rec["results"].items() if g != "true" for m, r in res.items()
+                 if "ami" in r}
+        if default not in found or not found:
+            continue
+        best = max(found.values())
+        gaps.append((best - found[default], key))
+        k_errs.append(rec["results"][default[0]][default[1]]["k_err"])
+        for m in encoder_gaps:
+            if _held_out(rec) and ("ml", m) in found:
+                encoder_gaps[m].append(best - found[("ml", m)])
+    if not gaps:
+        return []
+    worse = [f"{k} ({g:.3f})" for g, k in sorted(gaps, reverse=True) if g > 0.1]
+    lines = [f"default {'/'.join(default)}: more than 0.1 below the best inferred-graph method in {len(worse)} of "
+             f"{len(gaps)} cells{': ' + ', '.join(worse) if worse else ''}; median K error "
+             f"{100 * statistics.median(k_errs):.1f} %"]
+    for m, g in encoder_gaps.items():
+        if g:
+            lines.append(f"{m} on ml, {len(g)} held-out cells: median {statistics.median(g):.3f} below the best "
+                         f"inferred-graph method (within 0.05 on {sum(x <= 0.05 for x in g)})")
+    return lines
 
 
 # -------------------------------------------------------------------------------------------------- main

@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "shrunk by their noise, then a community method")
     com.add_argument("spikes", help="a recording (.npz, .nwb, ...: dgrn.data.load_recording)")
     com.add_argument("--out", default=None, help="labels .npz (default: SPIKES with .communities.npz)")
-    com.add_argument("--method", default="leiden", help="leiden (default), leiden_stable, markov_stability, lrg, gnn")
+    com.add_argument("--method", default="leiden_consensus",
+                     help="leiden_consensus (default), leiden, leiden_stable, markov_stability, lrg, gnn")
     com.add_argument("--encoder", default="community_encoder_grid", help="zoo encoder of --method gnn")
     com.add_argument("--noise-threshold", type=float, default=1.5,
                      help="standard errors the couplings are shrunk by first (0: the raw estimates)")

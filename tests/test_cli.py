@@ -86,7 +86,7 @@ def test_cli_communities_reports_k_and_writes_the_labels(capsys, tmp_path):
     assert cli.main(["communities", str(tmp_path / "rec.npz")]) == 0
     out = capsys.readouterr().out
     saved = np.load(tmp_path / "rec.communities.npz")
-    assert out.startswith(f"{len(saved['sizes'])} communities of 100 neurons (leiden)")
+    assert out.startswith(f"{len(saved['sizes'])} communities of 100 neurons (leiden_consensus)")
     assert "AMI against the file's planted communities (4)" in out
     assert adjusted_mutual_info_score(data.true_communities.numpy(), saved["labels"]) > 0.95
     assert saved["couplings"].shape == (100, 100) and saved["sizes"].sum() == 100
