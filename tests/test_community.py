@@ -214,7 +214,7 @@ def test_pretrained_encoder_finds_communities_of_an_unseen_network():
 
 def test_polish_moves_the_encoders_partition_to_higher_modularity():
     """``gnn_communities`` polishes the encoder's partition with Leiden's moves on the whole shrunk graph: the
-    modularity on that graph (positive part, as Leiden reads it) rises."""
+    modularity on that graph (positive part, as Leiden reads it) rises (here from about 0.51 to 0.55)."""
     from dgrn.graph import denoise_couplings, infer_couplings
     from dgrn.graph.quality import directed_modularity
     from dgrn.nn.community import gnn_communities
@@ -234,6 +234,11 @@ def test_polish_moves_the_encoders_partition_to_higher_modularity():
 
     raw, polished = gnn_communities(w, enc, d, polish=False), gnn_communities(w, enc, d)
     assert modularity(polished) > modularity(raw) + 1e-3
+    from dgrn.graph import relabel  # find_communities hands its noise_threshold to the polish
+
+    assert torch.equal(find_communities(w, "gnn", encoder=enc, spikes=d), relabel(polished))
+    assert torch.equal(find_communities(w, "gnn", encoder=enc, spikes=d, noise_threshold=0),
+                       relabel(gnn_communities(w, enc, d, noise_threshold=0)))
 
 
 def test_train_py_community_encoder(run_train):

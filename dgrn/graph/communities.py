@@ -123,15 +123,19 @@ def find_communities(graph: Any, method: str = "leiden_consensus", *, spikes: An
 def _graph_seen(adj: sp.csr_matrix, fn: Callable[..., Any], spikes: Any, noise_threshold: float,
                 opts: dict) -> sp.csr_matrix:
     """The graph a method sees: ``adj`` shrunk by ``noise_threshold`` standard errors of the ``spikes`` when given,
-    unless the method reads the spikes itself (then they go into ``opts``)."""
+    unless the method reads the spikes itself (then they go into ``opts``, and ``noise_threshold`` too if it takes
+    one)."""
     if adj.nnz and adj.max() <= 0 and opts.get("weights", "positive") == "positive":
         raise ValueError("every edge of the graph is negative (inhibitory): the methods drop negative weights by "
                          "default, so no edge is left; weights='abs' uses |W|, weights='signed' (leiden) uses "
                          "them as repulsion")
     if spikes is None:
         return adj
-    if "spikes" in inspect.signature(fn).parameters:
+    params = inspect.signature(fn).parameters
+    if "spikes" in params:
         opts["spikes"] = spikes
+        if "noise_threshold" in params:
+            opts.setdefault("noise_threshold", noise_threshold)
         return adj
     if not noise_threshold:
         return adj

@@ -318,15 +318,16 @@ def _graph_seen(graph: Any, spikes: Any, noise_threshold: float):
 
 @torch.no_grad()
 def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = None,
-                     max_in_degree: int = 16, polish: bool = True) -> Tensor:
+                     max_in_degree: int = 16, polish: bool = True, noise_threshold: float = 1.5) -> Tensor:
     """``find_communities(graph, method="gnn", encoder=..., spikes=...)``: hard labels of a pretrained encoder.
 
-    The encoder passes messages on each node's ``max_in_degree`` strongest in-edges only; with ``polish`` its
-    partition is then the starting point of Leiden's moves (:func:`dgrn.graph.communities.leiden`, ``initial``)
-    on the whole graph it was given (positive part, shrunk as the encoder's ``noise_threshold`` says), which
-    only raises its modularity. On the 15 kinetic-Ising cell groups of the community grid (10,000 bins, seeds 0-2)
-    this raises the mean AMI of ``community_encoder_grid`` from 0.705 to 0.739 and of ``community_encoder_kising``
-    from 0.625 to 0.722 (docs: benchmarks/communities)."""
+    The encoder sees the graph as its own ``noise_threshold`` says (:func:`encoder_inputs`) and passes messages on
+    each node's ``max_in_degree`` strongest in-edges only. With ``polish`` its partition is then the starting
+    point of Leiden's moves (:func:`dgrn.graph.communities.leiden`, ``initial``) on the whole graph less its noise
+    (positive part; couplings shrunk by ``noise_threshold`` standard errors, as :func:`dgrn.graph.find_communities`
+    passes its own), which only raises the partition's modularity there. On the 15 kinetic-Ising cell groups of
+    the community grid (10,000 bins, seeds 0-2) this raises the mean AMI of ``community_encoder_grid`` from 0.705
+    to 0.739 and of ``community_encoder_kising`` from 0.625 to 0.722 (docs: benchmarks/communities)."""
     if encoder is None:
         raise ValueError("method 'gnn' needs encoder=<CommunityEncoder>, e.g. "
                          "dgrn.zoo.load_pretrained('community_encoder_kising')")
@@ -338,7 +339,7 @@ def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = 
     s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
     labels = s.argmax(1).cpu()
     if polish:
-        seen = _graph_seen(adj, spikes, encoder.noise_threshold)
+        seen = _graph_seen(adj, spikes, noise_threshold)
         if seen.nnz and seen.max() > 0:  # Leiden needs a positive edge; without one the encoder's labels stand
             labels = torch.from_numpy(leiden(seen, initial=labels.numpy())).long()
     return labels
