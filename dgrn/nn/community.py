@@ -300,7 +300,10 @@ def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16,
     in-edges of each node (signed; self-loops dropped) to pass messages on, after the couplings are shrunk by
     ``noise_threshold`` standard errors (:func:`dgrn.graph.denoise_couplings`; 0: as given). Training and inference
     both use it."""
-    adj = _graph_seen(graph, spikes, noise_threshold)
+    return _inputs_of(_graph_seen(graph, spikes, noise_threshold), spikes, max_in_degree)
+
+
+def _inputs_of(adj, spikes: Any, max_in_degree: int) -> tuple[Tensor, Tensor, Tensor]:
     x = node_features(spikes, adj)
     edge_index, edge_weight = to_edge_index(strongest_in_edges(adj, max_in_degree))
     return x, edge_index, edge_weight
@@ -334,12 +337,14 @@ def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = 
     if spikes is None:
         raise ValueError("method 'gnn' needs spikes=<the (T, N) recording the graph was inferred from> "
                          "for its node features")
-    x, edge_index, edge_weight = encoder_inputs(adj, spikes, max_in_degree, encoder.noise_threshold)
+    encoder_graph = _graph_seen(adj, spikes, encoder.noise_threshold)
+    x, edge_index, edge_weight = _inputs_of(encoder_graph, spikes, max_in_degree)
     p = next(encoder.parameters())
     s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
     labels = s.argmax(1).cpu()
     if polish:
-        seen = _graph_seen(adj, spikes, noise_threshold)
+        seen = encoder_graph if noise_threshold == encoder.noise_threshold else _graph_seen(adj, spikes,
+                                                                                             noise_threshold)
         if seen.nnz and seen.max() > 0:  # Leiden needs a positive edge; without one the encoder's labels stand
             labels = torch.from_numpy(leiden(seen, initial=labels.numpy())).long()
     return labels
