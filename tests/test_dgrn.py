@@ -306,6 +306,22 @@ def kising():
     return build_dataset("kinetic_ising", n=40, t=6000, n_communities=4, seed=0)
 
 
+def test_build_hierarchy_keeps_the_encoders_own_partition(kising):
+    """DGRN's level 1 with the ``gnn`` method takes the encoder's partition unpolished (as its benchmarks measured
+    it); ``community_options={"polish": True}`` gives ``find_communities``' default, the polished one."""
+    from dgrn.graph import find_communities, infer_couplings, relabel
+    from dgrn.zoo import load_pretrained
+
+    enc = load_pretrained("community_encoder_kising")
+    w = infer_couplings(kising.spikes)
+    own = relabel(find_communities(w, "gnn", encoder=enc, spikes=kising.spikes, polish=False))
+    polished = relabel(find_communities(w, "gnn", encoder=enc, spikes=kising.spikes))
+    assert not torch.equal(own, polished)  # the polish moves two neurons on this network
+    for options, expected in (({}, own), ({"polish": True}, polished)):
+        h = build_hierarchy(w, kising.spikes, 1, communities="gnn", encoder=enc, community_options=options)
+        assert h["memberships"][0] == expected.tolist()
+
+
 def test_build_hierarchy_levels_and_clear_errors(kising):
     from dgrn.graph import infer_couplings
 

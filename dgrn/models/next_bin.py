@@ -96,7 +96,8 @@ class NextBinModule(L.LightningModule):
             raise ValueError(f"the switching GLM is net name 'hmm', got {net['name']!r}")
         spikes = datamodule.split_spikes("train")
         couplings, glm = training_graph(spikes, hierarchy_graph, graph, fit_glm=True)
-        options = {"encoder": zoo.load_pretrained(encoder), "spikes": spikes} if communities == "gnn" else {}
+        options = ({"encoder": zoo.load_pretrained(encoder), "spikes": spikes, "polish": False}  # as DGRN's level 1
+                   if communities == "gnn" else {})
         labels = torch.as_tensor(find_communities(couplings, method=communities, **options)).long()
         log.info("switching GLM: %d communities of sizes %s", int(labels.max()) + 1,
                  torch.bincount(labels).tolist())

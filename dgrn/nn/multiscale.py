@@ -158,6 +158,9 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     opts = dict(community_options or {})
     if communities == "gnn":
         opts.update(encoder=encoder, spikes=spikes)
+        # the encoder's own partition, as every DGRN benchmark measured it (the graph may be correlations, which
+        # the polish would shrink by the couplings' standard errors); community_options={"polish": True} opts in
+        opts.setdefault("polish", False)
     labels = relabel(find_communities(adj, method=communities, **opts))
     order = community_order(adj, labels)
     memberships, taus, sizes = [labels], [None], [n, int(labels.max()) + 1]  # level 1: communities, no tau
