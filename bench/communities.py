@@ -375,7 +375,7 @@ def bar_checks(cells: dict) -> list[str]:
     for key, rec in sorted(cells.items()):
         found = {(g, m): r["ami"] for g, res in rec["results"].items() if g != "true" for m, r in res.items()
                  if "ami" in r}
-        if default not in found or not found:
+        if default not in found:
             continue
         best = max(found.values())
         gaps.append((best - found[default], key))
