@@ -371,23 +371,22 @@ def bar_checks(cells: dict) -> list[str]:
     inferred graph, the default's median K error, and each encoder's median gap to that best on the held-out
     cells."""
     gaps, k_errs, encoder_gaps = [], [], {m: [] for m in ENCODERS}
-    default = DEFAULT_METHOD
     for key, rec in sorted(cells.items()):
         found = {(g, m): r["ami"] for g, res in rec["results"].items() if g != "true" for m, r in res.items()
                  if "ami" in r}
-        if default not in found:
+        if DEFAULT_METHOD not in found:
             continue
         best = max(found.values())
-        gaps.append((best - found[default], key))
-        k_errs.append(rec["results"][default[0]][default[1]]["k_err"])
+        gaps.append((best - found[DEFAULT_METHOD], key))
+        k_errs.append(rec["results"][DEFAULT_METHOD[0]][DEFAULT_METHOD[1]]["k_err"])
         for m in encoder_gaps:
             if _held_out(rec) and ("ml", m) in found:
                 encoder_gaps[m].append(best - found[("ml", m)])
     if not gaps:
         return []
     worse = [f"{k} ({g:.3f})" for g, k in sorted(gaps, reverse=True) if g > 0.1]
-    lines = [f"default {'/'.join(default)}: more than 0.1 below the best inferred-graph method in {len(worse)} of "
-             f"{len(gaps)} cells{': ' + ', '.join(worse) if worse else ''}; median K error "
+    lines = [f"default {'/'.join(DEFAULT_METHOD)}: more than 0.1 below the best inferred-graph method in "
+             f"{len(worse)} of {len(gaps)} cells{': ' + ', '.join(worse) if worse else ''}; median K error "
              f"{100 * statistics.median(k_errs):.1f} %"]
     for m, g in encoder_gaps.items():
         if g:

@@ -228,7 +228,7 @@ def leiden(adj: sp.csr_matrix, resolution: float = 1.0, weights: str = "positive
     opposite signs (Traag & Bruggeman 2009). ``initial``: ``(N,)`` labels to start from (default: every node
     alone), e.g. to polish another method's partition by Leiden's moves."""
     if initial is not None:
-        initial = [int(v) for v in np.asarray(initial).reshape(-1)]
+        initial = np.asarray(initial).reshape(-1).astype(np.int64).tolist()  # leidenalg takes a list
         if len(initial) != adj.shape[0] or min(initial) < 0:
             raise ValueError(f"initial must hold {adj.shape[0]} labels >= 0, got {len(initial)}")
     return _leiden_runs(adj, (seed,), resolution, weights, n_iterations, initial)[0]

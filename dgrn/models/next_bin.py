@@ -89,16 +89,15 @@ class NextBinModule(L.LightningModule):
         (:meth:`~dgrn.nn.BernoulliHMM.init_glm`). ``net`` holds the other :class:`~dgrn.nn.BernoulliHMM` arguments;
         other ``kwargs`` go to the constructor."""
         from dgrn import zoo
-        from dgrn.graph import find_communities
+        from dgrn.nn.multiscale import first_level_communities
 
         net = dict(net)
         if net.get("name", "hmm") != "hmm":
             raise ValueError(f"the switching GLM is net name 'hmm', got {net['name']!r}")
         spikes = datamodule.split_spikes("train")
         couplings, glm = training_graph(spikes, hierarchy_graph, graph, fit_glm=True)
-        options = ({"encoder": zoo.load_pretrained(encoder), "spikes": spikes, "polish": False}  # as DGRN's level 1
-                   if communities == "gnn" else {})
-        labels = torch.as_tensor(find_communities(couplings, method=communities, **options)).long()
+        labels = first_level_communities(couplings, spikes, communities,
+                                         zoo.load_pretrained(encoder) if communities == "gnn" else None)
         log.info("switching GLM: %d communities of sizes %s", int(labels.max()) + 1,
                  torch.bincount(labels).tolist())
         model = cls(n_neurons=datamodule.n_neurons, net={**net, "name": "hmm", "communities": labels.tolist()},

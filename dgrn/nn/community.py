@@ -300,7 +300,7 @@ def encoder_inputs(graph: Any, spikes: Any, max_in_degree: int = 16,
     in-edges of each node (signed; self-loops dropped) to pass messages on, after the couplings are shrunk by
     ``noise_threshold`` standard errors (:func:`dgrn.graph.denoise_couplings`; 0: as given). Training and inference
     both use it."""
-    return _inputs_of(_graph_seen(graph, spikes, noise_threshold), spikes, max_in_degree)
+    return _inputs_of(_shrunk_graph(graph, spikes, noise_threshold), spikes, max_in_degree)
 
 
 def _inputs_of(adj, spikes: Any, max_in_degree: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -309,7 +309,7 @@ def _inputs_of(adj, spikes: Any, max_in_degree: int) -> tuple[Tensor, Tensor, Te
     return x, edge_index, edge_weight
 
 
-def _graph_seen(graph: Any, spikes: Any, noise_threshold: float):
+def _shrunk_graph(graph: Any, spikes: Any, noise_threshold: float):
     """The coupling graph (scipy CSR, no self-loops) shrunk by ``noise_threshold`` standard errors of ``spikes``."""
     adj = as_adjacency(graph)
     if noise_threshold:
@@ -337,13 +337,13 @@ def gnn_communities(adj, encoder: CommunityEncoder | None = None, spikes: Any = 
     if spikes is None:
         raise ValueError("method 'gnn' needs spikes=<the (T, N) recording the graph was inferred from> "
                          "for its node features")
-    encoder_graph = _graph_seen(adj, spikes, encoder.noise_threshold)
+    encoder_graph = _shrunk_graph(adj, spikes, encoder.noise_threshold)
     x, edge_index, edge_weight = _inputs_of(encoder_graph, spikes, max_in_degree)
     p = next(encoder.parameters())
     s, _ = encoder(x.to(p), edge_index.to(p.device), edge_weight.to(p))
     labels = s.argmax(1).cpu()
     if polish:
-        seen = encoder_graph if noise_threshold == encoder.noise_threshold else _graph_seen(adj, spikes,
+        seen = encoder_graph if noise_threshold == encoder.noise_threshold else _shrunk_graph(adj, spikes,
                                                                                              noise_threshold)
         if seen.nnz and seen.max() > 0:  # Leiden needs a positive edge; without one the encoder's labels stand
             labels = torch.from_numpy(leiden(seen, initial=labels.numpy())).long()

@@ -24,7 +24,8 @@ from dgrn.renorm import HeatKernel, select_tau, tau_for_shrink
 from dgrn.tn import ConditionalMPS, SegmentedMPS
 from dgrn.tn._common import sample_categorical
 
-__all__ = ["MultiscaleBornMachine", "build_hierarchy", "choose_time_scales", "nested_order", "unit_thresholds"]
+__all__ = ["MultiscaleBornMachine", "build_hierarchy", "choose_time_scales", "first_level_communities", "nested_order",
+           "unit_thresholds"]
 
 
 def nested_order(order: Any, memberships: list[Any]) -> list[np.ndarray]:
@@ -106,6 +107,19 @@ def unit_thresholds(spikes: Any, memberships: list[Any], max_threshold: int | No
     return out
 
 
+def first_level_communities(graph: Any, spikes: Any, communities: str = "gnn", encoder: nn.Module | None = None,
+                            community_options: dict | None = None) -> Tensor:
+    """The communities of DGRN's first level (and of the switching GLM): ``find_communities(graph, communities,
+    **community_options)``; the ``gnn`` method gets ``encoder`` and ``spikes`` and keeps the encoder's own partition
+    unless ``community_options`` sets ``polish`` (as every DGRN benchmark measured it; the graph may be
+    correlations, which the polish would shrink by the couplings' standard errors)."""
+    opts = dict(community_options or {})
+    if communities == "gnn":
+        opts.update(encoder=encoder, spikes=spikes)
+        opts.setdefault("polish", False)
+    return relabel(find_communities(graph, method=communities, **opts))
+
+
 def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = "gnn", encoder: nn.Module | None = None,
                     tau: float | str = "valley", shrink: float | None = None, laplacian: str = "combinatorial",
                     community_options: dict | None = None, pool: str = "or", max_threshold: int | None = None,
@@ -155,13 +169,7 @@ def build_hierarchy(graph: Any, spikes: Any, levels: int, *, communities: str = 
     if levels == 0:
         return {"memberships": [], "thresholds": [], "order": list(range(n)), "taus": [], "n_units": [n],
                 "time_scales": None}
-    opts = dict(community_options or {})
-    if communities == "gnn":
-        opts.update(encoder=encoder, spikes=spikes)
-        # the encoder's own partition, as every DGRN benchmark measured it (the graph may be correlations, which
-        # the polish would shrink by the couplings' standard errors); community_options={"polish": True} opts in
-        opts.setdefault("polish", False)
-    labels = relabel(find_communities(adj, method=communities, **opts))
+    labels = first_level_communities(adj, spikes, communities, encoder, community_options)
     order = community_order(adj, labels)
     memberships, taus, sizes = [labels], [None], [n, int(labels.max()) + 1]  # level 1: communities, no tau
     weights = metagraph(adj.abs(), labels).double()
