@@ -519,7 +519,7 @@ def test_complex_mps_and_ttn_bad_input():
 
 
 # ------------------------------------------------------------------------------------------ ConditionalMPS
-@pytest.mark.parametrize("mode", ["sequential", "transfer"])
+@pytest.mark.parametrize("mode", ["sequential", "transfer", "auto"])  # auto on CPU: the compiled kernel
 def test_conditional_mps_is_normalized_per_context_and_samples_exactly(mode):
     torch.manual_seed(0)
     m = ConditionalMPS(5, 3, 3, rank=2, init_noise=1.0).double()
@@ -537,7 +537,7 @@ def test_conditional_mps_is_normalized_per_context_and_samples_exactly(mode):
         assert total_variation(samples[k * 40_000:(k + 1) * 40_000], lp[k]) < 0.03
 
 
-@pytest.mark.parametrize("mode", ["sequential", "transfer"])
+@pytest.mark.parametrize("mode", ["sequential", "transfer", "auto"])
 @pytest.mark.parametrize("rank", [0, 1])
 def test_conditional_mps_constrained_samples_are_exact(mode, rank):
     """Draws consistent with a coarse state (OR and count-2 blocks) follow the restricted distribution: total
@@ -559,19 +559,21 @@ def test_conditional_mps_constrained_samples_are_exact(mode, rank):
         assert total_variation(draws, lp) < 0.03
 
 
-@pytest.mark.parametrize("merges", [0, 1, 2, 3])
+@pytest.mark.parametrize("merges", [0, 1, 2, 3, None])
 @pytest.mark.parametrize("phys_dim", [2, 3])
 def test_conditional_mps_joint_draws_of_merged_sites_are_exact(monkeypatch, merges, phys_dim):
     """The transfer sampler draws runs of up to 2^merges sites jointly, never across a block, carrying the count
     into the next run of the same block: a 5-site block at threshold 3 (runs of 1, 2, 4 and 8 sites cut it at every
     place) and a 2-site OR block, per-context thresholds included; total variation against the exact restricted
     distribution (all d^7 patterns) below 0.03 at 40,000 draws (its sampling noise is ~0.01 for 128 patterns, ~0.02
-    for the ~300 patterns of weight above 1e-4 at d = 3), and no inconsistent draw."""
+    for the ~300 patterns of weight above 1e-4 at d = 3), and no inconsistent draw. ``merges=None``: the same cases
+    through the compiled CPU kernel (``contraction="auto"``), which draws site by site."""
     import dgrn.tn.conditional as conditional
 
-    monkeypatch.setattr(conditional, "SAMPLE_MERGES", merges)
     m = _random_conditional(7, 0, phys_dim=phys_dim, seed=3)
-    m.contraction = "transfer"
+    if merges is not None:
+        monkeypatch.setattr(conditional, "SAMPLE_MERGES", merges)
+        m.contraction = "transfer"
     groups = torch.tensor([0, 0, 0, 0, 0, 1, 1])
     x = all_states(7, phys_dim)
     c = torch.randn(3, 3, dtype=torch.float64)
@@ -586,6 +588,26 @@ def test_conditional_mps_joint_draws_of_merged_sites_are_exact(monkeypatch, merg
         assert lp[state_index(draws, phys_dim)].isfinite().all()  # every draw consistent with its coarse state
         freq = torch.bincount(state_index(draws, phys_dim), minlength=len(x)).double() / len(draws)
         assert 0.5 * (freq - lp.exp()).abs().sum().item() < 0.03
+
+
+def test_conditional_mps_samples_on_cpu_through_the_compiled_kernel(monkeypatch):
+    """``contraction="auto"`` on CPU draws with the compiled kernel (the tests above check its draws against the exact
+    distribution), for float32 models too; an explicit contraction keeps the PyTorch sampler; the uniforms come from
+    the generator, so one seed gives one draw."""
+    import dgrn.tn.conditional as conditional
+
+    calls = []
+    kernel = conditional.sample_conditional_mps
+    monkeypatch.setattr(conditional, "sample_conditional_mps", lambda *a: calls.append(1) or kernel(*a))
+    m = _random_conditional(9, 1, dtype=torch.float32)
+    c = torch.randn(50, 3)
+    draw = m.sample(c, generator=torch.Generator().manual_seed(4))
+    assert calls and draw.dtype == torch.long and draw.shape == (50, 9)
+    assert torch.equal(draw, m.sample(c, generator=torch.Generator().manual_seed(4)))
+    m.contraction = "sequential"
+    calls.clear()
+    m.sample(c)
+    assert not calls
 
 
 def test_sizes_that_do_not_fit_in_memory_are_refused_before_allocating(monkeypatch):

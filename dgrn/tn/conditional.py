@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_memory, check_size, check_states, sample_categorical
+from dgrn.tn._kernels import sample_conditional_mps
 from dgrn.tn.contract import (count_pair_map, count_slot_mask, normalize_slots, pair_sites, transfer_log_norm,
                               transfer_right_environments, tree_product)
 
@@ -490,6 +493,8 @@ class ConditionalMPS(nn.Module):
     def _sample(self, c, generator, groups, active, thresholds) -> Tensor:
         c = self._check_context(c)
         groups, allowed, caps = self._check_groups(groups, active, c.shape[0], thresholds)
+        if self.core.device.type == "cpu" and getattr(self, "contraction", "auto") == "auto":
+            return self._sample_compiled(c, generator, groups, allowed, caps)
         if self._contraction_mode() == "transfer":
             return self._sample_transfer(c, generator, groups, allowed, caps)
         a = self.site_tensors(c).to(self._contract_dtype)
@@ -539,6 +544,24 @@ class ConditionalMPS(nn.Module):
             v = w[rows, out[:, i]]
             v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
         return out
+
+    def _sample_compiled(self, c, generator, groups, allowed, caps) -> Tensor:
+        """:meth:`sample` by the compiled CPU kernel (:func:`dgrn.tn._kernels.sample_conditional_mps`: the sequential
+        algorithm as plain loops in float64, one context per thread, up to ``torch.get_num_threads()``), its uniforms
+        drawn from ``generator``."""
+        batch, n = c.shape[0], self.n_sites
+        log_w, parts, gamma = self._transfer_parts(c, torch.float64)
+        if gamma is None:
+            gamma = log_w.new_ones(batch, n, 1)
+        if groups is None:  # one block of cap 0: a single count slot, no constraint
+            groups, caps, allowed = torch.zeros(n, dtype=torch.long), [0], log_w.new_ones(batch, 1, 1)
+        uniforms = torch.rand(batch, n, generator=generator, dtype=torch.float64)
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        arrays = [t.detach().to(torch.float64).contiguous().numpy() for t in (
+            log_w, parts, gamma, self.left, self.right)]
+        out = sample_conditional_mps(*arrays, groups.contiguous().numpy(), np.asarray(caps, dtype=np.int64),
+                                     allowed.to(torch.float64).contiguous().numpy(), uniforms.numpy())
+        return torch.from_numpy(out)
 
     def _sample_transfer(self, c, generator, groups, allowed, caps) -> Tensor:
         """:meth:`sample` on the transfer chains, in their dtype (every state normalized at every step). The chain is
