@@ -1,10 +1,12 @@
 """Seconds of one ``dgrn.mesoscale.rollout`` of a model the size of the ``lkd2012`` benchmark at 20 % observed.
 
     python bench/rollout_speed.py [--model dgrn|dgrn_mixture|cmps|gru|switching_glm] [--bins 10] [--rank 1]
-                                  [--neurons 800] [--units 85] [--rate 0.02] [--repo DIR]
+                                  [--neurons 800] [--units 85] [--rate 0.02] [--windows 64] [--rollouts 10]
+                                  [--repo DIR]
 
-Each model draws 10 rollouts of ``--bins`` bins from each of 64 random windows of 64 bins (each neuron active with
-probability ``--rate`` in a bin), on one thread. ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine`
+Each model draws ``--rollouts`` rollouts of ``--bins`` bins from each of ``--windows`` random windows of 64 bins (each
+neuron active with probability ``--rate`` in a bin), on one thread: the defaults are a forecast's batch (640 draws a
+step), ``--windows 1 --rollouts 4`` the benchmark's generation (4 chains). ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine`
 (800 neurons, 85 first-level units with 2-state latent chains, bond dimension 4, rank ``--rank``; the benchmark's
 ``model=dgrn`` has rank 0); ``dgrn_mixture``: the same with ``latent_mixture=True`` (every chain's states also
 switch how the neurons of its unit fire); ``cmps``: the same without levels (the ConditionalMPS alone); ``gru``:
@@ -31,6 +33,8 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=800)
     parser.add_argument("--units", type=int, default=85, help="first-level units (communities), neurons i %% units")
     parser.add_argument("--rate", type=float, default=0.02)
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--rollouts", type=int, default=10)
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     args = parser.parse_args()
     sys.path.insert(0, args.repo)
@@ -55,9 +59,9 @@ def main() -> None:
         net = BernoulliHMM(n_neurons, n_states=2, context=16, communities=units, history=1)
         with torch.no_grad():
             net.weight.normal_(0.0, 0.05)
-    windows = (torch.rand(64, 64, n_neurons) < args.rate).float()
+    windows = (torch.rand(args.windows, 64, n_neurons) < args.rate).float()
     start = time.perf_counter()
-    out = rollout(net.eval(), windows, args.bins, 10, generator=torch.Generator().manual_seed(0))
+    out = rollout(net.eval(), windows, args.bins, args.rollouts, generator=torch.Generator().manual_seed(0))
     print(f"{time.perf_counter() - start:.3f} s, {int(out.sum())} spikes drawn ({args.model}, {args.repo})")
 
 
