@@ -72,6 +72,8 @@ class ConditionalMPS(nn.Module):
     on accelerators, where the loop's ``O(n)`` kernel launches dominate, and on CPU the transfer chain while its
     ``O(n (R+1)^2 d D^4)`` GEMMs stay cheap (``(rank + 1)^2 * bond_dim <= 8``), the sequential loop otherwise; set
     ``contraction`` to ``"transfer"``, ``"tree"`` or ``"sequential"`` and ``contract_dtype`` to override.
+    ``sample`` follows the same setting, except that ``"auto"`` on CPU draws with a compiled kernel (numba) of the
+    sequential algorithm, whose eager version is bound by the overhead of its small operations.
 
     Args:
         n_sites: number of units ``n``.
@@ -485,7 +487,9 @@ class ConditionalMPS(nn.Module):
         :math:`p(x_i \mid x_{<i}, c) \propto v A^{(i)}(c)[x_i] R A^{(i)}(c)[x_i]^\top v^\top`. With the constraint,
         one right environment per count of nonzero sites so far in the current block (``0 .. k``), zero at the
         block's end for the counts that contradict its coarse state, so inconsistent draws have weight 0.
-        Drawn from the parameters' dtype even under autocast, as :meth:`log_prob` is.
+        On CPU with ``contraction="auto"`` a compiled kernel runs this algorithm in float64, one context per thread
+        (:mod:`dgrn.tn._kernels`: eager PyTorch spends ~10 small operations a site); otherwise PyTorch draws on the
+        transfer chains or site by site, in the parameters' dtype, even under autocast, as :meth:`log_prob` does.
         """
         with torch.autocast(device_type=self.core.device.type, enabled=False):
             return self._sample(c, generator, groups, active, thresholds)
