@@ -593,7 +593,7 @@ def test_conditional_mps_joint_draws_of_merged_sites_are_exact(monkeypatch, merg
 def test_conditional_mps_samples_on_cpu_through_the_compiled_kernel(monkeypatch):
     """``contraction="auto"`` on CPU draws with the compiled kernel (the tests above check its draws against the exact
     distribution), for float32 models too; an explicit contraction keeps the PyTorch sampler; the uniforms come from
-    the generator, so one seed gives one draw."""
+    the generator, so one seed gives one draw, also when the batch is split over threads."""
     import dgrn.tn.conditional as conditional
 
     calls = []
@@ -604,6 +604,14 @@ def test_conditional_mps_samples_on_cpu_through_the_compiled_kernel(monkeypatch)
     draw = m.sample(c, generator=torch.Generator().manual_seed(4))
     assert calls and draw.dtype == torch.long and draw.shape == (50, 9)
     assert torch.equal(draw, m.sample(c, generator=torch.Generator().manual_seed(4)))
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(conditional, "COMPILED_SPLIT_BATCH", 8)
+    try:  # a batch split over threads draws the same as on one (each context uses its own uniforms only)
+        torch.set_num_threads(3)
+        split = m.sample(c, generator=torch.Generator().manual_seed(4))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 5 and torch.equal(split, draw)
     m.contraction = "sequential"
     calls.clear()
     m.sample(c)

@@ -3,7 +3,9 @@
 Drawing from a Born machine is sequential over its sites: each value is drawn given the ones before it. In PyTorch
 each site costs a handful of small batched operations, so a draw from an 800-site chain for a few contexts is bound
 by the operations' overhead (about 50 ms), not by their arithmetic (about 2 Mflop). These kernels run the same
-exact algorithm as plain loops, one context per thread; the PyTorch paths stay the reference and serve accelerators.
+exact algorithm as plain loops. They hold no thread pool of their own (numba's pip wheels offer only its
+``workqueue`` layer, which aborts when two threads enter it at once): each call runs on the calling thread without
+the GIL, and callers split a large batch over threads. The PyTorch paths stay the reference and serve accelerators.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(cache=True, nogil=True)
 def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowed, uniforms):  # pragma: no cover
     r"""One exact draw per context from a conditional MPS with count constraints, float64.
 
@@ -20,7 +22,8 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
     0 has one slot and no constraint), :math:`E_i[c] = \sum_s A_i[s] E_{i+1}[c'(c, s)] A_i[s]^\top` with
     :math:`c' = c` for ``s = 0`` and :math:`\min(c + 1, k)` otherwise, the slots of a block's end weighted by
     ``allowed``; then left to right :math:`p(x_i = s \mid x_{<i}) \propto w_s^\top E_i[c'] w_s`, :math:`w_s = v A_i[s]`,
-    the value chosen by inverting the cumulative weights at ``uniforms[b, i]``.
+    the value chosen by inverting the cumulative weights at ``uniforms[b, i]``. Contexts are independent: a slice of
+    the batch gives the same draws for its rows.
 
     Args (arrays): ``log_w (B, n, d)``, ``parts (n, T, D, d, D)``, ``gamma (B, n, T)``, ``left, right (D,)``,
     ``block (n,)`` int64 nondecreasing from 0, ``caps (K,)`` int64, ``allowed (B, K, S)`` float64 0/1 with
@@ -31,7 +34,7 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
     slots = allowed.shape[2]
     tiny = np.finfo(np.float64).tiny
     out = np.empty((batch, n), np.int64)
-    for b in numba.prange(batch):
+    for b in range(batch):
         a = np.zeros((n, d, dim, dim))
         for i in range(n):
             for s in range(d):
