@@ -261,6 +261,8 @@ def main() -> None:
         return row is not None and (args.nll_only or "forecast_200ms" in row)
 
     tasks = [(ds, s, m) for ds in args.datasets for s in args.seeds for m in args.models if not done(ds, s, m)]
+    # the tensor networks first: they take the longest, and --jobs workers finish together when the short ones come last
+    tasks.sort(key=lambda task: "model=dgrn" not in MODELS[task[2]])
     lock = threading.Lock()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
