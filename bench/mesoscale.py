@@ -11,7 +11,8 @@ the same data, neurons and splits.
 defaults; ``dgrn_temporal``, with temporal renormalization, which chose no coarser clock on the LIF data and lost on
 the hidden-Markov kinetic Ising network; ``glm_lasso``, ``hmm_glm_lasso``, ``dgrn_latent``, ``dgrn_latent_stable``,
 ``dgrn_mixture``, ``dgrn_mixture_lasso``) are the steps measured on the way, run when named. Every model stops
-training after ``--patience`` epochs without a better validation NLL and is scored from its best epoch.
+training after ``--patience`` epochs without a better validation NLL, or after ``--epochs`` (12), and is scored from
+its best epoch.
 
 Datasets (each simulated once per seed into ``--data-dir``, then read by ``data=file``, so every model sees the
 same recording): ``kising_hmm`` / ``kising_hmm50`` (the hidden-Markov kinetic Ising network, 100 % / 50 %
@@ -146,14 +147,14 @@ def data_file(name: str, seed: int, folder: Path, *, build: bool = True) -> Path
     return path
 
 
-def overrides(model: str, dataset: str, path: Path, seed: int, epochs: int | None) -> list[str]:
+def overrides(model: str, dataset: str, path: Path, seed: int, epochs: int) -> list[str]:
     dt = DATASETS[dataset][2]
     out = ["data=file", f"data.dataset.path={path}", f"seed={seed}", *DATASETS[dataset][1], *MODELS[model]]
     if model == "glm_long":
         out.append(f"model.net.history={round(0.2 / dt)}")
     if dataset == "aplysia" and model.startswith(("dgrn", "cmps")):  # the recipe of experiment=dgrn_aplysia
         out += ["model.init=rates", "model.lr=0.005"]
-    if epochs is not None:
+    if epochs:
         out.append(f"trainer.max_epochs={epochs}")
     return out
 
@@ -224,7 +225,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
+    parser.add_argument("--epochs", type=int, default=12, help="trainer.max_epochs (0: the config's)")
     parser.add_argument("--contexts", type=int, default=64)
     parser.add_argument("--rollouts", type=int, default=100)
     parser.add_argument("--generate-s", type=float, default=60.0)
