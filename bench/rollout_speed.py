@@ -6,16 +6,16 @@
 
 Each model draws ``--rollouts`` rollouts of ``--bins`` bins from each of ``--windows`` random windows of 64 bins (each
 neuron active with probability ``--rate`` in a bin), on one thread: the defaults are a forecast's batch (640 draws a
-step), ``--windows 1 --rollouts 4`` the benchmark's generation (4 chains). ``dgrn``: an untrained :class:`~dgrn.nn.MultiscaleBornMachine`
-(800 neurons, 85 first-level units with 2-state latent chains, bond dimension 4, rank ``--rank``; the benchmark's
-``model=dgrn`` has rank 0); ``dgrn_mixture``: the same with ``latent_mixture=True`` (every chain's states also
-switch how the neurons of its unit fire); ``cmps``: the same without levels (the ConditionalMPS alone); ``gru``:
-:class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden units; ``switching_glm``: a
-:class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each of 85 communities, lag-1
-couplings of random weights). ``--neurons`` and ``--units`` change the size (neuron ``i`` in unit ``i % units``).
-Prints the seconds and the number of spikes drawn (the same for two versions that draw the same, up to a few where
-rounding differs). ``--repo`` imports ``dgrn`` from another checkout,
-e.g. a ``git worktree`` of an older commit, so two versions can be timed alternately.
+step), ``--windows 1 --rollouts 4`` the benchmark's generation (4 chains). ``dgrn``: an untrained
+:class:`~dgrn.nn.MultiscaleBornMachine` (800 neurons, 85 first-level units with 2-state latent chains, bond
+dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0); ``dgrn_mixture``: the same with
+``latent_mixture=True`` (every chain's states also switch how the neurons of its unit fire); ``cmps``: the same
+without levels (the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden
+units; ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each
+of 85 communities, lag-1 couplings of random weights). ``--neurons`` and ``--units`` change the size (neuron ``i``
+in unit ``i % units``). Prints the seconds and the number of spikes drawn (the same for two versions that draw the
+same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
+worktree`` of an older commit, so two versions can be timed alternately.
 """
 from __future__ import annotations
 
