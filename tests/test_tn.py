@@ -3,6 +3,7 @@ import copy
 import itertools
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -593,7 +594,7 @@ def test_conditional_mps_joint_draws_of_merged_sites_are_exact(monkeypatch, merg
 def test_conditional_mps_samples_on_cpu_through_the_compiled_kernel(monkeypatch):
     """``contraction="auto"`` on CPU draws with the compiled kernel (the tests above check its draws against the exact
     distribution), for float32 models too; an explicit contraction keeps the PyTorch sampler; the uniforms come from
-    the generator, so one seed gives one draw, also when the batch is split over threads."""
+    the generator, so one seed gives one draw, on any number of threads and from concurrent callers."""
     import dgrn.tn.conditional as conditional
 
     calls = []
@@ -605,13 +606,15 @@ def test_conditional_mps_samples_on_cpu_through_the_compiled_kernel(monkeypatch)
     assert calls and draw.dtype == torch.long and draw.shape == (50, 9)
     assert torch.equal(draw, m.sample(c, generator=torch.Generator().manual_seed(4)))
     threads = torch.get_num_threads()
-    monkeypatch.setattr(conditional, "COMPILED_SPLIT_BATCH", 8)
-    try:  # a batch split over threads draws the same as on one (each context uses its own uniforms only)
-        torch.set_num_threads(3)
-        split = m.sample(c, generator=torch.Generator().manual_seed(4))
+    try:  # more threads draw the same (each context uses its own uniforms only)
+        torch.set_num_threads(2)
+        parallel = m.sample(c, generator=torch.Generator().manual_seed(4))
+        with ThreadPoolExecutor(4) as pool:  # concurrent callers take turns in numba's pool (it aborts otherwise)
+            concurrent = list(pool.map(lambda seed: m.sample(c, generator=torch.Generator().manual_seed(seed)),
+                                       [4] * 8))
     finally:
         torch.set_num_threads(threads)
-    assert len(calls) == 5 and torch.equal(split, draw)
+    assert len(calls) == 11 and torch.equal(parallel, draw) and all(torch.equal(d, draw) for d in concurrent)
     m.contraction = "sequential"
     calls.clear()
     m.sample(c)

@@ -3,17 +3,30 @@
 Drawing from a Born machine is sequential over its sites: each value is drawn given the ones before it. In PyTorch
 each site costs a handful of small batched operations, so a draw from an 800-site chain for a few contexts is bound
 by the operations' overhead (about 50 ms), not by their arithmetic (about 2 Mflop). These kernels run the same
-exact algorithm as plain loops. They hold no thread pool of their own (numba's pip wheels offer only its
-``workqueue`` layer, which aborts when two threads enter it at once): each call runs on the calling thread without
-the GIL, and callers split a large batch over threads. The PyTorch paths stay the reference and serve accelerators.
+exact algorithm as plain loops, one context per thread of numba's pool (also the faster build on one thread: about
+twice a serial loop's speed, measured). numba's pip wheels offer only its ``workqueue`` pool, which aborts the
+process when two Python threads enter it at once, so every call goes through :func:`run_parallel`, which holds a
+lock. The PyTorch paths stay the reference and serve accelerators.
 """
 from __future__ import annotations
+
+import threading
 
 import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True)
+_POOL = threading.Lock()
+
+
+def run_parallel(kernel, *args, threads: int):
+    """``kernel(*args)`` on at most ``threads`` threads of numba's pool, one caller at a time."""
+    with _POOL:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        return kernel(*args)
+
+
+@numba.njit(cache=True, parallel=True)
 def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowed, uniforms):  # pragma: no cover
     r"""One exact draw per context from a conditional MPS with count constraints, float64.
 
@@ -22,8 +35,8 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
     0 has one slot and no constraint), :math:`E_i[c] = \sum_s A_i[s] E_{i+1}[c'(c, s)] A_i[s]^\top` with
     :math:`c' = c` for ``s = 0`` and :math:`\min(c + 1, k)` otherwise, the slots of a block's end weighted by
     ``allowed``; then left to right :math:`p(x_i = s \mid x_{<i}) \propto w_s^\top E_i[c'] w_s`, :math:`w_s = v A_i[s]`,
-    the value chosen by inverting the cumulative weights at ``uniforms[b, i]``. Contexts are independent: a slice of
-    the batch gives the same draws for its rows.
+    the value chosen by inverting the cumulative weights at ``uniforms[b, i]``, so the draws do not depend on the
+    number of threads.
 
     Args (arrays): ``log_w (B, n, d)``, ``parts (n, T, D, d, D)``, ``gamma (B, n, T)``, ``left, right (D,)``,
     ``block (n,)`` int64 nondecreasing from 0, ``caps (K,)`` int64, ``allowed (B, K, S)`` float64 0/1 with
@@ -34,7 +47,7 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
     slots = allowed.shape[2]
     tiny = np.finfo(np.float64).tiny
     out = np.empty((batch, n), np.int64)
-    for b in range(batch):
+    for b in numba.prange(batch):
         a = np.zeros((n, d, dim, dim))
         for i in range(n):
             for s in range(d):
@@ -60,19 +73,18 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
             for c in range(k + 1):
                 counts[c] = 0.0
                 for s in range(d):
-                    e = after[i, c if s == 0 else min(c + 1, k)]
-                    m = a[i, s]
+                    e = c if s == 0 else min(c + 1, k)  # indices, not views: a view per site costs a reference count
                     for p in range(dim):  # half = A E (E is symmetric: rows of both, contiguous)
                         for q in range(dim):
                             h = 0.0
                             for r in range(dim):
-                                h += m[p, r] * e[q, r]
+                                h += a[i, s, p, r] * after[i, e, q, r]
                             half[p, q] = h
                     for p in range(dim):  # counts[c] += (A E) A^T
                         for q in range(dim):
                             h = 0.0
                             for r in range(dim):
-                                h += half[p, r] * m[q, r]
+                                h += half[p, r] * a[i, s, q, r]
                             counts[c, p, q] += h
                 for p in range(dim):
                     total += counts[c, p, p]
@@ -96,11 +108,11 @@ def sample_conditional_mps(log_w, parts, gamma, left, right, block, caps, allowe
                     for p in range(dim):
                         h += v[p] * a[i, s, p, q]
                     w[s, q] = h
-                e = after[i, count if s == 0 else min(count + 1, k)]
+                e = count if s == 0 else min(count + 1, k)
                 weight = 0.0
                 for p in range(dim):
                     for q in range(dim):
-                        weight += w[s, p] * e[p, q] * w[s, q]
+                        weight += w[s, p] * after[i, e, p, q] * w[s, q]
                 weights[s] = max(weight, 0.0)
                 total += weights[s]
             choice = 0

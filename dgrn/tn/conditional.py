@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dgrn.tn._common import check_finite, check_memory, check_size, check_states, sample_categorical
-from dgrn.tn._kernels import sample_conditional_mps
+from dgrn.tn._kernels import run_parallel, sample_conditional_mps
 from dgrn.tn.contract import (count_pair_map, count_slot_mask, normalize_slots, pair_sites, transfer_log_norm,
                               transfer_right_environments, tree_product)
 
@@ -32,9 +31,6 @@ SAMPLE_MERGES = 2
 SAMPLE_WIDE_BATCH = 256
 #: ... and only while a merged site has at most this many maps (``(d (R + 1)^2)^(2^merges)``: rank 0 merges twice)
 SAMPLE_MAX_MAPS = 64
-#: the compiled CPU sampler splits a batch over threads only with at least this many contexts a thread (a thread pool
-#: costs about as much as drawing a few contexts of a few hundred sites)
-COMPILED_SPLIT_BATCH = 64
 
 
 class ConditionalMPS(nn.Module):
@@ -554,8 +550,8 @@ class ConditionalMPS(nn.Module):
 
     def _sample_compiled(self, c, generator, groups, allowed, caps) -> Tensor:
         """:meth:`sample` by the compiled CPU kernel (:func:`dgrn.tn._kernels.sample_conditional_mps`: the sequential
-        algorithm as plain loops in float64), its uniforms drawn from ``generator``; a batch of at least
-        ``COMPILED_SPLIT_BATCH`` contexts split over ``torch.get_num_threads()`` threads (the same draws)."""
+        algorithm as plain loops in float64, one context per thread, up to ``torch.get_num_threads()``), its uniforms
+        drawn from ``generator``."""
         batch, n = c.shape[0], self.n_sites
         log_w, parts, gamma = self._transfer_parts(c, torch.float64)
         if gamma is None:
@@ -563,22 +559,12 @@ class ConditionalMPS(nn.Module):
         if groups is None:  # one block of cap 0: a single count slot, no constraint
             groups, caps, allowed = torch.zeros(n, dtype=torch.long), [0], log_w.new_ones(batch, 1, 1)
         uniforms = torch.rand(batch, n, generator=generator, dtype=torch.float64)
-        per_context = [t.detach().contiguous().numpy() for t in (log_w, gamma, allowed.to(torch.float64), uniforms)]
-        shared = [t.detach().to(torch.float64).contiguous().numpy() for t in (parts, self.left, self.right)]
-        block, caps = groups.contiguous().numpy(), np.asarray(caps, dtype=np.int64)
-
-        def draw(rows: slice) -> np.ndarray:
-            log_w_rows, gamma_rows, allowed_rows, uniform_rows = (a[rows] for a in per_context)
-            return sample_conditional_mps(log_w_rows, *shared[:1], gamma_rows, *shared[1:], block, caps, allowed_rows,
-                                          uniform_rows)
-
-        threads = min(torch.get_num_threads(), batch // COMPILED_SPLIT_BATCH)
-        if threads <= 1:
-            return torch.from_numpy(draw(slice(None)))
-        bounds = np.linspace(0, batch, threads + 1).astype(int)
-        with ThreadPoolExecutor(threads) as pool:
-            parts_out = list(pool.map(draw, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
-        return torch.from_numpy(np.concatenate(parts_out))
+        arrays = [t.detach().to(torch.float64).contiguous().numpy()
+                  for t in (log_w, parts, gamma, self.left, self.right)]
+        out = run_parallel(sample_conditional_mps, *arrays, groups.contiguous().numpy(),
+                           np.asarray(caps, dtype=np.int64), allowed.to(torch.float64).contiguous().numpy(),
+                           uniforms.numpy(), threads=torch.get_num_threads())
+        return torch.from_numpy(out)
 
     def _sample_transfer(self, c, generator, groups, allowed, caps) -> Tensor:
         """:meth:`sample` on the transfer chains, in their dtype (every state normalized at every step). The chain is
