@@ -382,9 +382,12 @@ def test_switching_bernoulli_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda c: m.filter(y, c)[1], (c,))
 
 
-def test_predictive_distribution_equals_the_log_domain_filter():
-    """The filter in probabilities (for sampling) gives the log-domain filter's last predictive distribution, also
-    when the emissions are far below what exp can represent (log-likelihoods near -2,000: scaled per bin)."""
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_predictive_distribution_equals_the_log_domain_filter(compiled, dtype):
+    """The filter in probabilities (for sampling), in PyTorch and compiled, gives the log-domain filter's last
+    predictive distribution, also when the emissions are far below what exp can represent (log-likelihoods near
+    -2,000: scaled per bin); float32 to its rounding (a few ulps per bin over 7 bins)."""
     from dgrn.nn.hmm import forward_filter, predictive_distribution
 
     torch.manual_seed(0)
@@ -392,6 +395,40 @@ def test_predictive_distribution_equals_the_log_domain_filter():
     log_a = torch.log_softmax(torch.randn(4, 3, 3, dtype=torch.float64), -1)
     log_prior = torch.log_softmax(torch.randn(3, 4, 3, dtype=torch.float64), -1)
     expected = forward_filter(log_e, log_a, log_prior)[0][:, -1].exp()
-    scaled = (log_e - log_e.amax(-1, keepdim=True)).exp()
-    torch.testing.assert_close(predictive_distribution(scaled, log_a.exp(), log_prior.exp()), expected)
-    assert predictive_distribution(scaled[:, :0], log_a.exp(), log_prior.exp()).equal(log_prior.exp())
+    scaled, a, prior = ((log_e - log_e.amax(-1, keepdim=True)).exp().to(dtype), log_a.exp().to(dtype),
+                        log_prior.exp().to(dtype))
+    got = predictive_distribution(scaled, a, prior, compiled=compiled)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected.to(dtype))
+    assert predictive_distribution(scaled[:, :0], a, prior, compiled=compiled).equal(prior)
+
+
+@pytest.mark.parametrize("n_states", [2, 3])
+def test_switching_predictive_equals_the_log_domain_filter(n_states, monkeypatch):
+    """SwitchingBernoulli.predictive (the filter of a rollout step), compiled and in PyTorch, gives the log-domain
+    filter's last predictive distribution, with drives of +-60 (emissions far below float32's range in some states),
+    a drive one bin longer than the activity, a window cut out of a longer one (strided), one start for every
+    window or one per window; on the CPU it runs the kernel unless told not to."""
+    from dgrn.nn import _kernels
+    from dgrn.nn.hmm import SwitchingBernoulli, forward_filter
+
+    torch.manual_seed(1)
+    m = SwitchingBernoulli(5, 3, n_states)
+    with torch.no_grad():
+        m.state_logits.normal_(0.0, 3.0)
+        m.transition_logits.normal_()
+    y = (torch.rand(4, 12, 5) < 0.4).float()[:, 3:]  # a strided view, as a rollout's window is
+    drive = torch.randn(4, 10, 5) * 60
+    start = torch.softmax(torch.randn(4, 5, n_states), -1)
+    log_e = m.log_emission(y.double(), None, drive=drive[:, :9].double())
+    log_a = m.log_transition_matrix(torch.float64)
+    calls = []
+    kernel = _kernels.switching_predictive
+    monkeypatch.setattr(_kernels, "switching_predictive", lambda *a: calls.append(1) or kernel(*a))
+    for first in (start, start[0]):
+        expected = forward_filter(log_e, log_a, first.double().log().expand(4, -1, -1))[0][:, -1].exp()
+        for compiled in (None, False):
+            got = m.predictive(y, first, drive=drive, compiled=compiled)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
+    assert len(calls) == 2

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgrn.nn import _kernels
 from dgrn.nn.glm import _check_sample_window, _check_window
 from dgrn.nn.rolling import RollingWindow
+from dgrn.tn._kernels import run_parallel
 
 __all__ = ["BernoulliHMM", "SwitchingBernoulli", "forward_filter", "hmmlearn_bernoulli", "predictive_distribution",
            "stationary_distribution"]
@@ -46,17 +48,39 @@ def forward_filter(log_emission: Tensor, log_transition: Tensor, log_prior: Tens
     return torch.stack(priors, 1), log_lik
 
 
-def predictive_distribution(emission: Tensor, transition: Tensor, prior: Tensor) -> Tensor:
+def predictive_distribution(emission: Tensor, transition: Tensor, prior: Tensor, *,
+                            compiled: bool | None = None) -> Tensor:
     r""":math:`P(s^c_T \mid y_{<T})` ``(B, C, K)``, the predictive state distribution of the bin after the last, by
     the forward filter of :func:`forward_filter` in probabilities: ``emission`` likelihoods ``(B, T, C, K)`` (any
     positive scale per bin and chain, e.g. divided by their largest), transition matrices :math:`A^c` ``(C, K, K)``,
     the first bin's distribution ``(B, C, K)``. Normalized at every bin, so it neither underflows nor needs
     logarithms: a few times cheaper than the log-domain filter where neither the likelihood nor a gradient is needed
-    (sampling)."""
+    (sampling). ``compiled``: run the compiled CPU kernel (:mod:`dgrn.nn._kernels`, float64 inside; no gradient);
+    ``None``: when every input is on the CPU and none needs a gradient."""
+    if compiled is None:
+        compiled = _compilable(emission, transition, prior)
+    if compiled:
+        arrays = _arrays(emission, transition, prior.expand(emission.shape[0], -1, -1))
+        return _from_kernel(run_parallel(_kernels.predictive_distribution, *arrays, threads=torch.get_num_threads()),
+                            emission)
     for t in range(emission.shape[1]):
         prior = torch.einsum("bck,ckl->bcl", prior * emission[:, t], transition)
         prior = prior / prior.sum(-1, keepdim=True)
     return prior
+
+
+def _compilable(*tensors: Tensor) -> bool:
+    """Whether the compiled CPU kernels can take these inputs: all on the CPU, none needing a gradient."""
+    return all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
+
+
+def _arrays(*tensors: Tensor) -> list[np.ndarray]:
+    """NumPy views, strides kept (float32 and float64 kept, other dtypes as float64), for a compiled kernel."""
+    return [(t if t.dtype in (torch.float32, torch.float64) else t.double()).detach().numpy() for t in tensors]
+
+
+def _from_kernel(out: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(out).to(like.dtype)
 
 
 def _scaled(log_emission: Tensor) -> Tensor:
@@ -536,6 +560,25 @@ class SwitchingBernoulli(nn.Module):
         priors, log_lik = forward_filter(log_e, self.log_transition_matrix(y.dtype), start)
         posterior = (priors[:, :-1] + log_e - log_lik[..., None]).exp()
         return log_lik, posterior, priors[:, -1]
+
+    @torch.no_grad()
+    def predictive(self, y: Tensor, start: Tensor, *, drive: Tensor, compiled: bool | None = None) -> Tensor:
+        r""":math:`P(z_{u,T} \mid y_{<T}, c_{<T})` ``(B, n, K)``, the state distribution of the bin after the last of
+        activity ``y`` ``(B, T, n)`` whose bins' contexts have the drives ``drive`` ``(B, >= T, n)`` (the filter
+        reads the first ``T``), the filter started at ``start`` ``(n, K)`` or ``(B, n, K)``: the forward filter in
+        probabilities, for sampling (no gradient). ``compiled`` (``None``: on the CPU): a kernel that computes the
+        emissions inside the filter (:mod:`dgrn.nn._kernels`), or :func:`predictive_distribution` of the emissions
+        scaled per bin."""
+        transition = self.log_transition_matrix(drive.dtype).exp()
+        start = start.to(drive.dtype).expand(y.shape[0], -1, -1)
+        if compiled is None:
+            compiled = _compilable(y, drive)
+        if compiled:
+            arrays = _arrays(drive, y, self.state_logits.to(drive.dtype), transition, start)
+            return _from_kernel(run_parallel(_kernels.switching_predictive, *arrays, threads=torch.get_num_threads()),
+                                drive)
+        emission = _scaled(self.log_emission(y, None, drive=drive[:, :y.shape[1]]))
+        return predictive_distribution(emission, transition, start, compiled=False)
 
     def update(self, y: Tensor, c: Tensor | None, log_prior: Tensor, *, drive: Tensor | None = None) -> Tensor:
         joint = log_prior + self.log_emission(y, c, drive=drive)

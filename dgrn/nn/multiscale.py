@@ -638,8 +638,8 @@ class MultiscaleBornMachine(nn.Module):
         distributions (the last for the bin after the window) and the top level's drive of the bin after the window
         (:meth:`SwitchingBernoulli.drive`). ``history_drive``: the part of the top drive from the neurons' last bins
         at bins ``_latent_start() .. W`` ``(B, T + 1, n_L)``, if known (:meth:`start_rollout`). ``last_only``: only
-        ``priors[:, -1:]``, by the filter in probabilities (:func:`~dgrn.nn.hmm.predictive_distribution`; ``terms``
-        is then ``None`` without a latent mixture). ``states``: every level's GRU states over its window ``(B, W,
+        ``priors[:, -1:]``, by the filter in probabilities (:meth:`SwitchingBernoulli.predictive`, with a latent mixture
+        :func:`~dgrn.nn.hmm.predictive_distribution`; ``terms`` is then ``None`` without a latent mixture). ``states``: every level's GRU states over its window ``(B, W,
         H)``, if known (a rollout keeps their input gates, :func:`~dgrn.nn.rolling.gru_states`)."""
         start, width = self._latent_start(), xs[0].shape[1]
         top_states = self.grus[-1](xs[-1])[0] if states is None else states[-1]
@@ -649,14 +649,11 @@ class MultiscaleBornMachine(nn.Module):
             drive = top.drive(torch.cat([top_states[:, start - 1:], self._history(xs[0], starts)], -1))
         else:
             drive = top.drive(top_states[:, start - 1:], slice(0, top_states.shape[-1])) + history_drive
-        log_start = top.log_start(drive.dtype).expand(drive.shape[0], -1, -1)
-        if last_only and not self.latent_mixture:  # the likelihoods themselves: no logarithm to take and undo ...
-            emission = top.emission(target, None, drive=drive[:, :-1])
-            # ... unless a bin is near the end of float's range in every state (its products would underflow)
-            if not (emission.amax(-1) > torch.finfo(emission.dtype).tiny ** 0.5).all():
-                emission = _scaled(top.log_emission(target, None, drive=drive[:, :-1]))
-            prior = predictive_distribution(emission, top.log_transition_matrix(drive.dtype).exp(), log_start.exp())
+        log_start = top.log_start(drive.dtype)
+        if last_only and not self.latent_mixture:
+            prior = top.predictive(target, log_start.exp(), drive=drive)
             return None, prior.log()[:, None], drive[:, -1]
+        log_start = log_start.expand(drive.shape[0], -1, -1)
         terms = top.log_emission(target, None, drive=drive[:, :-1])[..., None]
         if self.latent_mixture:
             terms = torch.cat([self._segment_log_probs(xs, start, states), terms], -1)
