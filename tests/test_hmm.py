@@ -406,9 +406,10 @@ def test_predictive_distribution_equals_the_log_domain_filter(compiled, dtype):
 @pytest.mark.parametrize("n_states", [2, 3])
 def test_switching_predictive_equals_the_log_domain_filter(n_states, monkeypatch):
     """SwitchingBernoulli.predictive (the filter of a rollout step), compiled and in PyTorch, gives the log-domain
-    filter's last predictive distribution, with drives of +-60 (emissions far below float32's range in some states),
-    a drive one bin longer than the activity, a window cut out of a longer one (strided), one start for every
-    window or one per window; on the CPU it runs the kernel unless told not to."""
+    filter's last predictive distribution, with drives of +-60 (emissions far below float32's range in some states)
+    and +-1,000 (beyond float64's exponential), a drive one bin longer than the activity, a window cut out of a
+    longer one (strided), one start for every window or one per window; on the CPU it runs the kernel unless told
+    not to."""
     from dgrn.nn import _kernels
     from dgrn.nn.hmm import SwitchingBernoulli, forward_filter
 
@@ -419,6 +420,7 @@ def test_switching_predictive_equals_the_log_domain_filter(n_states, monkeypatch
         m.transition_logits.normal_()
     y = (torch.rand(4, 12, 5) < 0.4).float()[:, 3:]  # a strided view, as a rollout's window is
     drive = torch.randn(4, 10, 5) * 60
+    drive[:, ::2, 0], drive[:, 1::2, 1] = 1000.0, -1000.0  # exp(-a) out of float64's range: the log-domain path
     start = torch.softmax(torch.randn(4, 5, n_states), -1)
     log_e = m.log_emission(y.double(), None, drive=drive[:, :9].double())
     log_a = m.log_transition_matrix(torch.float64)

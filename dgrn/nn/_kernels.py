@@ -57,11 +57,16 @@ def predictive_distribution(emission, transition, prior):  # pragma: no cover
 def switching_predictive(drive, target, offsets, transition, start):  # pragma: no cover
     r"""The forward filter of switching Bernoulli units (:class:`dgrn.nn.SwitchingBernoulli`) from their drives:
     unit ``c`` in state ``k`` fires with probability :math:`\sigma(a + \theta_{ck})`, ``a = drive[b, t, c]``.
-    ``drive (B, >= T, C)``, ``target (B, T, C)`` 0/1, ``offsets (C, K)``, ``transition (C, K, K)``, ``start (B, C, K)`` ->
-    the predictive distribution after the last bin ``(B, C, K)`` float64. Log-likelihoods scaled by their largest
-    per bin: no underflow at any drive."""
+    ``drive (B, >= T, C)``, ``target (B, T, C)`` 0/1, ``offsets (C, K)``, ``transition (C, K, K)``, ``start (B, C,
+    K)`` -> the predictive distribution after the last bin ``(B, C, K)`` float64.
+
+    One exponential per unit and bin: with :math:`E = e^{-a}` and :math:`F_k = e^{-\theta_k}`,
+    :math:`\sigma(a + \theta_k) = 1 / (1 + E F_k)` and :math:`\sigma(-a - \theta_k) = E F_k / (1 + E F_k)`.
+    Where that overflows or underflows in every state, the log-likelihoods scaled by their largest instead: no
+    underflow at any drive."""
     batch, bins, chains = target.shape
     k_n = offsets.shape[1]
+    factors = np.exp(-offsets.astype(np.float64))
     out = np.empty((batch, chains, k_n))
     for b in numba.prange(batch):
         p = np.empty((chains, k_n))
@@ -71,18 +76,25 @@ def switching_predictive(drive, target, offsets, transition, start):  # pragma: 
                 p[c, k] = start[b, c, k]
         for t in range(bins):
             for c in range(chains):
-                a = drive[b, t, c]
+                a = np.float64(drive[b, t, c])
                 fired = target[b, t, c] > 0
-                top = -np.inf
+                e = math.exp(-a)
+                total = 0.0
                 for k in range(k_n):
-                    z = a + offsets[c, k]
-                    if not fired:
-                        z = -z
-                    # log sigmoid(z), stable for either sign
-                    weights[k] = -math.log1p(math.exp(-z)) if z >= 0.0 else z - math.log1p(math.exp(z))
-                    top = max(top, weights[k])
-                for k in range(k_n):
-                    weights[k] = math.exp(weights[k] - top)
+                    odds = e * factors[c, k]  # P(silent) / P(fires)
+                    weights[k] = 1.0 / (1.0 + odds) if fired else odds / (1.0 + odds)
+                    total += weights[k]
+                if not (0.0 < total < np.inf) or not np.isfinite(e):
+                    top = -np.inf
+                    for k in range(k_n):
+                        z = a + offsets[c, k]
+                        if not fired:
+                            z = -z
+                        # log sigmoid(z), stable for either sign
+                        weights[k] = -math.log1p(math.exp(-z)) if z >= 0.0 else z - math.log1p(math.exp(z))
+                        top = max(top, weights[k])
+                    for k in range(k_n):
+                        weights[k] = math.exp(weights[k] - top)
                 _filter_step(p[c], weights, transition[c])
         out[b] = p
     return out
