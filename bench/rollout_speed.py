@@ -2,7 +2,7 @@
 
     python bench/rollout_speed.py [--model dgrn|dgrn_mixture|cmps|gru|switching_glm] [--bins 10] [--rank 1]
                                   [--neurons 800] [--units 85] [--rate 0.02] [--windows 64] [--rollouts 10]
-                                  [--repo DIR]
+                                  [--checkpoint CKPT] [--repo DIR]
 
 Each model draws ``--rollouts`` rollouts of ``--bins`` bins from each of ``--windows`` random windows of 64 bins (each
 neuron active with probability ``--rate`` in a bin), on one thread: the defaults are a forecast's batch (640 draws a
@@ -13,7 +13,8 @@ dimension 4, rank ``--rank``; the benchmark's ``model=dgrn`` has rank 0); ``dgrn
 without levels (the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoulli` with ``model=gru``'s 64 hidden
 units; ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each
 of 85 communities, lag-1 couplings of random weights). ``--neurons`` and ``--units`` change the size (neuron ``i``
-in unit ``i % units``). Prints the seconds and the number of spikes drawn (the same for two versions that draw the
+in unit ``i % units``). ``--checkpoint``: a trained model instead (a ``train.py`` checkpoint, e.g. one that
+``bench/mesoscale.py --runs-dir`` kept; ``--model``, ``--neurons`` and ``--units`` are then read from it). Prints the seconds and the number of spikes drawn (the same for two versions that draw the
 same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
 worktree`` of an older commit, so two versions can be timed alternately.
 """
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--rollouts", type=int, default=10)
+    parser.add_argument("--checkpoint", help="time this trained model (a train.py checkpoint)")
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     args = parser.parse_args()
     sys.path.insert(0, args.repo)
@@ -47,7 +49,16 @@ def main() -> None:
     torch.manual_seed(0)
     n_neurons, n_units = args.neurons, args.units
     units = (torch.arange(n_neurons) % n_units).tolist()
-    if args.model in ("dgrn", "dgrn_mixture", "cmps"):
+    if args.checkpoint:
+        from dgrn.models import module_for
+        from dgrn.runner import load_checkpoint
+
+        checkpoint = load_checkpoint(args.checkpoint)
+        module = module_for(checkpoint["hyper_parameters"])(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        net, args.model = module.net, type(module.net).__name__
+        n_neurons = net.n_neurons
+    elif args.model in ("dgrn", "dgrn_mixture", "cmps"):
         levels = {} if args.model == "cmps" else dict(memberships=[units], latent_states=2)
         if args.model == "dgrn_mixture":  # named only here, so that --repo may be a checkout from before the mixture
             levels["latent_mixture"] = True
