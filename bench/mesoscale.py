@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dgrn import run_train  # noqa: E402
+from bench.dgrn import one_thread_env, run_train  # noqa: E402
 from dgrn.data import atomic_write  # noqa: E402
 
 MODELS = {
@@ -265,7 +264,7 @@ def main() -> None:
     # the tensor networks first: they take the longest, and --jobs workers finish together when the short ones come last
     tasks.sort(key=lambda task: "model=dgrn" not in MODELS[task[2]])
     lock = threading.Lock()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = one_thread_env()
 
     with (contextlib.nullcontext(args.runs_dir) if args.runs_dir else tempfile.TemporaryDirectory()) as tmp:
         def run(task):
