@@ -39,11 +39,8 @@ def predictive_distribution(emission, transition, prior):  # pragma: no cover
     batch, bins, chains, k_n = emission.shape
     out = np.empty((batch, chains, k_n))
     for b in numba.prange(batch):
-        p = np.empty((chains, k_n))
+        p = prior[b].astype(np.float64)  # a copy: the filter's distribution of every chain
         weights = np.empty(k_n)
-        for c in range(chains):
-            for k in range(k_n):
-                p[c, k] = prior[b, c, k]
         for t in range(bins):
             for c in range(chains):
                 for k in range(k_n):
@@ -69,11 +66,8 @@ def switching_predictive(drive, target, offsets, transition, start):  # pragma: 
     factors = np.exp(-offsets.astype(np.float64))
     out = np.empty((batch, chains, k_n))
     for b in numba.prange(batch):
-        p = np.empty((chains, k_n))
+        p = start[b].astype(np.float64)  # a copy: the filter's distribution of every chain
         weights = np.empty(k_n)
-        for c in range(chains):
-            for k in range(k_n):
-                p[c, k] = start[b, c, k]
         for t in range(bins):
             for c in range(chains):
                 a = np.float64(drive[b, t, c])
