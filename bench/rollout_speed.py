@@ -14,8 +14,9 @@ without levels (the ConditionalMPS alone); ``gru``: :class:`~dgrn.nn.GRUBernoull
 units; ``switching_glm``: a :class:`~dgrn.nn.BernoulliHMM` with the benchmark's recipe (one 2-state chain for each
 of 85 communities, lag-1 couplings of random weights). ``--neurons`` and ``--units`` change the size (neuron ``i``
 in unit ``i % units``). ``--checkpoint``: a trained model instead (a ``train.py`` checkpoint, e.g. one that
-``bench/mesoscale.py --runs-dir`` kept; ``--model``, ``--neurons`` and ``--units`` are then read from it). Prints the seconds and the number of spikes drawn (the same for two versions that draw the
-same, up to a few where rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
+``bench/mesoscale.py --runs-dir`` kept; ``--model``, ``--neurons`` and ``--units`` are then read from it). Prints
+the seconds and the number of spikes drawn (the same for two versions that draw the same, up to a few where
+rounding differs). ``--repo`` imports ``dgrn`` from another checkout, e.g. a ``git
 worktree`` of an older commit, so two versions can be timed alternately.
 """
 from __future__ import annotations

@@ -536,12 +536,6 @@ class SwitchingBernoulli(nn.Module):
         logits = self._state_logits(c, drive)
         return torch.where(y[..., None] > 0, F.logsigmoid(logits), F.logsigmoid(-logits))
 
-    def emission(self, y: Tensor, c: Tensor | None, *, drive: Tensor | None = None) -> Tensor:
-        r""":math:`P(y_{u} \mid z_{u} = k, c)` ``(..., n, K)``: :meth:`log_emission` without the logarithm (for
-        sampling, where the filter runs in probabilities); it underflows where the logits reach float's range."""
-        logits = self._state_logits(c, drive)
-        return torch.sigmoid(torch.where(y[..., None] > 0, logits, -logits))
-
     def log_transition_matrix(self, dtype: torch.dtype) -> Tensor:
         r""":math:`\log A^u` ``(n, K, K)``."""
         return torch.log_softmax(self.transition_logits.to(dtype), -1)

@@ -638,9 +638,10 @@ class MultiscaleBornMachine(nn.Module):
         distributions (the last for the bin after the window) and the top level's drive of the bin after the window
         (:meth:`SwitchingBernoulli.drive`). ``history_drive``: the part of the top drive from the neurons' last bins
         at bins ``_latent_start() .. W`` ``(B, T + 1, n_L)``, if known (:meth:`start_rollout`). ``last_only``: only
-        ``priors[:, -1:]``, by the filter in probabilities (:meth:`SwitchingBernoulli.predictive`, with a latent mixture
-        :func:`~dgrn.nn.hmm.predictive_distribution`; ``terms`` is then ``None`` without a latent mixture). ``states``: every level's GRU states over its window ``(B, W,
-        H)``, if known (a rollout keeps their input gates, :func:`~dgrn.nn.rolling.gru_states`)."""
+        ``priors[:, -1:]``, by the filter in probabilities (:meth:`SwitchingBernoulli.predictive`, with a latent
+        mixture :func:`~dgrn.nn.hmm.predictive_distribution`; ``terms`` is then ``None`` without a latent mixture).
+        ``states``: every level's GRU states over its window ``(B, W, H)``, if known (a rollout keeps their input
+        gates, :func:`~dgrn.nn.rolling.gru_states`)."""
         start, width = self._latent_start(), xs[0].shape[1]
         top_states = self.grus[-1](xs[-1])[0] if states is None else states[-1]
         top, target = self.decoders[-1], xs[-1][:, start:]
