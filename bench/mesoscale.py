@@ -38,8 +38,8 @@ checkpoint:
   RMS errors of rates, Fano factors and pairwise correlations at 250 ms (:func:`dgrn.mesoscale.compare_statistics`).
 
 Writes ``bench/results/mesoscale.json`` (each result saved as soon as it is known; a rerun skips what is there,
-``--fresh`` starts over) and prints a table per dataset, the wall time and the peak resident memory of the largest
-process. ``--nll-only`` trains and scores the NLL alone.
+``--fresh`` starts over) and prints per dataset every model's mean and spread over seeds and DGRN's margin over the
+best other model (:func:`summarize`), then the wall time and the peak resident memory of the largest process. ``--nll-only`` trains and scores the NLL alone.
 """
 from __future__ import annotations
 
@@ -301,21 +301,50 @@ def main() -> None:
           f"one process {peak / 2**20:.1f} GB")
 
 
+#: the summary's scores: column, how to read it from a row, whether higher is better
+SCORES = [("test_nll", lambda r: r["test_nll"], False),
+          *[(f"LL {h}", lambda r, h=h: r[f"forecast_{h}"]["log_likelihood"], True) for h in ("50ms", "200ms", "500ms")],
+          ("AUROC 200ms", lambda r: r["forecast_200ms"]["auroc"], True),
+          ("dur KS", lambda r: r["generation"]["durations_ks"], False),
+          ("corr RMSE", lambda r: r["generation"]["correlation_rmse"], False)]
+
+
 def summarize(results: dict, datasets: list[str], models: list[str]) -> None:
-    keys = [("test_nll", lambda r: r["test_nll"]),
-            *[(f"LL {h}", lambda r, h=h: r[f"forecast_{h}"]["log_likelihood"]) for h in ("50ms", "200ms", "500ms")],
-            ("AUROC 200ms", lambda r: r["forecast_200ms"]["auroc"]),
-            ("dur KS", lambda r: r["generation"]["durations_ks"]),
-            ("corr RMSE", lambda r: r["generation"]["correlation_rmse"])]
+    """Per dataset: every model's mean and standard deviation over seeds of each score, then, for each DGRN among
+    ``models``, its margin over the best other model of ``models`` per score (:func:`margins`)."""
     for ds in datasets:
         seeds = results.get(ds, {})
-        print(f"\n{ds} (mean over seeds {sorted(seeds)})")
-        print(f"{'model':14}" + "".join(f"{k:>13}" for k, _ in keys))
+        print(f"\n{ds} (mean ± sd over seeds {sorted(seeds)})")
+        print(f"{'model':26}" + "".join(f"{k:>19}" for k, _, _ in SCORES))
         for model in models:
             rows = [seeds[s][model] for s in seeds if model in seeds[s]]
             if rows:
-                values = [[v for v in map(lambda r: _value(f, r), rows) if v is not None] for _, f in keys]
-                print(f"{model:14}" + "".join(f"{statistics.mean(v):13.5f}" if v else f"{'-':>13}" for v in values))
+                values = [[v for v in (_value(get, r) for r in rows) if v is not None] for _, get, _ in SCORES]
+                print(f"{model:26}" + "".join(f"{_mean_sd(v):>19}" for v in values))
+        for model in (m for m in models if "renorm=community_lrg" in MODELS[m]):
+            for key, get, higher in SCORES:
+                ahead = margins(seeds, model, [m for m in models if m != model], get, higher)
+                if ahead:
+                    print(f"{model} {key}: ahead of the best other model by {_mean_sd(ahead)} "
+                          f"(best on {sum(a > 0 for a in ahead)} of {len(ahead)} seeds)")
+
+
+def margins(seeds: dict, model: str, others: list[str], get, higher: bool) -> list[float]:
+    """How far ``model`` is ahead of the best of ``others`` on the score ``get`` (positive: ahead; ``higher``: larger
+    is better), one value per seed where ``model`` and at least one of ``others`` have the score."""
+    out = []
+    for rows in seeds.values():
+        own = _value(get, rows[model]) if model in rows else None
+        rivals = [v for v in (_value(get, rows[m]) for m in others if m in rows) if v is not None]
+        if own is not None and rivals:
+            out.append(own - max(rivals) if higher else min(rivals) - own)
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.5f}" if values else "-"
+    return f"{statistics.mean(values):.5f} ± {statistics.stdev(values):.5f}"
 
 
 def _value(get, row: dict):

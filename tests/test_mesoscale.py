@@ -227,3 +227,19 @@ def test_rollouts_in_chunks_keep_each_context_its_own_continuation():
         assert torch.equal(rollout(net, windows, 6, n_rollouts=2, chunk_size=chunk_size), whole)
     with pytest.raises(ValueError, match="chunk_size"):
         rollout(net, windows, 6, chunk_size=0)
+
+
+def test_bench_margins_against_the_best_other_model_per_seed():
+    from bench.mesoscale import SCORES, margins
+
+    get = {key: g for key, g, _ in SCORES}
+    seeds = {"0": {"dgrn": {"test_nll": 0.080, "generation": {"durations_ks": 0.20}},
+                   "glm": {"test_nll": 0.082, "generation": {"durations_ks": 0.10}},
+                   "gru": {"test_nll": 0.081}},  # an NLL-only row: no generation scores
+             "1": {"dgrn": {"test_nll": 0.090}, "glm": {"test_nll": 0.089}},
+             "2": {"glm": {"test_nll": 0.07}}}  # no DGRN row: no margin for this seed
+    assert margins(seeds, "dgrn", ["glm", "gru"], get["test_nll"], False) == pytest.approx([0.001, -0.001])
+    assert margins(seeds, "dgrn", ["glm", "gru"], get["dur KS"], False) == pytest.approx([-0.10])
+    seeds["0"]["dgrn"]["forecast_200ms"] = {"log_likelihood": -0.10}
+    seeds["0"]["gru"]["forecast_200ms"] = {"log_likelihood": -0.15}
+    assert margins(seeds, "dgrn", ["glm", "gru"], get["LL 200ms"], True) == pytest.approx([0.05])
