@@ -39,7 +39,8 @@ checkpoint:
 
 Writes ``bench/results/mesoscale.json`` (each result saved as soon as it is known; a rerun skips what is there,
 ``--fresh`` starts over) and prints per dataset every model's mean and spread over seeds and DGRN's margin over the
-best other model (:func:`summarize`), then the wall time and the peak resident memory of the largest process. ``--nll-only`` trains and scores the NLL alone.
+best other model (:func:`summarize`), then the wall time and the peak resident memory of the largest process.
+``--nll-only`` trains and scores the NLL alone.
 """
 from __future__ import annotations
 
