@@ -1162,6 +1162,43 @@ def test_pair_sites_keeps_the_norm_and_its_gradient(sizes, thresholds):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("sizes,thresholds,pairs", [([7], None, 0), ([3, 1, 4, 2], [2, 1, 3, 1], 0),
+                                                    ([4, 5, 3], [1, 2, 1], 1), ([6, 2], [1, 1], 2)])
+def test_transfer_backward_compiled_equals_pytorch(sizes, thresholds, pairs, dtype):
+    """The compiled backward pass of ``transfer_log_norm`` (the CPU default) against the batched PyTorch one, on
+    count-constrained chains with merged sites (increments up to 4, several maps per increment): the same gradients
+    for the maps, weights and boundaries, to rounding (float64 1e-12, float32 1e-5 relative)."""
+    from dgrn.tn.contract import pair_sites, transfer_log_norm
+
+    torch.manual_seed(2)
+    n, batch, dim = sum(sizes), 5, 2
+    a = torch.randn(n, 2, dim, dim, dtype=torch.float64)
+    maps = torch.einsum("isxy,ispq->isxpyq", a, a).reshape(n, 2, dim * dim, dim * dim)
+    weights = torch.rand(batch, n, 2, dtype=torch.float64)
+    groups, inc, kwargs = None, [0, 1], {}
+    if thresholds is not None:
+        groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).tolist()
+        kwargs = dict(thresholds=thresholds, active=torch.rand(batch, len(sizes)) < 0.5)
+    for _ in range(pairs):
+        maps, weights, inc, groups = pair_sites(maps, weights, inc, groups)
+    inputs = [t.to(dtype).requires_grad_() for t in (maps, weights, torch.rand(dim * dim, dtype=torch.float64) + 0.5,
+                                                     torch.rand(dim * dim, dtype=torch.float64) + 0.5)]
+    upstream = torch.rand(batch, dtype=dtype)
+    grads = {}
+    for compiled in (True, False):
+        out = transfer_log_norm(*inputs, increments=inc, groups=groups, compiled=compiled, **kwargs)
+        grads[compiled] = torch.autograd.grad(out, inputs, upstream)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads[True], grads[False]):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, **tol)
+    # a graph of the gradient (double backward) needs the PyTorch pass
+    out = transfer_log_norm(*inputs, increments=inc, groups=groups, compiled=True, **kwargs)
+    with pytest.raises(ValueError, match="double backward"):
+        torch.autograd.grad(out.sum(), inputs, create_graph=True)
+
+
 def test_conditional_mps_contraction_choice_and_tree_helpers():
     from dgrn.tn.contract import count_pair_map, normalize_slots, tree_product
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dgrn.tn._kernels import run_parallel, transfer_chain_gradients
+
 __all__ = ["count_pair_map", "count_slot_mask", "normalize_slots", "pair_sites", "transfer_log_norm", "transfer_right_environments",
            "tree_product"]
 
@@ -237,7 +239,7 @@ class _TransferChain(torch.autograd.Function):
     the backward pass is one adjoint sweep plus vectorized outer products, so autograd records no per-site graph."""
 
     @staticmethod
-    def forward(ctx, maps, weights, start, end, increments, groups, thresholds, allowed, trace):
+    def forward(ctx, maps, weights, start, end, increments, groups, thresholds, allowed, trace, compiled):
         batch, n, n_maps = weights.shape
         size = maps.shape[-1]
         plan, runs = _site_plan(n, groups, thresholds), _runs(increments)
@@ -278,7 +280,7 @@ class _TransferChain(torch.autograd.Function):
                 slots = 1 + max(thresholds)
                 left = torch.stack([_pad_slots(xs, slots) for xs in lefts])  # (n, B, S, P)
             ctx.save_for_backward(maps, weights, start, end, left, x, closing)
-            ctx.plan, ctx.increments, ctx.allowed, ctx.trace = plan, increments, allowed, trace
+            ctx.plan, ctx.increments, ctx.allowed, ctx.trace, ctx.compiled = plan, increments, allowed, trace, compiled
         return log_z
 
     @staticmethod
@@ -291,11 +293,21 @@ class _TransferChain(torch.autograd.Function):
         targets = _slot_targets(plan, runs, slots, maps.device)
         right = torch.stack([_pad_slots(rs, slots) for rs in _right_sweep(
             maps, weights, end, plan, increments, targets, allowed, ctx.trace)])  # (n, B, S, P)
+        grad_end = ((grad_out / closing)[:, None] * x_end).sum(0)
+        weights_t = weights.transpose(0, 1)  # (n, B, J)
+        if _compiled_backward(ctx.compiled, maps, weights, left, grad_out):
+            target = torch.stack([targets[v] for v in increments], 1)  # (n, J, S): the right slot of each map and slot
+            g, grad_maps, grad_start = (torch.from_numpy(a) for a in run_parallel(
+                transfer_chain_gradients, left.numpy(), right.numpy(), maps.detach().contiguous().numpy(),
+                weights_t.detach().contiguous().numpy(), target.numpy(), grad_out.to(left.dtype).contiguous().numpy(),
+                threads=torch.get_num_threads()))
+            coef = grad_out[None, :] / (weights_t * g).sum(2)
+            return (grad_maps, (g * coef[:, :, None]).transpose(0, 1), grad_start.sum((0, 1)), grad_end,
+                    None, None, None, None, None, None)
         # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
         # all sites at once, one batched GEMM per run of maps
         sets = [(slice(first, stop), right if slots == 1 else right.gather(
             2, targets[inc][:, None, :, None].expand(-1, batch, -1, size))) for first, stop, inc in runs]
-        weights_t = weights.transpose(0, 1)  # (n, B, J)
         pairs = []
         for cut, r_set in sets:
             k_set = maps[:, cut]
@@ -312,14 +324,25 @@ class _TransferChain(torch.autograd.Function):
             grad_maps.append((wl.transpose(1, 2) @ r_set.reshape(n, batch * slots, size)).view(n, -1, size, size))
             # site 0 opens block 0 in slot 0: d log Z / d start = (T_0 right_0)[slot 0] / value_0
             grad_start = grad_start + torch.einsum("bj,bjp->p", wc[0, :, cut], kr[0, :, 0])
-        grad_end = ((grad_out / closing)[:, None] * x_end).sum(0)
         grad_weights = (g * coef[:, :, None]).transpose(0, 1)
-        return torch.cat(grad_maps, 1), grad_weights, grad_start, grad_end, None, None, None, None, None
+        return torch.cat(grad_maps, 1), grad_weights, grad_start, grad_end, None, None, None, None, None, None
+
+
+def _compiled_backward(compiled: bool | None, maps: Tensor, weights: Tensor, left: Tensor, grad_out: Tensor) -> bool:
+    """Whether the backward pass runs :func:`~dgrn.tn._kernels.transfer_chain_gradients`: ``compiled`` (``None``:
+    whenever it can, i.e. on CPU in float32 or float64, and not recording a graph of the gradient itself)."""
+    tensors = (maps, weights, left, grad_out)
+    possible = (all(t.device.type == "cpu" for t in tensors) and left.dtype in (torch.float32, torch.float64)
+                and maps.dtype == weights.dtype == left.dtype and not torch.is_grad_enabled())
+    if compiled and not possible:
+        raise ValueError("compiled=True needs CPU tensors of one dtype, float32 or float64, and no double backward")
+    return possible if compiled is None else bool(compiled)
 
 
 def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor, *,
                       increments: list[int] | None = None, groups: list[int] | None = None,
-                      thresholds: list[int] | None = None, active: Tensor | None = None, trace: bool = True) -> Tensor:
+                      thresholds: list[int] | None = None, active: Tensor | None = None, trace: bool = True,
+                      compiled: bool | None = None) -> Tensor:
     r"""Exact :math:`\log Z_b = \log\, s^\top T_1(b) T_2(b) \cdots T_n(b)\, e` for chains of per-context linear maps
     that are weighted sums of fixed ones, :math:`T_i(b) = \sum_j w_{bij} K_{ij}`, ``(B,)``.
 
@@ -334,7 +357,9 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
 
     The backward pass is written by hand: one adjoint sweep for the right environments, then
     :math:`\partial \log Z / \partial w_{bij} = \langle L_{bi}, K_{ij} R_{bi} \rangle / \langle L_{bi}, T_i R_{bi}\rangle`
-    and the matching outer products for ``K``, all sites at once, so autograd stores no per-site graph.
+    and the matching outer products for ``K``, all sites at once, so autograd stores no per-site graph. On CPU
+    those products run as one compiled kernel (numba, a site per thread): the batched GEMMs' ``(n, B, S, J, P)``
+    intermediates made training memory-bound.
 
     Args:
         maps: ``(n, J, P, P)``, ``e' = e @ maps[i, j]``.
@@ -349,6 +374,8 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
         trace: the states are flattened ``D x D`` environments of a Born norm (``P = D^2``, positive semidefinite),
             normalized by their trace; ``False``: amplitudes (``P = D``), normalized by their Euclidean norm, and the
             result is :math:`\log |s^\top T_1 \cdots T_n e|`.
+        compiled: the backward pass's per-site products by the compiled kernel (``None``: on CPU, float32 or
+            float64, unless a graph of the gradient is recorded; ``False``: batched PyTorch, the reference).
     """
     n_maps = maps.shape[1]
     increments = [0] * n_maps if increments is None else [int(v) for v in increments]
@@ -357,7 +384,7 @@ def transfer_log_norm(maps: Tensor, weights: Tensor, start: Tensor, end: Tensor,
     if groups is not None and (thresholds is None or active is None):
         raise ValueError("groups need thresholds and active")
     return _TransferChain.apply(maps, weights, start, end, increments, groups, thresholds,
-                                _allowed(groups, thresholds, active), trace)
+                                _allowed(groups, thresholds, active), trace, compiled)
 
 
 def pair_sites(maps: Tensor, weights: Tensor, increments: list[int], groups: list[int] | None = None
