@@ -149,8 +149,8 @@ def transfer_chain_gradients(left, right, maps, weights, target, grad_out):  # p
     With the left and right environments of every site :math:`L_{ibs}, R_{ibs}` (count slot ``s``),
     :math:`g_{ibj} = \sum_s \langle L_{ibs}, K_{ij} R_{ib t_{ijs}} \rangle`, the value
     :math:`v_{ib} = \sum_j w_{ibj} g_{ibj}` and :math:`c_{ibj} = w_{ibj}\, \bar z_b / v_{ib}` (``grad_out`` =
-    :math:`\bar z`): ``g (n, B, J)`` and the maps' gradient :math:`\sum_{b,s} c_{ibj} L_{ibs} R_{ib t_{ijs}}^\top`
-    ``(n, J, P, P)``.
+    :math:`\bar z`): ``g (n, B, J)``, the maps' gradient :math:`\sum_{b,s} c_{ibj} L_{ibs} R_{ib t_{ijs}}^\top`
+    ``(n, J, P, P)`` and the start's per context and map, :math:`c_{0bj} (K_{0j} R_{0b t_{0j0}})` ``(B, J, P)``.
 
     Args (arrays, float32 or float64 alike): ``left, right (n, B, S, P)``, ``maps (n, J, P, P)`` (``e' = e @ K``),
     ``weights (n, B, J)``, ``target (n, J, S)`` int64 (the right slot map ``j`` pairs with left slot ``s``),
@@ -160,8 +160,10 @@ def transfer_chain_gradients(left, right, maps, weights, target, grad_out):  # p
     n_maps = maps.shape[1]
     g = np.empty((n, batch, n_maps), left.dtype)
     grad_maps = np.zeros((n, n_maps, size, size), left.dtype)
+    grad_start = np.zeros((batch, n_maps, size), left.dtype)
     zero = np.zeros(1, left.dtype)[0]  # sums in the arrays' precision (a 0.0 literal would make them float64)
     for i in numba.prange(n):
+        kr = np.empty((n_maps, slots, size), left.dtype)  # (K_ij R_t)[p], every map and slot of one context
         for b in range(batch):
             value = zero
             for j in range(n_maps):
@@ -172,6 +174,7 @@ def transfer_chain_gradients(left, right, maps, weights, target, grad_out):  # p
                         v = zero
                         for q in range(size):
                             v += maps[i, j, p, q] * right[i, b, t, q]
+                        kr[j, s, p] = v
                         pair += v * left[i, b, s, p]
                 g[i, b, j] = pair
                 value += weights[i, b, j] * pair
@@ -186,4 +189,7 @@ def transfer_chain_gradients(left, right, maps, weights, target, grad_out):  # p
                         lp = wc * left[i, b, s, p]
                         for q in range(size):
                             grad_maps[i, j, p, q] += lp * right[i, b, t, q]
-    return g, grad_maps
+                if i == 0:  # site 0 opens block 0 in slot 0
+                    for p in range(size):
+                        grad_start[b, j, p] = wc * kr[j, 0, p]
+    return g, grad_maps, grad_start

@@ -297,15 +297,12 @@ class _TransferChain(torch.autograd.Function):
         weights_t = weights.transpose(0, 1)  # (n, B, J)
         if _compiled_backward(ctx.compiled, maps, weights, left, grad_out):
             target = torch.stack([targets[v] for v in increments], 1)  # (n, J, S): the right slot of each map and slot
-            g, grad_maps = (torch.from_numpy(a) for a in run_parallel(
+            g, grad_maps, grad_start = (torch.from_numpy(a) for a in run_parallel(
                 transfer_chain_gradients, left.numpy(), right.numpy(), maps.detach().contiguous().numpy(),
                 weights_t.detach().contiguous().numpy(), target.numpy(), grad_out.to(left.dtype).contiguous().numpy(),
                 threads=torch.get_num_threads()))
             coef = grad_out[None, :] / (weights_t * g).sum(2)
-            # site 0 opens block 0 in slot 0: d log Z / d start = (T_0 right_0)[slot 0] / value_0
-            opening = right[0, torch.arange(batch)[:, None], target[0, :, 0]]  # (B, J, P): the slot each map reads
-            grad_start = torch.einsum("bj,jpq,bjq->p", weights_t[0] * coef[0, :, None], maps[0].detach(), opening)
-            return (grad_maps, (g * coef[:, :, None]).transpose(0, 1), grad_start, grad_end,
+            return (grad_maps, (g * coef[:, :, None]).transpose(0, 1), grad_start.sum((0, 1)), grad_end,
                     None, None, None, None, None, None)
         # <left_i, K_ij right_i>: a map of increment v pairs slot s with the right environment's slot min(s + v, k);
         # all sites at once, one batched GEMM per run of maps
